@@ -1,0 +1,9 @@
+//! dtu-supervisor: supervises fleets of dial-in DTUs — registration, heartbeats, Modbus RTU
+//! polling and decoding, operator commands — behind a REST API.
+
+pub mod device;
+pub mod server;
+pub mod settings;
+pub mod sim;
+pub mod supervisor;
+pub mod web;

@@ -1,0 +1,190 @@
+//! Wires the running server: the supervisor, one accept loop per device listener spreading
+//! connections over one arbiter per core, and the HTTP server. Returns when a stop signal has
+//! been handled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{App, HttpServer};
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::device::actor::{DeviceActor, ListenerContext};
+use crate::settings::{Protocol, Settings};
+use crate::supervisor::Supervisor;
+use crate::web::{self, AppState};
+
+/// Round-robin over the device arbiters.
+struct Arbiters {
+    handles: Vec<ArbiterHandle>,
+    next: usize,
+}
+
+impl Arbiters {
+    fn next(&mut self) -> &ArbiterHandle {
+        let i = self.next % self.handles.len();
+        self.next = self.next.wrapping_add(1);
+        &self.handles[i]
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let supervisor = Supervisor::default().start();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
+
+    let mut accept_tasks = Vec::new();
+    for l in &settings.server.listeners {
+        if l.protocol == Protocol::Ttms {
+            log::warn!(
+                "listener {}: protocol ttms is not served yet; not listening on {}",
+                l.name,
+                l.bind
+            );
+            continue;
+        }
+        let profile = match &l.profile {
+            Some(name) => Some(
+                settings
+                    .data
+                    .profiles
+                    .get(name)
+                    .cloned()
+                    .with_context(|| format!("listener {}: no profile {name}", l.name))?,
+            ),
+            None => None,
+        };
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.bind))?;
+        let local = listener.local_addr()?;
+        log::info!(
+            "listener {}: {} devices on {} (profile {})",
+            l.name,
+            l.protocol.as_str(),
+            local,
+            l.profile.as_deref().unwrap_or("-")
+        );
+        let ctx = Arc::new(ListenerContext {
+            name: l.name.clone(),
+            protocol: l.protocol,
+            profile,
+            liveness: settings.server.liveness.clone(),
+            supervisor: supervisor.clone(),
+        });
+        let arbiters = Arbiters {
+            handles: handles.clone(),
+            next: 0,
+        };
+        accept_tasks.push(actix_rt::spawn(accept_loop(
+            listener,
+            ctx,
+            arbiters,
+            stop_rx.clone(),
+        )));
+    }
+
+    let state = AppState {
+        supervisor: supervisor.clone(),
+        settings: settings.clone(),
+    };
+    let http = HttpServer::new(move || App::new().configure(web::configure(state.clone())))
+        .workers(threads)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .bind(settings.server.web.bind)
+        .with_context(|| format!("web: cannot listen on {}", settings.server.web.bind))?;
+    for addr in http.addrs() {
+        log::info!("web: API and console on http://{addr}");
+    }
+    let http = http.run();
+    let http_handle = http.handle();
+    let http_task = actix_rt::spawn(http);
+
+    wait_for_stop_signal().await?;
+    log::info!("stop signal: no longer accepting connections");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    http_handle.stop(true).await;
+    let _ = http_task.await;
+    for a in arbiters {
+        a.stop();
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    mut arbiters: Arbiters,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::error!("listener {}: accept failed: {e}", ctx.name);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("listener {}: {peer}: set_nodelay: {e}", ctx.name);
+        }
+        hand_over(stream, peer, ctx.clone(), arbiters.next());
+    }
+}
+
+/// Moves an accepted socket to a device arbiter and starts its actor there.
+fn hand_over(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    arbiter: &ArbiterHandle,
+) {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!(
+                "listener {}: {peer}: cannot hand over socket: {e}",
+                ctx.name
+            );
+            return;
+        }
+    };
+    let spawned = arbiter.spawn(async move {
+        match tokio::net::TcpStream::from_std(std_stream) {
+            Ok(stream) => DeviceActor::start(stream, peer, ctx),
+            Err(e) => log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name),
+        }
+    });
+    if !spawned {
+        log::warn!("{peer}: device arbiter is stopping; connection dropped");
+    }
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,709 @@
+//! Validation of the data settings tree: profiles, their polls, points, commands and rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::{Value, ValueKind};
+
+use super::tree::{
+    array, array_of, child_path, duration, float, hex_bytes, index_path, int_in, name, parsed,
+    report_duplicates, string, uint, Ctx, Field, Section,
+};
+use super::{
+    DataSettings, HeartbeatSpec, IdFormat, IdMatcher, NamedCommand, Poll, PollTrigger, Profile,
+    RegistrationSpec, Require, Rule, WriteSpec,
+};
+use crate::device::points::{Point, PointType, WordOrder};
+
+/// Most registers one read may ask for (functions 3/4).
+pub const MAX_READ_REGISTERS: u16 = 125;
+/// Most coils/inputs one read may ask for (functions 1/2).
+pub const MAX_READ_BITS: u16 = 2000;
+/// Most registers one write-multiple may carry (function 16).
+pub const MAX_WRITE_REGISTERS: usize = 123;
+
+/// What the server's checks need to know of a profile, even one with problems of its own
+/// (so a broken profile does not also make every listener naming it "unknown").
+pub(super) struct ProfileInfo {
+    pub has_registration: bool,
+}
+
+/// The profiles data.toml names, and the file's name for messages.
+pub(super) struct ProfileIndex {
+    pub file: String,
+    pub profiles: BTreeMap<String, ProfileInfo>,
+}
+
+/// Reads every profile, recording each problem in `ctx`. Only profiles without problems are
+/// in the returned settings; the index names them all.
+pub(super) fn validate(ctx: &mut Ctx<'_>, root: &Value) -> (DataSettings, ProfileIndex) {
+    let mut data = DataSettings::default();
+    let mut index = ProfileIndex {
+        file: ctx.file.clone(),
+        profiles: BTreeMap::new(),
+    };
+    let Some(top) = Section::new(ctx, "", root, &["profiles"]) else {
+        return (data, index);
+    };
+    let Some(profiles) = top
+        .get("profiles")
+        .and_then(|v| Section::open(ctx, "profiles", v))
+    else {
+        return (data, index);
+    };
+    for (profile_name, value) in profiles.entries() {
+        let path = child_path("profiles", profile_name);
+        let has_registration = matches!(&value.kind, ValueKind::Table(t)
+            if t.get("registration").is_some_and(|r| !matches!(r.kind, ValueKind::Nil)));
+        index
+            .profiles
+            .insert(profile_name.clone(), ProfileInfo { has_registration });
+        let before = ctx.errors.len();
+        if profile_name.trim().is_empty() {
+            ctx.err(&path, Some(value), "a profile name must not be empty");
+        }
+        let profile = profile(ctx, profile_name, &path, value);
+        if let (Some(profile), true) = (profile, ctx.errors.len() == before) {
+            data.profiles
+                .insert(profile_name.clone(), Arc::new(profile));
+        }
+    }
+    (data, index)
+}
+
+fn profile(ctx: &mut Ctx<'_>, profile_name: &str, path: &str, v: &Value) -> Option<Profile> {
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &[
+            "slave",
+            "response_timeout",
+            "retries",
+            "polls",
+            "points",
+            "commands",
+            "rules",
+            "registration",
+            "heartbeat",
+        ],
+    )?;
+    let slave = s.field(ctx, "slave", uint::<u8>(1, 247)).or(1);
+    let response_timeout = s
+        .field(ctx, "response_timeout", duration)
+        .or(Duration::from_secs(2));
+    let retries = s
+        .field(ctx, "retries", uint::<u32>(0, u32::MAX.into()))
+        .or(1);
+
+    let poll_items = list(ctx, &s, "polls");
+    let polls: Vec<Option<Poll>> = poll_items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| poll(ctx, &index_path(&s.key("polls"), i), item))
+        .collect();
+    report_duplicates(ctx, "poll", &peek_names(&s.key("polls"), poll_items));
+
+    let point_items = list(ctx, &s, "points");
+    let point_names = peek_names(&s.key("points"), point_items);
+    report_duplicates(ctx, "point", &point_names);
+    let known_points: BTreeSet<&str> = point_names.iter().map(|(_, n)| n.as_str()).collect();
+    let mut points = Vec::new();
+    let all_polls_valid = polls.iter().all(Option::is_some);
+    let valid_polls: Vec<&Poll> = polls.iter().flatten().collect();
+    for (i, item) in point_items.iter().enumerate() {
+        let path = index_path(&s.key("points"), i);
+        if let Some(p) = point(ctx, &path, item) {
+            // With a broken poll, "outside every poll" would only repeat that problem.
+            if all_polls_valid {
+                check_coverage(ctx, &path, item, &p, &valid_polls);
+            }
+            points.push(p);
+        }
+    }
+
+    let command_items = list(ctx, &s, "commands");
+    report_duplicates(
+        ctx,
+        "command",
+        &peek_names(&s.key("commands"), command_items),
+    );
+    let commands: Vec<Option<NamedCommand>> = command_items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| command(ctx, &index_path(&s.key("commands"), i), item, &known_points))
+        .collect();
+
+    let rule_items = list(ctx, &s, "rules");
+    report_duplicates(ctx, "rule", &peek_names(&s.key("rules"), rule_items));
+    let rules: Vec<Option<Rule>> = rule_items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| rule(ctx, &index_path(&s.key("rules"), i), item, &known_points))
+        .collect();
+
+    let registration = s.field(ctx, "registration", registration).optional();
+    let heartbeat = s.field(ctx, "heartbeat", heartbeat).optional();
+
+    Some(Profile {
+        name: profile_name.to_string(),
+        slave: slave?,
+        response_timeout: response_timeout?,
+        retries: retries?,
+        polls: polls.into_iter().collect::<Option<_>>()?,
+        points,
+        commands: commands.into_iter().collect::<Option<_>>()?,
+        rules: rules.into_iter().collect::<Option<_>>()?,
+        registration: registration?,
+        heartbeat: heartbeat?,
+    })
+}
+
+/// The array at `key` (empty when missing or not an array; the latter is recorded).
+fn list<'a>(ctx: &mut Ctx<'_>, s: &Section<'a>, key: &str) -> &'a [Value] {
+    s.field(ctx, key, array).or(&[]).unwrap_or(&[])
+}
+
+/// The `name` of each table in `items` that has a string one, with its path, for the
+/// duplicate and reference checks (problems with the names themselves are reported elsewhere).
+fn peek_names(path: &str, items: &[Value]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| match &item.kind {
+            ValueKind::Table(t) => match t.get("name").map(|n| &n.kind) {
+                Some(ValueKind::String(n)) => {
+                    Some((child_path(&index_path(path, i), "name"), n.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn poll(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &["name", "function", "start", "count", "every", "trigger"],
+    )?;
+    let poll_name = s.required(ctx, "name", name);
+    let function = s.required(ctx, "function", int_in(i128::MIN, i128::MAX));
+    let function = function.and_then(|f| match u8::try_from(f) {
+        Ok(f @ 1..=4) => Some(f),
+        _ => {
+            ctx.err(
+                &s.key("function"),
+                s.get("function"),
+                format!(
+                    "function {f} cannot poll: use 1 (coils), 2 (discrete inputs), 3 (holding registers) or 4 (input registers)"
+                ),
+            );
+            None
+        }
+    });
+    let start = s.required(ctx, "start", uint::<u16>(0, 65535));
+    let count = s.required(ctx, "count", uint::<u16>(0, 65535));
+    let count = count.and_then(|c| {
+        let (limit, what) = match function {
+            Some(1 | 2) => (MAX_READ_BITS, "bits"),
+            Some(_) => (MAX_READ_REGISTERS, "registers"),
+            None => (MAX_READ_BITS, "items"),
+        };
+        let problem = if c == 0 {
+            Some("must be at least 1".to_string())
+        } else if c > limit {
+            Some(format!(
+                "{c} is over the Modbus limit of {limit} {what} per read"
+            ))
+        } else {
+            start
+                .filter(|st| u32::from(*st) + u32::from(c) - 1 > 65535)
+                .map(|st| format!("{c} from {st} runs past address 65535"))
+        };
+        match problem {
+            Some(message) => {
+                ctx.err(&s.key("count"), s.get("count"), message);
+                None
+            }
+            None => Some(c),
+        }
+    });
+    let every = s.field(ctx, "every", duration);
+    let trigger = s.field(ctx, "trigger", heartbeat_trigger);
+    let trigger = match (every, trigger) {
+        (Field::Value(d), Field::Missing) => Some(PollTrigger::Every(d)),
+        (Field::Missing, Field::Value(())) => Some(PollTrigger::Heartbeat),
+        (Field::Missing, Field::Missing) => {
+            ctx.err(
+                path,
+                Some(v),
+                "needs every = \"30s\" (a timer) or trigger = \"heartbeat\"",
+            );
+            None
+        }
+        (every, trigger) => {
+            if every.is_present() && trigger.is_present() {
+                ctx.err(path, Some(v), "has both every and trigger; use one");
+            }
+            None
+        }
+    };
+    Some(Poll {
+        name: poll_name?,
+        function: function?,
+        start: start?,
+        count: count?,
+        trigger: trigger?,
+    })
+}
+
+fn heartbeat_trigger(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<()> {
+    let t = string(ctx, path, v)?;
+    if t == "heartbeat" {
+        Some(())
+    } else {
+        ctx.err(
+            path,
+            Some(v),
+            format!("unknown trigger {t:?} (the only trigger is \"heartbeat\"; use every = \"30s\" for a timer)"),
+        );
+        None
+    }
+}
+
+fn point(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Point> {
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &[
+            "name", "address", "type", "order", "scale", "offset", "unit", "bit",
+        ],
+    )?;
+    let point_name = s.required(ctx, "name", name);
+    let address = s.required(ctx, "address", uint::<u16>(0, 65535));
+    let ty = s.required(ctx, "type", parsed::<PointType>);
+    let order = s
+        .field(ctx, "order", parsed::<WordOrder>)
+        .or(WordOrder::Abcd);
+    let scale = s.field(ctx, "scale", float).or(1.0);
+    let offset = s.field(ctx, "offset", float).or(0.0);
+    let unit = s.field(ctx, "unit", string).or(String::new());
+    let bit = s.field(ctx, "bit", uint::<u8>(0, 15)).optional();
+    if let (Some(ty), Some(Some(_))) = (ty, bit) {
+        if ty != PointType::Bool {
+            ctx.err(
+                &s.key("bit"),
+                s.get("bit"),
+                format!("only bool points take a bit (this one is {ty})"),
+            );
+            return None;
+        }
+    }
+    if let (Some(ty), Some(address)) = (ty, address) {
+        if u32::from(address) + u32::from(ty.registers()) - 1 > 65535 {
+            ctx.err(
+                &s.key("address"),
+                s.get("address"),
+                format!(
+                    "a {ty} at {address} needs {} registers, past address 65535",
+                    ty.registers()
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Point {
+        name: point_name?,
+        address: address?,
+        ty: ty?,
+        order: order?,
+        scale: scale?,
+        offset: offset?,
+        unit: unit?,
+        bit: bit?,
+    })
+}
+
+/// A point must be read by some poll, whole: numbers (and bools taken from a register bit)
+/// need a register poll (function 3/4); a plain bool may sit in any poll.
+fn check_coverage(ctx: &mut Ctx<'_>, path: &str, v: &Value, p: &Point, polls: &[&Poll]) {
+    let first = p.address;
+    let last = p.address.saturating_add(p.ty.registers() - 1);
+    let any_poll = p.ty == PointType::Bool && p.bit.is_none();
+    let fits = |poll: &&&Poll| any_poll || poll.reads_registers();
+    let candidates: Vec<&&Poll> = polls.iter().filter(fits).collect();
+    if candidates
+        .iter()
+        .any(|poll| poll.start <= first && last <= poll.end())
+    {
+        return;
+    }
+    let key = child_path(path, "address");
+    let value = match &v.kind {
+        ValueKind::Table(t) => t.get("address"),
+        _ => None,
+    };
+    let message = if let Some(poll) = candidates
+        .iter()
+        .find(|poll| poll.start <= first && first <= poll.end())
+    {
+        format!(
+            "this {} spans {first}..={last} but poll {:?} ends at {}",
+            p.ty,
+            poll.name,
+            poll.end()
+        )
+    } else if let Some(poll) = polls
+        .iter()
+        .find(|poll| poll.start <= first && first <= poll.end())
+    {
+        format!(
+            "address {first} is in poll {:?}, which reads {}; a {} point{} needs a register poll (function 3 or 4)",
+            poll.name,
+            if poll.function == 1 { "coils" } else { "discrete inputs" },
+            p.ty,
+            if p.bit.is_some() { " with a bit" } else { "" }
+        )
+    } else if polls.is_empty() {
+        format!("address {first} is outside every poll's range (the profile has no polls)")
+    } else {
+        let ranges: Vec<String> = polls
+            .iter()
+            .map(|poll| format!("{} {}..={}", poll.name, poll.start, poll.end()))
+            .collect();
+        format!(
+            "address {first} is outside every poll's range ({})",
+            ranges.join(", ")
+        )
+    };
+    ctx.err(&key, value, message);
+}
+
+fn command(
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    v: &Value,
+    points: &BTreeSet<&str>,
+) -> Option<NamedCommand> {
+    let s = Section::new(ctx, path, v, &["name", "write", "require"])?;
+    let command_name = s.required(ctx, "name", name);
+    let write = s.required(ctx, "write", write_spec);
+    let require = s
+        .field(ctx, "require", |ctx, path, v| require(ctx, path, v, points))
+        .optional();
+    Some(NamedCommand {
+        name: command_name?,
+        write: write?,
+        require: require?,
+    })
+}
+
+/// A register value: 0..=65535, or -32768..=-1 written as its two's complement.
+fn register_value(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<u16> {
+    int_in(-32768, 65535)(ctx, path, v)
+        .and_then(|n| u16::try_from(if n < 0 { n + 65536 } else { n }).ok())
+}
+
+fn write_spec(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<WriteSpec> {
+    let s = Section::new(ctx, path, v, &["address", "value", "values", "coil"])?;
+    let address = s.required(ctx, "address", uint::<u16>(0, 65535));
+    let value = s.field(ctx, "value", register_value);
+    let values = s.field(ctx, "values", array_of(register_value));
+    let coil = s.field(ctx, "coil", super::tree::boolean);
+    let given = [value.is_present(), values.is_present(), coil.is_present()]
+        .iter()
+        .filter(|p| **p)
+        .count();
+    if given != 1 {
+        let message = if given == 0 {
+            "needs one of value = N, values = [..] or coil = true/false"
+        } else {
+            "takes only one of value, values, coil"
+        };
+        ctx.err(path, Some(v), message);
+        return None;
+    }
+    let address = address?;
+    match (value, values, coil) {
+        (Field::Value(value), _, _) => Some(WriteSpec::Register { address, value }),
+        (_, Field::Value(values), _) => {
+            let problem = if values.is_empty() {
+                Some("must not be empty".to_string())
+            } else if values.len() > MAX_WRITE_REGISTERS {
+                Some(format!(
+                    "{} values is over the Modbus limit of {MAX_WRITE_REGISTERS} registers per write",
+                    values.len()
+                ))
+            } else if usize::from(address) + values.len() - 1 > 65535 {
+                Some(format!(
+                    "{} values from {address} run past address 65535",
+                    values.len()
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                ctx.err(&s.key("values"), s.get("values"), message);
+                return None;
+            }
+            Some(WriteSpec::Registers { address, values })
+        }
+        (_, _, Field::Value(value)) => Some(WriteSpec::Coil { address, value }),
+        _ => None,
+    }
+}
+
+fn require(ctx: &mut Ctx<'_>, path: &str, v: &Value, points: &BTreeSet<&str>) -> Option<Require> {
+    let s = Section::new(ctx, path, v, &["point", "equals", "message"])?;
+    let point = s.required(ctx, "point", name);
+    let point = point.and_then(|p| known_point(ctx, &s, p, points));
+    let equals = s.required(ctx, "equals", float);
+    let message = s.field(ctx, "message", string).optional()?;
+    let (point, equals) = (point?, equals?);
+    let message = message.unwrap_or_else(|| format!("{point} must equal {equals}"));
+    Some(Require {
+        point,
+        equals,
+        message,
+    })
+}
+
+/// `point` if the profile defines it; else the problem is recorded at `s.point`.
+fn known_point(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+    point: String,
+    points: &BTreeSet<&str>,
+) -> Option<String> {
+    if points.contains(point.as_str()) {
+        return Some(point);
+    }
+    let known: Vec<&str> = points.iter().copied().take(20).collect();
+    let known = if known.is_empty() {
+        "the profile has no points".to_string()
+    } else {
+        format!("points: {}", known.join(", "))
+    };
+    ctx.err(
+        &s.key("point"),
+        s.get("point"),
+        format!("unknown point {point:?} ({known})"),
+    );
+    None
+}
+
+fn rule(ctx: &mut Ctx<'_>, path: &str, v: &Value, points: &BTreeSet<&str>) -> Option<Rule> {
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &["name", "point", "above", "below", "hysteresis"],
+    )?;
+    let rule_name = s.required(ctx, "name", name);
+    let point = s.required(ctx, "point", name);
+    let point = point.and_then(|p| known_point(ctx, &s, p, points));
+    let above = s.field(ctx, "above", float).optional();
+    let below = s.field(ctx, "below", float).optional();
+    let hysteresis = s.field(ctx, "hysteresis", float).or(0.0);
+    let hysteresis = hysteresis.and_then(|h| {
+        if h < 0.0 {
+            ctx.err(
+                &s.key("hysteresis"),
+                s.get("hysteresis"),
+                "must not be negative",
+            );
+            None
+        } else {
+            Some(h)
+        }
+    });
+    let (above, below) = (above?, below?);
+    match (above, below) {
+        (None, None) => {
+            ctx.err(path, Some(v), "needs above = N or below = N (or both)");
+            return None;
+        }
+        (Some(a), Some(b)) if a <= b => {
+            ctx.err(
+                path,
+                Some(v),
+                format!("above ({a}) must be greater than below ({b}), else the rule is always triggered"),
+            );
+            return None;
+        }
+        _ => {}
+    }
+    Some(Rule {
+        name: rule_name?,
+        point: point?,
+        above,
+        below,
+        hysteresis: hysteresis?,
+    })
+}
+
+fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<RegistrationSpec> {
+    let s = Section::new(ctx, path, v, &["format", "pattern", "length", "reply"])?;
+    let format = s
+        .field(ctx, "format", parsed::<IdFormat>)
+        .or(IdFormat::Ascii);
+    let pattern = s.field(ctx, "pattern", |ctx, path, v| {
+        let p = string(ctx, path, v)?;
+        match regex::Regex::new(&p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // regex's messages draw a caret over several lines; the last line says it.
+                let text = e.to_string();
+                let reason = text.lines().last().unwrap_or_default().trim();
+                let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+                ctx.err(path, Some(v), format!("invalid regex {p:?}: {reason}"));
+                None
+            }
+        }
+    });
+    let length = s.field(ctx, "length", uint::<usize>(1, 65535));
+    let reply = s.field(ctx, "reply", hex_bytes).or(Vec::new());
+    let matcher = match (pattern, length) {
+        (Field::Value(r), Field::Missing) => Some(IdMatcher::Pattern(r)),
+        (Field::Missing, Field::Value(n)) => Some(IdMatcher::Length(n)),
+        (Field::Missing, Field::Missing) => {
+            ctx.err(path, Some(v), "needs pattern = \"regex\" or length = N");
+            None
+        }
+        (pattern, length) => {
+            if pattern.is_present() && length.is_present() {
+                ctx.err(path, Some(v), "has both pattern and length; use one");
+            }
+            None
+        }
+    };
+    Some(RegistrationSpec {
+        format: format?,
+        matcher: matcher?,
+        reply: reply?,
+    })
+}
+
+fn heartbeat(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<HeartbeatSpec> {
+    let s = Section::new(ctx, path, v, &["ascii", "hex", "reply"])?;
+    let ascii = s.field(ctx, "ascii", |ctx, path, v| {
+        string(ctx, path, v).map(String::into_bytes)
+    });
+    let hex = s.field(ctx, "hex", hex_bytes);
+    let reply = s.field(ctx, "reply", hex_bytes).or(Vec::new());
+    let bytes = match (ascii, hex) {
+        (Field::Value(b), Field::Missing) | (Field::Missing, Field::Value(b)) => {
+            if b.is_empty() {
+                ctx.err(path, Some(v), "the heartbeat must be at least one byte");
+                None
+            } else {
+                Some(b)
+            }
+        }
+        (Field::Missing, Field::Missing) => {
+            ctx.err(path, Some(v), "needs ascii = \"..\" or hex = \"..\"");
+            None
+        }
+        (ascii, hex) => {
+            if ascii.is_present() && hex.is_present() {
+                ctx.err(path, Some(v), "has both ascii and hex; use one");
+            }
+            None
+        }
+    };
+    Some(HeartbeatSpec {
+        bytes: bytes?,
+        reply: reply?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::tree::EnvVars;
+    use config::{File, FileFormat, Source};
+
+    /// Validates `text` as a data file, returning the settings and the problems as strings.
+    fn check(text: &str) -> (DataSettings, Vec<String>) {
+        let map = File::from_str(text, FileFormat::Toml)
+            .collect()
+            .unwrap_or_else(|e| panic!("bad test TOML: {e}"));
+        let root = Value::new(None, ValueKind::Table(map));
+        let env = EnvVars::default();
+        let mut ctx = Ctx::new("data.toml", &env);
+        let (data, _) = validate(&mut ctx, &root);
+        (data, ctx.errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn negative_register_values_are_twos_complement() {
+        let (data, errors) =
+            check("[[profiles.p.commands]]\nname = \"c\"\nwrite = { address = 1, value = -2 }\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = data.profiles["p"].command("c").map(|c| c.write.clone());
+        assert_eq!(
+            c,
+            Some(WriteSpec::Register {
+                address: 1,
+                value: 0xFFFE
+            })
+        );
+        let (_, errors) = check(
+            "[[profiles.p.commands]]\nname = \"c\"\nwrite = { address = 1, value = 65536 }\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
+    fn coverage_accepts_a_point_in_any_fitting_poll() {
+        let base = r#"
+[[profiles.p.polls]]
+name = "a"
+function = 4
+start = 0
+count = 2
+every = "1s"
+[[profiles.p.polls]]
+name = "b"
+function = 3
+start = 1
+count = 4
+every = "1s"
+[[profiles.p.points]]
+name = "x"
+address = 1
+type = "f32"
+"#;
+        // Crosses the end of "a" but lies whole in "b": fine.
+        let (data, errors) = check(base);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(data.profiles["p"].polls[1].end(), 4);
+        // An f64 at 1 needs 1..=4: still inside "b".
+        let (_, errors) = check(&base.replace("\"f32\"", "\"f64\""));
+        assert!(errors.is_empty(), "{errors:?}");
+        // At 2 it needs 2..=5, past both.
+        let (_, errors) = check(
+            &base
+                .replace("\"f32\"", "\"f64\"")
+                .replace("address = 1", "address = 2"),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("points[0].address: this f64 spans 2..=5"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_profile_with_problems_is_left_out() {
+        let (data, errors) = check("[profiles.good]\n[profiles.bad]\nslave = 0\n");
+        assert_eq!(errors.len(), 1);
+        let names: Vec<&str> = data.profiles.keys().map(String::as_str).collect();
+        assert_eq!(names, ["good"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The supervisor: one actor that knows every device the server has seen, which connection
+//! holds each id, and the latest decoded values. The web layer asks it; device actors report
+//! to it; it routes operator commands to the connection that holds the id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::device::actor::{Close, DeviceActor, Execute};
+use crate::device::command::{CommandError, CommandReply, DeviceCommand};
+use crate::device::points::Decoded;
+use crate::settings::Protocol;
+
+/// Identifies one TCP connection, so that a late report from a replaced connection cannot
+/// overwrite the state of the connection that now holds the id.
+pub type ConnId = u64;
+
+/// Why a device went offline (the `data.reason` of `device.offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineReason {
+    HeartbeatTimeout,
+    Closed,
+    Replaced,
+}
+
+impl OfflineReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfflineReason::HeartbeatTimeout => "heartbeat_timeout",
+            OfflineReason::Closed => "closed",
+            OfflineReason::Replaced => "replaced",
+        }
+    }
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub online: bool,
+    pub protocol: String,
+    pub profile: Option<String>,
+    pub remote_addr: String,
+    pub connected_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The latest decoded value of one point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointValue {
+    pub value: f64,
+    pub raw: f64,
+    pub unit: String,
+    pub at: DateTime<Utc>,
+}
+
+pub type Values = BTreeMap<String, PointValue>;
+
+struct DeviceEntry {
+    view: DeviceView,
+    values: Values,
+    /// The connection that holds the id, while online.
+    conn: Option<(ConnId, Addr<DeviceActor>)>,
+}
+
+impl DeviceEntry {
+    fn holds(&self, conn: ConnId) -> bool {
+        matches!(self.conn, Some((c, _)) if c == conn)
+    }
+}
+
+#[derive(Default)]
+pub struct Supervisor {
+    devices: HashMap<String, DeviceEntry>,
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Device reports are small and frequent; a roomy mailbox keeps thousands of DTUs
+        // registering at once from waiting on each other.
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+/// A connection has registered `id`. An older connection holding the id is closed (`replaced`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Registered {
+    pub id: String,
+    pub conn: ConnId,
+    pub addr: Addr<DeviceActor>,
+    pub protocol: Protocol,
+    pub profile: Option<String>,
+    pub remote_addr: SocketAddr,
+}
+
+impl Handler<Registered> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
+        let now = Utc::now();
+        let view = DeviceView {
+            id: msg.id.clone(),
+            online: true,
+            protocol: msg.protocol.as_str().to_string(),
+            profile: msg.profile,
+            remote_addr: msg.remote_addr.to_string(),
+            connected_at: now,
+            last_seen: now,
+        };
+        match self.devices.get_mut(&msg.id) {
+            Some(entry) => {
+                if let Some((old_conn, old_addr)) = entry.conn.take() {
+                    if old_conn != msg.conn {
+                        log::info!(
+                            "device {}: new connection from {} replaces the one from {}",
+                            msg.id,
+                            msg.remote_addr,
+                            entry.view.remote_addr
+                        );
+                        old_addr.do_send(Close {
+                            reason: OfflineReason::Replaced,
+                        });
+                    }
+                }
+                entry.view = view;
+                entry.conn = Some((msg.conn, msg.addr));
+            }
+            None => {
+                self.devices.insert(
+                    msg.id,
+                    DeviceEntry {
+                        view,
+                        values: Values::new(),
+                        conn: Some((msg.conn, msg.addr)),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Traffic from a device (sent at most about once a second per device).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen {
+    pub id: String,
+    pub conn: ConnId,
+}
+
+impl Handler<Seen> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Seen, _: &mut Self::Context) {
+        if let Some(entry) = self.devices.get_mut(&msg.id) {
+            if entry.holds(msg.conn) {
+                entry.view.last_seen = Utc::now();
+            }
+        }
+    }
+}
+
+/// Values decoded from one poll.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Telemetry {
+    pub id: String,
+    pub conn: ConnId,
+    pub values: Vec<Decoded>,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<Telemetry> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Telemetry, _: &mut Self::Context) {
+        let Some(entry) = self.devices.get_mut(&msg.id) else {
+            return;
+        };
+        if !entry.holds(msg.conn) {
+            return;
+        }
+        entry.view.last_seen = msg.at;
+        for d in msg.values {
+            entry.values.insert(
+                d.name,
+                PointValue {
+                    value: d.value,
+                    raw: d.raw,
+                    unit: d.unit,
+                    at: msg.at,
+                },
+            );
+        }
+    }
+}
+
+/// A connection that held `id` has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Offline {
+    pub id: String,
+    pub conn: ConnId,
+    pub reason: OfflineReason,
+}
+
+impl Handler<Offline> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Offline, _: &mut Self::Context) {
+        if let Some(entry) = self.devices.get_mut(&msg.id) {
+            // A replaced connection reports after its successor registered: leave that one be.
+            if entry.holds(msg.conn) {
+                entry.conn = None;
+                entry.view.online = false;
+                log::info!("device {}: offline ({})", msg.id, msg.reason.as_str());
+            }
+        }
+    }
+}
+
+/// Every known device, sorted by id.
+#[derive(Message)]
+#[rtype(result = "Vec<DeviceView>")]
+pub struct ListDevices;
+
+impl Handler<ListDevices> for Supervisor {
+    type Result = MessageResult<ListDevices>;
+
+    fn handle(&mut self, _: ListDevices, _: &mut Self::Context) -> Self::Result {
+        let mut list: Vec<DeviceView> = self.devices.values().map(|e| e.view.clone()).collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        MessageResult(list)
+    }
+}
+
+/// One device with its latest values.
+#[derive(Message)]
+#[rtype(result = "Option<(DeviceView, Values)>")]
+pub struct GetDevice {
+    pub id: String,
+}
+
+impl Handler<GetDevice> for Supervisor {
+    type Result = MessageResult<GetDevice>;
+
+    fn handle(&mut self, msg: GetDevice, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.devices
+                .get(&msg.id)
+                .map(|e| (e.view.clone(), e.values.clone())),
+        )
+    }
+}
+
+/// Hands a command to the connection holding `id`; its end comes through `reply`.
+#[derive(Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct RouteCommand {
+    pub id: String,
+    pub command: DeviceCommand,
+    pub reply: CommandReply,
+}
+
+impl Handler<RouteCommand> for Supervisor {
+    type Result = Result<(), CommandError>;
+
+    fn handle(&mut self, msg: RouteCommand, _: &mut Self::Context) -> Self::Result {
+        let entry = self
+            .devices
+            .get(&msg.id)
+            .ok_or_else(|| CommandError::UnknownDevice(msg.id.clone()))?;
+        let (_, addr) = entry
+            .conn
+            .as_ref()
+            .ok_or_else(|| CommandError::Offline(msg.id.clone()))?;
+        addr.try_send(Execute {
+            command: msg.command,
+            reply: msg.reply,
+        })
+        .map_err(|_| CommandError::Offline(msg.id))
+    }
+}

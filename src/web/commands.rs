@@ -1,0 +1,208 @@
+//! `POST /api/devices/{id}/commands`: parse an operator command, hand it to the device through
+//! the supervisor, and wait for the device's answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::error::ApiError;
+use super::{mailbox_error, AppState};
+use crate::device::command::{CommandError, CommandOutcome, DeviceCommand};
+use crate::device::modbus::{self, Request, Response};
+use crate::supervisor::RouteCommand;
+
+/// How long a caller waits for a device when the body names no `timeout_ms`: long enough for
+/// a queued poll plus the profile's own timeout and retries, which usually answer first.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const MAX_WAIT_MS: u64 = 600_000;
+
+static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/devices/{id}/commands", web::post().to(send));
+}
+
+/// The JSON body; which fields apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: Option<u8>,
+    pub start: Option<u16>,
+    pub count: Option<u16>,
+    pub address: Option<u16>,
+    pub value: Option<Value>,
+    pub values: Option<Vec<Value>>,
+    pub name: Option<String>,
+    pub hex: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub queue_if_offline: Option<bool>,
+}
+
+fn need<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, ApiError> {
+    field.ok_or_else(|| ApiError::bad_request(format!("a {kind} command needs \"{name}\"")))
+}
+
+fn as_u16(v: &Value, what: &str) -> Result<u16, ApiError> {
+    v.as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{what} must be an integer 0..=65535, got {v}"))
+        })
+}
+
+fn as_bool(v: &Value, what: &str) -> Result<bool, ApiError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+        Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be true or false, got {v}"
+        ))),
+    }
+}
+
+impl CommandBody {
+    /// The device command this body asks for, validated.
+    pub fn to_command(&self) -> Result<DeviceCommand, ApiError> {
+        let kind = self.kind.as_str();
+        let request = match kind {
+            "read" => Request::read(
+                need(self.function, "function", kind)?,
+                need(self.start, "start", kind)?,
+                need(self.count, "count", kind)?,
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            "write_register" => Request::WriteSingleRegister {
+                address: need(self.address, "address", kind)?,
+                value: as_u16(need(self.value.as_ref(), "value", kind)?, "value")?,
+            },
+            "write_registers" => Request::WriteMultipleRegisters {
+                address: need(self.address, "address", kind)?,
+                values: need(self.values.as_ref(), "values", kind)?
+                    .iter()
+                    .map(|v| as_u16(v, "each of values"))
+                    .collect::<Result<_, _>>()?,
+            },
+            "write_coil" => Request::WriteSingleCoil {
+                address: need(self.address, "address", kind)?,
+                value: as_bool(need(self.value.as_ref(), "value", kind)?, "value")?,
+            },
+            "write_coils" => Request::WriteMultipleCoils {
+                address: need(self.address, "address", kind)?,
+                values: need(self.values.as_ref(), "values", kind)?
+                    .iter()
+                    .map(|v| as_bool(v, "each of values"))
+                    .collect::<Result<_, _>>()?,
+            },
+            "named" => return Ok(DeviceCommand::Named(need(self.name.clone(), "name", kind)?)),
+            "raw" => {
+                let bytes = modbus::parse_hex(need(self.hex.as_deref(), "hex", kind)?)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                if bytes.len() < 2 {
+                    return Err(ApiError::bad_request("a raw frame needs at least slave and function"));
+                }
+                return Ok(DeviceCommand::Raw(modbus::ensure_crc(bytes)));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown command type {other:?}: use read, write_register, write_registers, write_coil, write_coils, named or raw"
+                )))
+            }
+        };
+        request
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(DeviceCommand::Modbus(request))
+    }
+
+    fn wait(&self) -> Result<Duration, ApiError> {
+        match self.timeout_ms {
+            None => Ok(DEFAULT_WAIT),
+            Some(ms) if (1..=MAX_WAIT_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(ApiError::bad_request(format!(
+                "timeout_ms must be 1..={MAX_WAIT_MS}, got {ms}"
+            ))),
+        }
+    }
+}
+
+/// The `result` object of a successful command.
+pub fn outcome_json(outcome: &CommandOutcome) -> Value {
+    match outcome {
+        CommandOutcome::Raw(adu) => json!({ "hex": modbus::to_hex(adu) }),
+        CommandOutcome::Modbus { response, values } => {
+            let mut result = match response {
+                Response::Registers(regs) => json!({ "registers": regs }),
+                Response::Bits(bits) => json!({ "bits": bits }),
+                Response::WriteSingleRegister { address, value } => {
+                    json!({ "address": address, "value": value })
+                }
+                Response::WriteSingleCoil { address, value } => {
+                    json!({ "address": address, "value": value })
+                }
+                Response::WriteMultiple { address, count } => {
+                    json!({ "address": address, "count": count })
+                }
+            };
+            if matches!(response, Response::Registers(_) | Response::Bits(_)) {
+                let decoded: Map<String, Value> = values
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.name.clone(),
+                            json!({"value": d.value, "raw": d.raw, "unit": d.unit}),
+                        )
+                    })
+                    .collect();
+                if let Some(obj) = result.as_object_mut() {
+                    obj.insert("values".into(), Value::Object(decoded));
+                }
+            }
+            result
+        }
+    }
+}
+
+async fn send(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<CommandBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let command = body.to_command()?;
+    let wait = body.wait()?;
+    if body.queue_if_offline == Some(true) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_IMPLEMENTED,
+            "queue_if_offline is not available yet: commands to offline devices are refused with 409",
+        ));
+    }
+    let cid = format!("c{}", NEXT_COMMAND.fetch_add(1, Ordering::Relaxed));
+    let (reply, answer) = oneshot::channel();
+    state
+        .supervisor
+        .send(RouteCommand {
+            id: id.clone(),
+            command,
+            reply,
+        })
+        .await
+        .map_err(mailbox_error)??;
+    let result = match tokio::time::timeout(wait, answer).await {
+        Err(_) => Err(CommandError::Timeout(wait.as_millis() as u64)),
+        Ok(Err(_)) => Err(CommandError::Disconnected),
+        Ok(Ok(result)) => result,
+    };
+    let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": cid,
+        "status": "ok",
+        "result": outcome_json(&outcome),
+    })))
+}

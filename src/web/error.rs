@@ -1,0 +1,79 @@
+//! The one mapping from failures to HTTP answers: `{"error": "<message>"}` with a fitting status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Map, Value};
+
+use crate::device::command::CommandError;
+use crate::device::modbus::ModbusError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Further fields of the error body, e.g. a Modbus exception code.
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = self.extra.clone();
+        body.insert("error".into(), json!(self.message));
+        HttpResponse::build(self.status).json(Value::Object(body))
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let message = e.to_string();
+        match e {
+            CommandError::UnknownDevice(_) => ApiError::not_found(message),
+            CommandError::Offline(_) | CommandError::Precondition(_) => {
+                ApiError::new(StatusCode::CONFLICT, message)
+            }
+            CommandError::Invalid(_) => ApiError::bad_request(message),
+            CommandError::Timeout(_) | CommandError::Disconnected => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, message)
+            }
+            CommandError::Modbus(ModbusError::Exception { function, code }) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, message)
+                    .with("exception", json!(code))
+                    .with("function", json!(function))
+            }
+            CommandError::Modbus(_) => ApiError::new(StatusCode::BAD_GATEWAY, message),
+        }
+    }
+}
+
+/// Turns actix-web's own rejections (bad JSON, bad path or query) into the JSON error shape.
+pub fn json_rejection(err: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::bad_request(err.to_string()).into()
+}

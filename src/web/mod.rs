@@ -1,0 +1,60 @@
+//! The HTTP front end: the REST API under `/api`. Handlers are thin: they parse and validate
+//! input, send one message to an actor, and map the answer to JSON.
+
+pub mod commands;
+pub mod devices;
+pub mod error;
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{web, HttpResponse};
+
+use crate::settings::Settings;
+use crate::supervisor::Supervisor;
+use error::{json_rejection, ApiError};
+
+/// Largest request body the API accepts; commands and settings are small.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub supervisor: Addr<Supervisor>,
+    pub settings: Arc<Settings>,
+}
+
+/// Registers the API's routes and JSON error handling on an actix-web app.
+pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY)
+                    .error_handler(|e, _| json_rejection(e)),
+            )
+            .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
+            .service(
+                web::scope("/api")
+                    .route("/health", web::get().to(health))
+                    .configure(devices::routes)
+                    .configure(commands::routes)
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ApiError::not_found("no such route"))
+                    })),
+            );
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Maps a failed mailbox send (the actor is gone, i.e. the server is stopping) to 503.
+pub fn mailbox_error(e: actix::MailboxError) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!("server is shutting down: {e}"),
+    )
+}

@@ -1,0 +1,121 @@
+//! `dtu-supervisor check`: exit 0 on good settings; every problem, with file and key, and
+//! exit 2 on bad ones — and a server started on bad settings refuses to start.
+
+mod common;
+
+use std::process::Command;
+
+fn check(dir: &std::path::Path) -> (i32, String) {
+    let out = Command::new(common::binary())
+        .arg("check")
+        .arg("--settings")
+        .arg(dir)
+        .env_remove("DTU_SETTINGS")
+        .output()
+        .expect("run dtu-supervisor check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn shipped_settings_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("settings");
+    let (code, text) = check(&dir);
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn broken_settings_list_every_problem_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        r#"
+[web]
+bind = "127.0.0.1:18080"
+
+[[listeners]]
+name = "a"
+bind = "0.0.0.0:23000"
+protocol = "framed"
+profile = "default"
+
+[[listeners]]
+name = "b"
+bind = "0.0.0.0:23000"
+protocol = "carrier-pigeon"
+profile = "missing"
+
+[liveness]
+heartbeat_interval = "thirty seconds"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("data.toml"),
+        r#"
+[profiles.default]
+slave = 1
+
+[[profiles.default.polls]]
+name = "block"
+function = 3
+start = 2000
+count = 10
+every = "30s"
+
+[[profiles.default.points]]
+name = "outside"
+address = 5000
+type = "u16"
+
+[[profiles.default.points]]
+name = "crossing"
+address = 2009
+type = "f32"
+
+[[profiles.default.points]]
+name = "weird"
+address = 2001
+type = "u24"
+"#,
+    )
+    .unwrap();
+    let (code, text) = check(dir.path());
+    assert_eq!(code, 2, "{text}");
+    let expect = [
+        ("server.toml", "listeners[1].protocol"),
+        ("server.toml", "listeners[1].profile"),
+        ("server.toml", "listeners[1].bind"),
+        ("server.toml", "liveness.heartbeat_interval"),
+        ("data.toml", "profiles.default.points[0].address"),
+        ("data.toml", "profiles.default.points[1]"),
+        ("data.toml", "profiles.default.points[2].type"),
+    ];
+    for (file, key) in expect {
+        assert!(
+            text.lines().any(|l| l.contains(file) && l.contains(key)),
+            "no error for {file} {key} in:\n{text}"
+        );
+    }
+
+    // The server itself refuses these settings the same way, without starting.
+    let out = Command::new(common::binary())
+        .arg("--settings")
+        .arg(dir.path())
+        .env_remove("DTU_SETTINGS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn missing_settings_dir_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = check(&dir.path().join("nowhere"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("data.toml"), "{text}");
+}

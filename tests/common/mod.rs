@@ -1,0 +1,324 @@
+//! Harness for end-to-end tests: the real `dtu-supervisor` binary on free ports with a
+//! settings dir written per test, HTTP through ureq, and fake DTUs on real TCP sockets.
+//!
+//! Waiting is always "until a condition holds, or a generous deadline passes", never a fixed
+//! sleep that a loaded machine could miss.
+
+#![allow(dead_code)]
+
+pub mod device;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take before a test fails. Generous: CI machines are loaded.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`, or panics with `what` after DEADLINE.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The data.toml most tests use: one framed/transparent profile covering every point type
+/// the tests decode.
+pub const DATA_TOML: &str = r#"
+[profiles.default]
+slave = 1
+response_timeout = "400ms"
+retries = 1
+
+[[profiles.default.polls]]
+name = "block"
+function = 3
+start = 2000
+count = 40
+every = "1s"
+
+[[profiles.default.polls]]
+name = "on_heartbeat"
+function = 3
+start = 2300
+count = 10
+trigger = "heartbeat"
+
+[[profiles.default.points]]
+name = "temperature"
+address = 2000
+type = "i16"
+scale = 0.1
+unit = "°C"
+
+[[profiles.default.points]]
+name = "humidity"
+address = 2010
+type = "f32"
+unit = "%"
+
+[[profiles.default.points]]
+name = "energy"
+address = 2020
+type = "u32"
+order = "CDAB"
+unit = "kWh"
+
+[[profiles.default.points]]
+name = "status"
+address = 2030
+type = "u16"
+
+[[profiles.default.points]]
+name = "pressure"
+address = 2300
+type = "u16"
+scale = 0.01
+unit = "bar"
+
+[[profiles.default.commands]]
+name = "turn_on"
+write = { address = 2100, value = 1 }
+require = { point = "status", equals = 5, message = "device must be in standby" }
+
+[[profiles.default.commands]]
+name = "reset"
+write = { address = 2101, values = [7, 8] }
+
+[profiles.default.registration]
+format = "ascii"
+pattern = "^[0-9]{15}$"
+
+[profiles.default.heartbeat]
+ascii = "www.usr.cn"
+"#;
+
+/// A running server process. Killed on drop if a test fails half-way.
+pub struct TestServer {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub web: u16,
+    pub framed: u16,
+    pub transparent: u16,
+    pub log: PathBuf,
+}
+
+pub struct Options {
+    pub heartbeat_interval: &'static str,
+    pub max_missed: u32,
+    pub register_timeout: &'static str,
+    pub data_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_interval: "30s",
+            max_missed: 3,
+            register_timeout: "10s",
+            data_toml: DATA_TOML.to_string(),
+        }
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (web, framed, transparent) = (free_port(), free_port(), free_port());
+        let server_toml = format!(
+            r#"
+[web]
+bind = "127.0.0.1:{web}"
+
+[[listeners]]
+name = "framed"
+bind = "127.0.0.1:{framed}"
+protocol = "framed"
+profile = "default"
+
+[[listeners]]
+name = "transparent"
+bind = "127.0.0.1:{transparent}"
+protocol = "transparent"
+profile = "default"
+
+[liveness]
+heartbeat_interval = "{hb}"
+max_missed = {missed}
+register_timeout = "{reg}"
+
+[database]
+url = "sqlite://{db}"
+"#,
+            hb = opts.heartbeat_interval,
+            missed = opts.max_missed,
+            reg = opts.register_timeout,
+            db = dir.path().join("dtu.db").display(),
+        );
+        std::fs::write(dir.path().join("server.toml"), server_toml).expect("write server.toml");
+        std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
+        let log = dir.path().join("server.log");
+        let child = spawn_server(dir.path(), &log);
+        let server = TestServer {
+            child,
+            dir,
+            web,
+            framed,
+            transparent,
+            log,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        wait_for("the server to answer /api/health", || {
+            match ureq::get(&self.url("/api/health"))
+                .timeout(Duration::from_secs(2))
+                .call()
+            {
+                Ok(r) if r.status() == 200 => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.web, path)
+    }
+
+    /// GET, returning status and JSON body (whatever the status).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        answer(ureq::get(&self.url(path)).timeout(DEADLINE).call())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        answer(
+            ureq::post(&self.url(path))
+                .timeout(DEADLINE)
+                .send_json(body.clone()),
+        )
+    }
+
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        answer(
+            ureq::post(&self.url(path))
+                .timeout(DEADLINE)
+                .set("Content-Type", content_type)
+                .send_string(body),
+        )
+    }
+
+    pub fn device(&self, id: &str) -> Option<Value> {
+        let (status, body) = self.get(&format!("/api/devices/{id}"));
+        (status == 200).then_some(body)
+    }
+
+    pub fn online(&self, id: &str) -> bool {
+        self.device(id)
+            .is_some_and(|d| d["online"] == Value::Bool(true))
+    }
+
+    /// Waits until point `name` of device `id` has a value and returns it.
+    pub fn wait_value(&self, id: &str, name: &str) -> f64 {
+        wait_for(&format!("value {name} of device {id}"), || {
+            let (status, values) = self.get(&format!("/api/devices/{id}/values"));
+            if status != 200 {
+                return None;
+            }
+            values[name]["value"].as_f64()
+        })
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(&self.child, "TERM");
+        wait_for("the server to exit after SIGTERM", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}", self.log_text());
+        }
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dtu-supervisor")
+}
+
+fn spawn_server(settings: &Path, log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("create log");
+    let err = out.try_clone().expect("clone log");
+    Command::new(binary())
+        .arg("--settings")
+        .arg(settings)
+        .env(
+            "RUST_LOG",
+            "debug,actix_server=info,actix_web=info,mio=info",
+        )
+        .env_remove("DTU_SETTINGS")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start dtu-supervisor")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("HTTP request failed: {e}"),
+    };
+    let status = resp.status();
+    let mut text = String::new();
+    resp.into_reader()
+        .read_to_string(&mut text)
+        .expect("read body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
