@@ -119,3 +119,25 @@ fn missing_settings_dir_is_an_error() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("data.toml"), "{text}");
 }
+
+#[test]
+fn environment_overrides_reach_the_settings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("settings");
+    let run = |key: &str, value: &str| {
+        Command::new(common::binary())
+            .args(["check", "--settings"])
+            .arg(&dir)
+            .env_remove("DTU_SETTINGS")
+            .env(key, value)
+            .output()
+            .expect("run dtu-supervisor check")
+    };
+    let good = run("DTU__WEB__BIND", "127.0.0.1:9191");
+    assert_eq!(good.status.code(), Some(0));
+    let bad = run("DTU__WEB__BIND", "nowhere");
+    assert_eq!(bad.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(text.contains("DTU__WEB__BIND"), "{text}");
+    let bad = run("DTU__LIVENESS__MAX_MISSED", "0");
+    assert_eq!(bad.status.code(), Some(2));
+}

