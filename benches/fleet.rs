@@ -1,0 +1,201 @@
+//! Fleet benchmark: the release server with N simulated framed DTUs (dtu-sim's library, same
+//! process as this bench, separate from the server process), each polled for 100 registers every
+//! second and heartbeating every 10 s with a heartbeat poll. Reports answered polls per second
+//! against the offered rate, and the server's CPU and memory.
+//!
+//! `cargo bench --bench fleet` (env: DTU_BENCH_DEVICES=1000, DTU_BENCH_SECONDS=20).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dtu_supervisor::sim::{spawn_fleet, SimConfig, SimProtocol};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// (user+system CPU seconds, RSS in KiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let devices: usize = env_or("DTU_BENCH_DEVICES", 1000);
+    let seconds: u64 = env_or("DTU_BENCH_SECONDS", 20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (web, framed) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("server.toml"),
+        format!(
+            r#"
+[web]
+bind = "127.0.0.1:{web}"
+[[listeners]]
+name = "framed"
+bind = "127.0.0.1:{framed}"
+protocol = "framed"
+profile = "bench"
+[liveness]
+heartbeat_interval = "10s"
+[database]
+url = "sqlite://{db}"
+[storage]
+spool_path = "{spool}"
+"#,
+            db = dir.path().join("bench.db").display(),
+            spool = dir.path().join("spool.jsonl").display(),
+        ),
+    )
+    .expect("server.toml");
+    std::fs::write(
+        dir.path().join("data.toml"),
+        r#"
+[profiles.bench]
+slave = 1
+response_timeout = "2s"
+[[profiles.bench.polls]]
+name = "block"
+function = 3
+start = 2000
+count = 100
+every = "1s"
+[[profiles.bench.polls]]
+name = "hb"
+function = 3
+start = 2300
+count = 10
+trigger = "heartbeat"
+[[profiles.bench.points]]
+name = "temperature"
+address = 2000
+type = "i16"
+scale = 0.1
+[[profiles.bench.points]]
+name = "humidity"
+address = 2010
+type = "f32"
+[[profiles.bench.points]]
+name = "energy"
+address = 2020
+type = "u32"
+order = "CDAB"
+[[profiles.bench.points]]
+name = "pressure"
+address = 2300
+type = "u16"
+"#,
+    )
+    .expect("data.toml");
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_dtu-supervisor"))
+            .arg("--settings")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start server"),
+    );
+    let pid = server.0.id();
+    let started = Instant::now();
+    while ureq::get(&format!("http://127.0.0.1:{web}/api/health"))
+        .call()
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = SimConfig {
+            server: format!("127.0.0.1:{framed}").parse().expect("addr"),
+            protocol: SimProtocol::Framed,
+            heartbeat: Duration::from_secs(10),
+            ..SimConfig::default()
+        };
+        let fleet = spawn_fleet(config, devices, 100_000, 1000.0);
+        let t0 = Instant::now();
+        while fleet.stats().registrations < devices as u64 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "fleet did not register"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let registered_in = t0.elapsed();
+        // Let the first-poll burst pass, then measure a steady window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (cpu0, _) = usage(pid);
+        let polls0 = fleet.stats().polls_answered;
+        let w0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let window = w0.elapsed().as_secs_f64();
+        let polls = fleet.stats().polls_answered - polls0;
+        let (cpu1, rss) = usage(pid);
+        let offered = devices as f64 * (1.0 + 0.1); // 1 timer poll/s + 1 heartbeat poll per 10 s
+        println!(
+            "devices: {devices}, registered in {:.2} s",
+            registered_in.as_secs_f64()
+        );
+        println!(
+            "polls answered: {:.0}/s (offered {:.0}/s, {:.1}%)",
+            polls as f64 / window,
+            offered,
+            100.0 * polls as f64 / window / offered
+        );
+        println!(
+            "server CPU: {:.1}% of one core, RSS {:.1} MiB",
+            100.0 * (cpu1 - cpu0) / window,
+            rss as f64 / 1024.0
+        );
+        fleet.stop().await;
+    });
+    drop(server);
+}
