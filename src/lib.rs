@@ -5,5 +5,6 @@ pub mod device;
 pub mod server;
 pub mod settings;
 pub mod sim;
+pub mod storage;
 pub mod supervisor;
 pub mod web;

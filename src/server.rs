@@ -13,7 +13,9 @@ use tokio::sync::watch;
 
 use crate::device::actor::{DeviceActor, ListenerContext};
 use crate::settings::{Protocol, Settings};
-use crate::supervisor::Supervisor;
+use crate::storage::db::{Db, PrunableTable};
+use crate::storage::{FlushAll, Storage};
+use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
 use crate::web::{self, AppState};
 
 /// Round-robin over the device arbiters.
@@ -33,7 +35,32 @@ impl Arbiters {
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let supervisor = Supervisor::default().start();
+    let (url, pool_size) = (
+        settings.server.database.url.clone(),
+        settings.server.database.pool_size,
+    );
+    let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
+        .await
+        .context("database connection task failed")?
+        .context("cannot open the database")?;
+    log::info!(
+        "database: {} backend, migrations applied",
+        db.backend.as_str()
+    );
+    let known = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.devices())
+            .await
+            .context("device list task failed")?
+            .context("cannot read the known devices")?
+    };
+    let storage = Storage::start(
+        db.clone(),
+        settings.server.storage.clone(),
+        settings.server.storage.spool_path.clone(),
+    );
+    actix_rt::spawn(retention(db.clone(), settings.clone()));
+    let supervisor = Supervisor::with_known(known).start();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -78,6 +105,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             profile,
             liveness: settings.server.liveness.clone(),
             supervisor: supervisor.clone(),
+            storage: storage.clone(),
         });
         let arbiters = Arbiters {
             handles: handles.clone(),
@@ -94,6 +122,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let state = AppState {
         supervisor: supervisor.clone(),
         settings: settings.clone(),
+        db: db.clone(),
     };
     let http = HttpServer::new(move || App::new().configure(web::configure(state.clone())))
         .workers(threads)
@@ -114,13 +143,85 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for t in accept_tasks {
         let _ = t.await;
     }
+    close_devices(&supervisor).await;
     http_handle.stop(true).await;
     let _ = http_task.await;
+    match storage.send(FlushAll::default()).await {
+        Ok(report) if report.unsaved == 0 => log::info!(
+            "storage flushed: {} rows written, {} rows in the spool for the next start",
+            report.written,
+            report.spooled
+        ),
+        Ok(report) => log::error!(
+            "storage: {} rows could be neither written nor spooled and are lost",
+            report.unsaved
+        ),
+        Err(e) => log::error!("storage did not answer the final flush: {e}"),
+    }
     for a in arbiters {
         a.stop();
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Closes every device connection and waits (a few seconds at most) until each has reported
+/// offline, so that their last rows reach storage before the final flush.
+async fn close_devices(supervisor: &Addr<Supervisor>) {
+    let Ok(open) = supervisor.send(CloseAll).await else {
+        return;
+    };
+    if open == 0 {
+        return;
+    }
+    log::info!("closing {open} device connection(s)");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match supervisor.send(OnlineCount).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    log::warn!("some devices had not reported offline within 5 s");
+}
+
+/// Deletes telemetry and raw packets past their retention, once shortly after start and then
+/// every hour, on a blocking thread.
+async fn retention(db: Db, settings: Arc<Settings>) {
+    let storage = &settings.server.storage;
+    let jobs = [
+        (
+            PrunableTable::Telemetry,
+            "telemetry",
+            storage.retention_telemetry,
+        ),
+        (
+            PrunableTable::RawPackets,
+            "raw packets",
+            storage.retention_packets,
+        ),
+    ];
+    if jobs.iter().all(|(_, _, keep)| keep.is_none()) {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        for (table, name, keep) in jobs {
+            let Some(keep) = keep else { continue };
+            let Ok(keep) = chrono::Duration::from_std(keep) else {
+                continue;
+            };
+            let before = chrono::Utc::now() - keep;
+            let db = db.clone();
+            match tokio::task::spawn_blocking(move || db.prune(table, before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => log::info!("retention: deleted {n} {name} rows older than {before}"),
+                Ok(Err(e)) => log::warn!("retention: deleting old {name} failed: {e}"),
+                Err(e) => log::warn!("retention: task failed: {e}"),
+            }
+        }
+    }
 }
 
 async fn accept_loop(

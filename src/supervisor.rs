@@ -13,6 +13,7 @@ use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
 use crate::settings::Protocol;
+use crate::storage::rows::DeviceRow;
 
 /// Identifies one TCP connection, so that a late report from a replaced connection cannot
 /// overwrite the state of the connection that now holds the id.
@@ -76,6 +77,34 @@ impl DeviceEntry {
 #[derive(Default)]
 pub struct Supervisor {
     devices: HashMap<String, DeviceEntry>,
+}
+
+impl Supervisor {
+    /// A supervisor that already knows the devices stored by earlier runs, all offline: after
+    /// a restart nobody is connected yet, whatever the database last said.
+    pub fn with_known(devices: Vec<DeviceRow>) -> Supervisor {
+        let devices = devices
+            .into_iter()
+            .map(|d| {
+                let view = DeviceView {
+                    id: d.id.clone(),
+                    online: false,
+                    protocol: d.protocol,
+                    profile: d.profile,
+                    remote_addr: d.remote_addr,
+                    connected_at: d.connected_at,
+                    last_seen: d.last_seen,
+                };
+                let entry = DeviceEntry {
+                    view,
+                    values: Values::new(),
+                    conn: None,
+                };
+                (d.id, entry)
+            })
+            .collect();
+        Supervisor { devices }
+    }
 }
 
 impl Actor for Supervisor {
@@ -285,5 +314,40 @@ impl Handler<RouteCommand> for Supervisor {
             reply: msg.reply,
         })
         .map_err(|_| CommandError::Offline(msg.id))
+    }
+}
+
+/// Closes every device connection (server shutdown); answers how many were open.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll;
+
+impl Handler<CloseAll> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
+        let mut n = 0;
+        for entry in self.devices.values() {
+            if let Some((_, addr)) = &entry.conn {
+                addr.do_send(Close {
+                    reason: OfflineReason::Closed,
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// How many devices are online now.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct OnlineCount;
+
+impl Handler<OnlineCount> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: OnlineCount, _: &mut Self::Context) -> usize {
+        self.devices.values().filter(|e| e.conn.is_some()).count()
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::io::{WriteHandler, Writer};
 use actix::prelude::*;
 use bytes::BytesMut;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::{BytesCodec, Decoder, Encoder, FramedRead};
@@ -28,9 +28,14 @@ use crate::device::codec::{DeviceCodec, Expect, FramedCodec, Inbound, Outbound, 
 use crate::device::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
 use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::{decode_block, decode_registers, BlockData, Decoded, Point};
+use crate::settings::IdFormat;
 use crate::settings::{
     LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,
 };
+use crate::storage::rows::{
+    ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row, TelemetryRow,
+};
+use crate::storage::{Storage, Store, StoreMany};
 use crate::supervisor::{self, ConnId, OfflineReason, Supervisor};
 
 /// Longest a device id may be; anything longer is not an id but garbage.
@@ -50,6 +55,7 @@ pub struct ListenerContext {
     pub profile: Option<Arc<Profile>>,
     pub liveness: LivenessSettings,
     pub supervisor: Addr<Supervisor>,
+    pub storage: Addr<Storage>,
 }
 
 impl ListenerContext {
@@ -171,6 +177,7 @@ pub struct DeviceActor {
     /// Per poll of the profile: queued or in flight, so a slow device never piles up polls.
     poll_pending: Vec<bool>,
     register_timer: Option<SpawnHandle>,
+    connected_at: DateTime<Utc>,
 }
 
 impl DeviceActor {
@@ -204,6 +211,7 @@ impl DeviceActor {
                 in_flight: None,
                 poll_pending: vec![false; polls],
                 register_timer: None,
+                connected_at: Utc::now(),
             }
         });
     }
@@ -213,6 +221,73 @@ impl DeviceActor {
         match &self.id {
             Some(id) => format!("device {id}"),
             None => format!("unregistered connection from {}", self.peer),
+        }
+    }
+
+    fn store(&self, row: Row) {
+        self.ctx.storage.do_send(Store(row));
+    }
+
+    /// Records bytes that crossed this device's socket (only once it has an id).
+    fn store_packet(&self, direction: Direction, kind: PacketKind, bytes: &[u8]) {
+        if let Some(id) = &self.id {
+            self.store(Row::Packet(PacketRow {
+                device_id: id.clone(),
+                direction,
+                kind,
+                bytes: bytes.to_vec(),
+                at: Utc::now(),
+            }));
+        }
+    }
+
+    fn store_event(&self, event: ConnEvent, detail: String) {
+        self.store(Row::Event(ConnEventRow {
+            device_id: self.id.clone().unwrap_or_default(),
+            event,
+            remote_addr: self.peer.to_string(),
+            detail,
+            at: Utc::now(),
+        }));
+    }
+
+    fn device_row(&self, id: &str, online: bool) -> Row {
+        Row::Device(DeviceRow {
+            id: id.to_string(),
+            protocol: self.ctx.protocol.as_str().to_string(),
+            profile: self.ctx.profile.as_ref().map(|p| p.name.clone()),
+            remote_addr: self.peer.to_string(),
+            online,
+            connected_at: self.connected_at,
+            last_seen: Utc::now(),
+        })
+    }
+
+    /// The bytes a registration arrived as, rebuilt from the id the codec decoded.
+    fn registration_bytes(&self, id: &str) -> Vec<u8> {
+        let hex_id = matches!(
+            self.ctx.profile.as_ref().and_then(|p| p.registration.as_ref()),
+            Some(r) if r.format == IdFormat::Hex
+        );
+        match self.ctx.protocol {
+            Protocol::Framed => id
+                .parse::<u32>()
+                .map_or_else(|_| id.as_bytes().to_vec(), |n| n.to_be_bytes().to_vec()),
+            _ if hex_id => hex::decode(id).unwrap_or_else(|_| id.as_bytes().to_vec()),
+            _ => id.as_bytes().to_vec(),
+        }
+    }
+
+    fn heartbeat_bytes(&self) -> Vec<u8> {
+        match self.ctx.protocol {
+            Protocol::Framed => vec![0x02, 0x00],
+            _ => self
+                .ctx
+                .profile
+                .as_ref()
+                .and_then(|p| p.heartbeat.as_ref())
+                .map(|h| h.bytes.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -244,15 +319,29 @@ impl DeviceActor {
             }
             (State::Online, Inbound::Heartbeat) => {
                 log::debug!("{}: heartbeat", self.who());
+                self.store_packet(
+                    Direction::In,
+                    PacketKind::Heartbeat,
+                    &self.heartbeat_bytes(),
+                );
                 self.send(Outbound::HeartbeatAck);
                 self.queue_polls(|t| matches!(t, PollTrigger::Heartbeat));
                 self.pump(ctx);
             }
             (State::Online, Inbound::Data(bytes)) => {
                 log::debug!("{}: data {}", self.who(), modbus::to_hex(&bytes));
+                // Framed devices say "data"; on transparent links it is whatever came unasked.
+                let kind = match self.ctx.protocol {
+                    Protocol::Framed => PacketKind::Data,
+                    _ => PacketKind::Unsolicited,
+                };
+                self.store_packet(Direction::In, kind, &bytes);
                 self.send(Outbound::DataAck);
             }
-            (State::Online, Inbound::Modbus(adu)) => self.on_modbus(&adu, ctx),
+            (State::Online, Inbound::Modbus(adu)) => {
+                self.store_packet(Direction::In, PacketKind::Modbus, &adu);
+                self.on_modbus(&adu, ctx);
+            }
             (State::Online, Inbound::Malformed { reason, bytes }) => {
                 log::warn!(
                     "{}: dropped malformed frame ({reason}): {}",
@@ -273,6 +362,7 @@ impl DeviceActor {
                 "{}: rejected registration with invalid id {id:?}; closing",
                 self.who()
             );
+            self.store_event(ConnEvent::Rejected, format!("invalid id {id:?}"));
             self.close(OfflineReason::Closed, ctx);
             return;
         }
@@ -281,6 +371,14 @@ impl DeviceActor {
         }
         self.id = Some(id.clone());
         self.state = State::Online;
+        self.connected_at = Utc::now();
+        self.store_packet(
+            Direction::In,
+            PacketKind::Register,
+            &self.registration_bytes(&id),
+        );
+        self.store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
+        self.store(self.device_row(&id, true));
         log::info!(
             "device {id}: registered from {} on listener {}",
             self.peer,
@@ -414,6 +512,7 @@ impl DeviceActor {
             modbus::to_hex(&adu)
         );
         self.codec.set_expect(Some(wire.expect()));
+        self.store_packet(Direction::Out, PacketKind::Modbus, &adu);
         self.send(Outbound::Modbus(adu.into()));
         let timer = ctx.run_later(timeout, |act, ctx| act.on_timeout(ctx));
         self.in_flight = Some(InFlight {
@@ -596,11 +695,27 @@ impl DeviceActor {
                     Ok(CommandOutcome::Modbus { values, .. }) => {
                         if let Some(id) = &self.id {
                             log::debug!("device {id}: poll {name}: {} values", values.len());
+                            let at = Utc::now();
+                            let rows = values
+                                .iter()
+                                .map(|d| {
+                                    Row::Telemetry(TelemetryRow {
+                                        device_id: id.clone(),
+                                        point: d.name.clone(),
+                                        value: d.value,
+                                        raw: d.raw,
+                                        at,
+                                    })
+                                })
+                                .collect::<Vec<_>>();
+                            if !rows.is_empty() {
+                                self.ctx.storage.do_send(StoreMany(rows));
+                            }
                             self.ctx.supervisor.do_send(supervisor::Telemetry {
                                 id: id.clone(),
                                 conn: self.conn,
                                 values,
-                                at: Utc::now(),
+                                at,
                             });
                         }
                     }
@@ -764,13 +879,24 @@ impl Actor for DeviceActor {
                     act.who(),
                     timeout.as_millis()
                 );
+                act.store_event(
+                    ConnEvent::Rejected,
+                    format!("no registration within {} ms", timeout.as_millis()),
+                );
                 act.close(OfflineReason::Closed, ctx);
             }
         }));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(id) = self.id.take() {
+        if let Some(id) = self.id.clone() {
+            let event = match self.close_reason {
+                OfflineReason::HeartbeatTimeout => ConnEvent::HeartbeatTimeout,
+                OfflineReason::Replaced => ConnEvent::Replaced,
+                OfflineReason::Closed => ConnEvent::Disconnect,
+            };
+            self.store_event(event, self.close_reason.as_str().to_string());
+            self.store(self.device_row(&id, false));
             self.ctx.supervisor.do_send(supervisor::Offline {
                 id,
                 conn: self.conn,

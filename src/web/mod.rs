@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod devices;
 pub mod error;
+pub mod history;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use actix::Addr;
 use actix_web::{web, HttpResponse};
 
 use crate::settings::Settings;
+use crate::storage::db::Db;
 use crate::supervisor::Supervisor;
 use error::{json_rejection, ApiError};
 
@@ -22,6 +24,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub supervisor: Addr<Supervisor>,
     pub settings: Arc<Settings>,
+    pub db: Db,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.
@@ -40,6 +43,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/health", web::get().to(health))
                     .configure(devices::routes)
                     .configure(commands::routes)
+                    .configure(history::routes)
                     .default_service(web::to(|| async {
                         Err::<HttpResponse, _>(ApiError::not_found("no such route"))
                     })),

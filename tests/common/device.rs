@@ -35,6 +35,8 @@ pub struct DeviceState {
     pub delay_ms: AtomicU64,
     /// Requests that arrived while an earlier one was still unanswered: must stay 0.
     pub overlaps: AtomicUsize,
+    /// Read requests answered (written to the socket), by start address.
+    pub answered: Mutex<HashMap<u16, usize>>,
 }
 
 pub struct FakeDevice {
@@ -65,7 +67,16 @@ impl FakeDevice {
 
     /// A framed DTU with device number `number`, registered (its `01` ack received).
     pub fn framed(port: u16, number: u32) -> FakeDevice {
+        Self::framed_with(port, number, &[])
+    }
+
+    /// A framed DTU whose registers hold `preset` (address, values) before it registers, so
+    /// that even the first poll reads them.
+    pub fn framed_with(port: u16, number: u32, preset: &[(u16, &[u16])]) -> FakeDevice {
         let mut dev = Self::connect(port, Proto::Framed);
+        for (address, values) in preset {
+            dev.set_registers(*address, values);
+        }
         dev.send(&number.to_be_bytes());
         wait_for("the registration ack", || {
             (dev.state.register_acks.load(Ordering::SeqCst) > 0).then_some(())
@@ -135,6 +146,17 @@ impl FakeDevice {
             .count()
     }
 
+    /// How many reads starting at `start` the device has answered.
+    pub fn answered_at(&self, start: u16) -> usize {
+        self.state
+            .answered
+            .lock()
+            .expect("lock")
+            .get(&start)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::SeqCst)
     }
@@ -191,6 +213,16 @@ fn serve(mut stream: TcpStream, proto: Proto, state: Arc<DeviceState>) {
                     };
                     if stream.write_all(&out).is_err() {
                         break;
+                    }
+                    if let Ok((_, Request::ReadHoldingRegisters { start, .. })) =
+                        Request::decode(&adu)
+                    {
+                        *state
+                            .answered
+                            .lock()
+                            .expect("lock")
+                            .entry(start)
+                            .or_default() += 1;
                     }
                 }
             }

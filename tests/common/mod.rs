@@ -126,6 +126,11 @@ pub struct Options {
     pub max_missed: u32,
     pub register_timeout: &'static str,
     pub data_toml: String,
+    /// Appended to server.toml right after its `[storage]` section: bare keys land in
+    /// `[storage]`, further sections may follow.
+    pub extra_server_toml: String,
+    /// The database URL; a SQLite file in the test's directory when None.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -135,6 +140,8 @@ impl Default for Options {
             max_missed: 3,
             register_timeout: "10s",
             data_toml: DATA_TOML.to_string(),
+            extra_server_toml: String::new(),
+            database_url: None,
         }
     }
 }
@@ -170,12 +177,22 @@ max_missed = {missed}
 register_timeout = "{reg}"
 
 [database]
-url = "sqlite://{db}"
+url = "{db}"
+
+[storage]
+spool_path = "{spool}"
+flush_interval = "200ms"
+{extra}
 "#,
             hb = opts.heartbeat_interval,
             missed = opts.max_missed,
             reg = opts.register_timeout,
-            db = dir.path().join("dtu.db").display(),
+            db = opts
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("dtu.db").display())),
+            spool = dir.path().join("spool.jsonl").display(),
+            extra = opts.extra_server_toml,
         );
         std::fs::write(dir.path().join("server.toml"), server_toml).expect("write server.toml");
         std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
@@ -203,6 +220,19 @@ url = "sqlite://{db}"
                 _ => None,
             }
         });
+    }
+
+    /// Starts the server again on the same settings, database and ports (after `terminate`).
+    pub fn restart(&mut self) {
+        let log = self.dir.path().join("server-restarted.log");
+        self.child = spawn_server(self.dir.path(), &log);
+        self.log = log;
+        self.wait_healthy();
+    }
+
+    /// The SQLite database file of this test (when no other URL was given).
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("dtu.db").display())
     }
 
     pub fn url(&self, path: &str) -> String {

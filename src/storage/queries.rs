@@ -1,0 +1,806 @@
+//! What the server reads and writes: batched writes of `Row`s and the history queries.
+//!
+//! Reads go through `AnyConnection` (portable types only). Batch inserts and the device upsert
+//! cannot: they run on the inner connection of each backend (`on_inner!`), the same diesel
+//! statement for PostgreSQL and SQLite and a DATETIME-typed one for MySQL (module `mysql`).
+//! All times are truncated to microseconds and stored as naive UTC.
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::Timestamp;
+use diesel::upsert::excluded;
+use serde::Serialize;
+
+use super::db::{AnyConnection, Backend, Db, MultiBackend, StorageError};
+use super::rows::{ConnEventRow, DeviceRow, PacketRow, Row, TelemetryRow};
+use super::schema::{connection_events, devices, raw_packets, telemetry};
+
+/// Runs a statement on whichever inner connection `AnyConnection` holds (what
+/// `MultiConnection` cannot do itself: batch inserts, upserts). MySQL has a body of its own,
+/// because its inserts must bind times as DATETIME (see `mysql`).
+macro_rules! on_inner {
+    ($conn:expr, $c:ident => $body:expr, mysql $m:ident => $mysql:expr) => {
+        match $conn {
+            AnyConnection::Postgresql($c) => $body,
+            AnyConnection::Sqlite($c) => $body,
+            #[cfg(feature = "mysql")]
+            AnyConnection::Mysql($m) => $mysql,
+        }
+    };
+}
+
+/// Bind parameters one statement may carry, per backend (SQLite's default
+/// SQLITE_MAX_VARIABLE_NUMBER is 32766; PostgreSQL's and MySQL's wire limit is 65535).
+fn max_binds(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 32_000,
+        Backend::Postgres | Backend::Mysql => 65_000,
+    }
+}
+
+/// Rows per multi-row INSERT, whatever the bind limit allows.
+const MAX_ROWS_PER_INSERT: usize = 5_000;
+
+/// Rows one retention DELETE removes (more only when rows share the boundary timestamp).
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Column widths of the migrations; a longer value would fail the whole batch on PostgreSQL and
+/// MySQL, so such a row is dropped with a warning instead.
+const DEVICE_ID_MAX: usize = 64;
+const NAME_MAX: usize = 128;
+
+/// History of one device's values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryQuery {
+    pub device_id: String,
+    /// Only this point, or all.
+    pub point: Option<String>,
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryRecord {
+    pub device_id: String,
+    pub point: String,
+    pub value: f64,
+    pub raw: f64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PacketRecord {
+    /// "in" or "out".
+    pub direction: String,
+    pub kind: String,
+    /// Uppercase hex bytes separated by spaces: "01 03 00 00 00 02 C4 0B".
+    pub hex: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub device_id: String,
+    pub event: String,
+    pub at: DateTime<Utc>,
+    pub detail: String,
+    pub remote_addr: String,
+}
+
+/// Keyset position of an export: the last `(at, id)` handed out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExportCursor {
+    pub at: DateTime<Utc>,
+    pub id: i64,
+}
+
+/// Tables that retention prunes by age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrunableTable {
+    Telemetry,
+    RawPackets,
+}
+
+fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.trunc_subsecs(6).naive_utc()
+}
+
+/// A time to compare a `Timestamp` column with.
+///
+/// diesel binds a timestamp to MySQL as `MYSQL_TYPE_TIMESTAMP`, and MariaDB's range optimizer
+/// then treats it as a TIMESTAMP (1970–2038) when it meets an index on a DATETIME column:
+/// `at >= '1960-…'` or `at < '2999-…'` silently matches nothing. Casting the parameter to
+/// DATETIME(6) keeps the comparison exact and the index in use.
+macro_rules! bound {
+    ($backend:expr, $t:expr) => {{
+        let (open, close) = match $backend {
+            Backend::Mysql => ("CAST(", " AS DATETIME(6))"),
+            Backend::Sqlite | Backend::Postgres => ("", ""),
+        };
+        sql::<Timestamp>(open).bind::<Timestamp, _>($t).sql(close)
+    }};
+}
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+/// "0103" → "01 03", whatever the case or spacing it was stored with.
+fn spaced_hex(stored: &str) -> String {
+    let mut out = String::with_capacity(stored.len() * 3 / 2);
+    for (i, ch) in stored.chars().filter(|c| !c.is_whitespace()).enumerate() {
+        if i > 0 && i % 2 == 0 {
+            out.push(' ');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = telemetry)]
+struct NewTelemetry<'a> {
+    device_id: &'a str,
+    point: &'a str,
+    value: f64,
+    raw: f64,
+    at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = raw_packets)]
+struct NewPacket<'a> {
+    device_id: &'a str,
+    direction: &'static str,
+    kind: &'static str,
+    hex: String,
+    at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = connection_events)]
+struct NewEvent<'a> {
+    device_id: &'a str,
+    event: &'static str,
+    remote_addr: &'a str,
+    detail: &'a str,
+    at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = devices)]
+struct NewDevice<'a> {
+    id: &'a str,
+    protocol: &'a str,
+    profile: Option<&'a str>,
+    remote_addr: &'a str,
+    online: i16,
+    connected_at: NaiveDateTime,
+    last_seen: NaiveDateTime,
+}
+
+/// One write, sorted by table and checked.
+#[derive(Default)]
+struct Batch<'a> {
+    devices: Vec<NewDevice<'a>>,
+    events: Vec<NewEvent<'a>>,
+    packets: Vec<NewPacket<'a>>,
+    telemetry: Vec<NewTelemetry<'a>>,
+    dropped: usize,
+}
+
+fn too_long(what: &str, value: &str, max: usize) -> bool {
+    let long = value.chars().count() > max;
+    if long {
+        log::warn!(
+            "storage: dropping a row whose {what} is longer than {max} characters: {:?}…",
+            value.chars().take(max).collect::<String>()
+        );
+    }
+    long
+}
+
+impl<'a> Batch<'a> {
+    fn new(rows: &'a [Row]) -> Self {
+        let mut b = Batch::default();
+        for row in rows {
+            match row {
+                Row::Telemetry(t) => b.telemetry_row(t),
+                Row::Packet(p) => b.packet_row(p),
+                Row::Event(e) => b.event_row(e),
+                Row::Device(d) => b.device_row(d),
+            }
+        }
+        // One upsert statement may not touch a key twice (PostgreSQL refuses): the last
+        // version of each device wins, as it would have row by row.
+        let mut seen = std::collections::HashSet::new();
+        let mut latest = Vec::with_capacity(b.devices.len());
+        for d in std::mem::take(&mut b.devices).into_iter().rev() {
+            if seen.insert(d.id) {
+                latest.push(d);
+            } else {
+                b.dropped += 1;
+            }
+        }
+        latest.reverse();
+        b.devices = latest;
+        b
+    }
+
+    fn telemetry_row(&mut self, t: &'a TelemetryRow) {
+        if too_long("device id", &t.device_id, DEVICE_ID_MAX)
+            || too_long("point name", &t.point, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        if !t.value.is_finite() || !t.raw.is_finite() {
+            // SQLite stores NaN as NULL and MySQL refuses NaN and infinities.
+            log::warn!(
+                "storage: dropping a non-finite value of {}/{} at {} (value {}, raw {})",
+                t.device_id,
+                t.point,
+                t.at,
+                t.value,
+                t.raw
+            );
+            self.dropped += 1;
+            return;
+        }
+        self.telemetry.push(NewTelemetry {
+            device_id: &t.device_id,
+            point: &t.point,
+            value: t.value,
+            raw: t.raw,
+            at: naive(t.at),
+        });
+    }
+
+    fn packet_row(&mut self, p: &'a PacketRow) {
+        if too_long("device id", &p.device_id, DEVICE_ID_MAX) {
+            self.dropped += 1;
+            return;
+        }
+        self.packets.push(NewPacket {
+            device_id: &p.device_id,
+            direction: p.direction.as_str(),
+            kind: p.kind.as_str(),
+            hex: hex::encode_upper(&p.bytes),
+            at: naive(p.at),
+        });
+    }
+
+    fn event_row(&mut self, e: &'a ConnEventRow) {
+        if too_long("device id", &e.device_id, DEVICE_ID_MAX)
+            || too_long("remote address", &e.remote_addr, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.events.push(NewEvent {
+            device_id: &e.device_id,
+            event: e.event.as_str(),
+            remote_addr: &e.remote_addr,
+            detail: &e.detail,
+            at: naive(e.at),
+        });
+    }
+
+    fn device_row(&mut self, d: &'a DeviceRow) {
+        if too_long("device id", &d.id, DEVICE_ID_MAX)
+            || too_long("protocol", &d.protocol, 32)
+            || too_long("profile", d.profile.as_deref().unwrap_or(""), NAME_MAX)
+            || too_long("remote address", &d.remote_addr, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.devices.push(NewDevice {
+            id: &d.id,
+            protocol: &d.protocol,
+            profile: d.profile.as_deref(),
+            remote_addr: &d.remote_addr,
+            online: i16::from(d.online),
+            connected_at: naive(d.connected_at),
+            last_seen: naive(d.last_seen),
+        });
+    }
+
+    /// Runs inside the caller's transaction.
+    fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
+        let binds = max_binds(backend);
+        for chunk in self.devices.chunks(rows_per_insert(binds, 7)) {
+            on_inner!(conn, c => upsert_devices(c, chunk),
+                      mysql c => mysql::upsert_devices(c, chunk))?;
+        }
+        for chunk in self.events.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(connection_events::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::events(c, chunk))?;
+        }
+        for chunk in self.packets.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(raw_packets::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::packets(c, chunk))?;
+        }
+        for chunk in self.telemetry.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(telemetry::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::telemetry(c, chunk))?;
+        }
+        Ok(())
+    }
+}
+
+fn rows_per_insert(max_binds: usize, columns: usize) -> usize {
+    (max_binds / columns).clamp(1, MAX_ROWS_PER_INSERT)
+}
+
+/// Insert-or-update by id, on PostgreSQL and SQLite (`ON CONFLICT (id) DO UPDATE`).
+trait UpsertDevices {
+    fn upsert(&mut self, chunk: &[NewDevice<'_>]) -> QueryResult<usize>;
+}
+
+macro_rules! upsert_statement {
+    ($values:expr) => {{
+        use super::schema::devices::dsl::*;
+        diesel::insert_into(devices)
+            .values($values)
+            .on_conflict(id)
+            .do_update()
+            .set((
+                protocol.eq(excluded(protocol)),
+                profile.eq(excluded(profile)),
+                remote_addr.eq(excluded(remote_addr)),
+                online.eq(excluded(online)),
+                connected_at.eq(excluded(connected_at)),
+                last_seen.eq(excluded(last_seen)),
+            ))
+    }};
+}
+
+impl UpsertDevices for diesel::PgConnection {
+    fn upsert(&mut self, chunk: &[NewDevice<'_>]) -> QueryResult<usize> {
+        upsert_statement!(chunk).execute(self)
+    }
+}
+
+impl UpsertDevices for diesel::SqliteConnection {
+    /// diesel has no multi-row upsert on SQLite: one statement per device (a batch holds few,
+    /// and this runs inside the batch's transaction).
+    fn upsert(&mut self, chunk: &[NewDevice<'_>]) -> QueryResult<usize> {
+        let mut n = 0;
+        for row in chunk {
+            n += upsert_statement!(row).execute(self)?;
+        }
+        Ok(n)
+    }
+}
+
+fn upsert_devices(c: &mut impl UpsertDevices, chunk: &[NewDevice<'_>]) -> QueryResult<usize> {
+    c.upsert(chunk)
+}
+
+/// MariaDB/MySQL inserts.
+///
+/// diesel binds a `Timestamp` to MySQL as `MYSQL_TYPE_TIMESTAMP`, which the server converts
+/// through the session time zone and the TIMESTAMP range (1970–2038) before storing it in a
+/// DATETIME column: a time outside that range becomes NULL. These tables are the same as
+/// `schema.rs` but with `Datetime` times, so inserts bind `MYSQL_TYPE_DATETIME` and store the
+/// value as given. (Reads go through `AnyConnection`; comparisons use `bound!`.)
+#[cfg(feature = "mysql")]
+mod mysql {
+    use diesel::dsl::sql;
+    use diesel::prelude::*;
+    use diesel::sql_types::{Datetime, Nullable, SmallInt, Text};
+    use diesel::MysqlConnection;
+
+    use super::{NewDevice, NewEvent, NewPacket, NewTelemetry};
+
+    mod tables {
+        diesel::table! {
+            devices (id) {
+                id -> Text,
+                protocol -> Text,
+                profile -> Nullable<Text>,
+                remote_addr -> Text,
+                online -> SmallInt,
+                connected_at -> Datetime,
+                last_seen -> Datetime,
+            }
+        }
+        diesel::table! {
+            connection_events (id) {
+                id -> BigInt,
+                device_id -> Text,
+                event -> Text,
+                remote_addr -> Text,
+                detail -> Text,
+                at -> Datetime,
+            }
+        }
+        diesel::table! {
+            raw_packets (id) {
+                id -> BigInt,
+                device_id -> Text,
+                direction -> Text,
+                kind -> Text,
+                hex -> Text,
+                at -> Datetime,
+            }
+        }
+        diesel::table! {
+            telemetry (id) {
+                id -> BigInt,
+                device_id -> Text,
+                point -> Text,
+                value -> Double,
+                raw -> Double,
+                at -> Datetime,
+            }
+        }
+    }
+
+    pub(super) fn telemetry(
+        c: &mut MysqlConnection,
+        rows: &[NewTelemetry<'_>],
+    ) -> QueryResult<usize> {
+        use tables::telemetry::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::device_id.eq(r.device_id),
+                    t::point.eq(r.point),
+                    t::value.eq(r.value),
+                    t::raw.eq(r.raw),
+                    t::at.eq(r.at),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::telemetry).values(&values).execute(c)
+    }
+
+    pub(super) fn packets(c: &mut MysqlConnection, rows: &[NewPacket<'_>]) -> QueryResult<usize> {
+        use tables::raw_packets::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::device_id.eq(r.device_id),
+                    t::direction.eq(r.direction),
+                    t::kind.eq(r.kind),
+                    t::hex.eq(&r.hex),
+                    t::at.eq(r.at),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::raw_packets)
+            .values(&values)
+            .execute(c)
+    }
+
+    pub(super) fn events(c: &mut MysqlConnection, rows: &[NewEvent<'_>]) -> QueryResult<usize> {
+        use tables::connection_events::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::device_id.eq(r.device_id),
+                    t::event.eq(r.event),
+                    t::remote_addr.eq(r.remote_addr),
+                    t::detail.eq(r.detail),
+                    t::at.eq(r.at),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::connection_events)
+            .values(&values)
+            .execute(c)
+    }
+
+    /// `INSERT … ON DUPLICATE KEY UPDATE col = VALUES(col)`.
+    pub(super) fn upsert_devices(
+        c: &mut MysqlConnection,
+        rows: &[NewDevice<'_>],
+    ) -> QueryResult<usize> {
+        use tables::devices::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::id.eq(r.id),
+                    t::protocol.eq(r.protocol),
+                    t::profile.eq(r.profile),
+                    t::remote_addr.eq(r.remote_addr),
+                    t::online.eq(r.online),
+                    t::connected_at.eq(r.connected_at),
+                    t::last_seen.eq(r.last_seen),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::devices)
+            .values(&values)
+            .on_conflict(diesel::dsl::DuplicatedKeys)
+            .do_update()
+            .set((
+                t::protocol.eq(sql::<Text>("VALUES(`protocol`)")),
+                t::profile.eq(sql::<Nullable<Text>>("VALUES(`profile`)")),
+                t::remote_addr.eq(sql::<Text>("VALUES(`remote_addr`)")),
+                t::online.eq(sql::<SmallInt>("VALUES(`online`)")),
+                t::connected_at.eq(sql::<Datetime>("VALUES(`connected_at`)")),
+                t::last_seen.eq(sql::<Datetime>("VALUES(`last_seen`)")),
+            ))
+            .execute(c)
+    }
+}
+
+/// Deletes the rows of `$table` older than `$before`, oldest first, in statements of about
+/// `PRUNE_CHUNK` rows (each its own transaction, so no lock is held for long).
+macro_rules! prune_table {
+    ($conn:expr, $backend:expr, $table:ident, $before:expr) => {{
+        use super::schema::$table::dsl as t;
+        let before = || bound!($backend, $before);
+        let mut total = 0usize;
+        loop {
+            // The timestamp of the PRUNE_CHUNK-th oldest old row, if there are that many.
+            let boundary: Option<NaiveDateTime> = t::$table
+                .select(t::at)
+                .filter(t::at.lt(before()))
+                .order(t::at.asc())
+                .offset(PRUNE_CHUNK - 1)
+                .limit(1)
+                .first(&mut *$conn)
+                .optional()?;
+            let deleted = match boundary {
+                Some(b) => diesel::delete(
+                    t::$table
+                        .filter(t::at.lt(before()))
+                        .filter(t::at.le(bound!($backend, b))),
+                )
+                .execute(&mut *$conn)?,
+                None => {
+                    diesel::delete(t::$table.filter(t::at.lt(before()))).execute(&mut *$conn)?
+                }
+            };
+            total += deleted;
+            if boundary.is_none() || deleted == 0 {
+                break;
+            }
+        }
+        total
+    }};
+}
+
+type TelemetryTuple = (i64, String, String, f64, f64, NaiveDateTime);
+
+fn telemetry_record(row: TelemetryTuple) -> (ExportCursor, TelemetryRecord) {
+    let (id, device_id, point, value, raw, at) = row;
+    let at = utc(at);
+    (
+        ExportCursor { at, id },
+        TelemetryRecord {
+            device_id,
+            point,
+            value,
+            raw,
+            at,
+        },
+    )
+}
+
+impl Db {
+    /// Writes rows in one transaction: multi-row INSERTs per table (chunked under the backend's
+    /// bind-parameter limit), devices upserted by id (the last of a batch wins). All or nothing.
+    /// Returns the rows stored: a row that no backend could store the same way (a non-finite
+    /// value, a device id over 64 characters) is dropped with a warning rather than failing the
+    /// whole batch forever. Blocking.
+    pub fn write(&self, rows: &[Row]) -> Result<usize, StorageError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let batch = Batch::new(rows);
+        let mut conn = self.conn()?;
+        let backend = self.backend;
+        conn.transaction(|c| batch.insert(c, backend))?;
+        Ok(rows.len() - batch.dropped)
+    }
+
+    /// A device's values, newest first, filtered by point and `[from, to)`.
+    pub fn telemetry(&self, q: &TelemetryQuery) -> Result<Vec<TelemetryRecord>, StorageError> {
+        use super::schema::telemetry::dsl::*;
+        let mut query = telemetry
+            .filter(device_id.eq(&q.device_id))
+            .into_boxed::<MultiBackend>();
+        if let Some(p) = &q.point {
+            query = query.filter(point.eq(p));
+        }
+        if let Some(from) = q.from {
+            query = query.filter(at.ge(bound!(self.backend, naive(from))));
+        }
+        if let Some(to) = q.to {
+            query = query.filter(at.lt(bound!(self.backend, naive(to))));
+        }
+        let rows: Vec<TelemetryTuple> = query
+            .select((id, device_id, point, value, raw, at))
+            .order((at.desc(), id.desc()))
+            .limit(q.limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows.into_iter().map(|r| telemetry_record(r).1).collect())
+    }
+
+    /// A device's raw packets, newest first.
+    pub fn packets(&self, device: &str, limit: i64) -> Result<Vec<PacketRecord>, StorageError> {
+        use super::schema::raw_packets::dsl::*;
+        let rows: Vec<(String, String, String, NaiveDateTime)> = raw_packets
+            .filter(device_id.eq(device))
+            .select((direction, kind, hex, at))
+            .order((at.desc(), id.desc()))
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, k, h, t)| PacketRecord {
+                direction: d,
+                kind: k,
+                hex: spaced_hex(&h),
+                at: utc(t),
+            })
+            .collect())
+    }
+
+    /// Connection history of one device (or of all, the unregistered included), newest first.
+    pub fn events(
+        &self,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StorageError> {
+        use super::schema::connection_events::dsl::*;
+        let mut query = connection_events.into_boxed::<MultiBackend>();
+        if let Some(d) = device {
+            query = query.filter(device_id.eq(d));
+        }
+        let rows: Vec<(String, String, NaiveDateTime, String, String)> = query
+            .select((device_id, event, at, detail, remote_addr))
+            .order((at.desc(), id.desc()))
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, e, t, det, addr)| EventRecord {
+                device_id: d,
+                event: e,
+                at: utc(t),
+                detail: det,
+                remote_addr: addr,
+            })
+            .collect())
+    }
+
+    /// Every device ever seen, by id.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, StorageError> {
+        use super::schema::devices::dsl::*;
+        type DeviceTuple = (
+            String,
+            String,
+            Option<String>,
+            String,
+            i16,
+            NaiveDateTime,
+            NaiveDateTime,
+        );
+        let rows: Vec<DeviceTuple> = devices
+            .select((
+                id,
+                protocol,
+                profile,
+                remote_addr,
+                online,
+                connected_at,
+                last_seen,
+            ))
+            .order(id.asc())
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, p, pr, addr, on, conn_at, seen)| DeviceRow {
+                id: i,
+                protocol: p,
+                profile: pr,
+                remote_addr: addr,
+                online: on != 0,
+                connected_at: utc(conn_at),
+                last_seen: utc(seen),
+            })
+            .collect())
+    }
+
+    /// Export pages: rows of one device (or all) in `[from, to)`, ascending by `(at, id)`,
+    /// strictly after the keyset `after`. Pass the cursor of the last row to get the next page.
+    pub fn telemetry_page(
+        &self,
+        device: Option<&str>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        after: Option<ExportCursor>,
+        page: i64,
+    ) -> Result<Vec<(ExportCursor, TelemetryRecord)>, StorageError> {
+        use super::schema::telemetry::dsl::*;
+        let mut query = telemetry.into_boxed::<MultiBackend>();
+        if let Some(d) = device {
+            query = query.filter(device_id.eq(d));
+        }
+        if let Some(f) = from {
+            query = query.filter(at.ge(bound!(self.backend, naive(f))));
+        }
+        if let Some(t) = to {
+            query = query.filter(at.lt(bound!(self.backend, naive(t))));
+        }
+        if let Some(c) = after {
+            // (at, id) > (a, i), written so that `at >= a` bounds an index range scan (an
+            // OR at the top would make PostgreSQL sort the whole remainder for every page).
+            let a = naive(c.at);
+            query = query
+                .filter(at.ge(bound!(self.backend, a)))
+                .filter(at.gt(bound!(self.backend, a)).or(id.gt(c.id)));
+        }
+        let rows: Vec<TelemetryTuple> = query
+            .select((id, device_id, point, value, raw, at))
+            .order((at.asc(), id.asc()))
+            .limit(page.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows.into_iter().map(telemetry_record).collect())
+    }
+
+    /// Retention: deletes the rows older than `before`, in bounded chunks; returns how many.
+    pub fn prune(
+        &self,
+        table: PrunableTable,
+        before: DateTime<Utc>,
+    ) -> Result<usize, StorageError> {
+        let before = naive(before);
+        let mut conn = self.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        let deleted = match table {
+            PrunableTable::Telemetry => prune_table!(conn, self.backend, telemetry, before),
+            PrunableTable::RawPackets => prune_table!(conn, self.backend, raw_packets, before),
+        };
+        Ok(deleted)
+    }
+
+    /// Rows of telemetry, of one device or all.
+    pub fn count_telemetry(&self, device: Option<&str>) -> Result<i64, StorageError> {
+        use super::schema::telemetry::dsl::*;
+        let mut query = telemetry.into_boxed::<MultiBackend>();
+        if let Some(d) = device {
+            query = query.filter(device_id.eq(d));
+        }
+        Ok(query.count().get_result(&mut *self.conn()?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_spaced_and_uppercase() {
+        assert_eq!(spaced_hex("0103000a"), "01 03 00 0A");
+        assert_eq!(spaced_hex(""), "");
+        assert_eq!(spaced_hex("01 03"), "01 03");
+    }
+
+    #[test]
+    fn chunks_stay_under_the_bind_limits() {
+        assert!(rows_per_insert(max_binds(Backend::Sqlite), 7) * 7 <= 32_766);
+        assert!(rows_per_insert(max_binds(Backend::Postgres), 5) * 5 <= 65_535);
+        assert_eq!(rows_per_insert(10, 20), 1);
+    }
+}

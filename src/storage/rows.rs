@@ -1,0 +1,120 @@
+//! What the rest of the server hands to storage: one enum of rows, each a plain value with
+//! UTC times. Rows are serde-serialisable so that they can be spooled to a local file while the
+//! database is unreachable and replayed later, unchanged.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One decoded value of one point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryRow {
+    pub device_id: String,
+    pub point: String,
+    pub value: f64,
+    pub raw: f64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PacketKind {
+    Register,
+    Heartbeat,
+    Data,
+    Modbus,
+    Unsolicited,
+    Relay,
+}
+
+impl PacketKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PacketKind::Register => "register",
+            PacketKind::Heartbeat => "heartbeat",
+            PacketKind::Data => "data",
+            PacketKind::Modbus => "modbus",
+            PacketKind::Unsolicited => "unsolicited",
+            PacketKind::Relay => "relay",
+        }
+    }
+}
+
+/// Bytes that crossed a device's socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacketRow {
+    pub device_id: String,
+    pub direction: Direction,
+    pub kind: PacketKind,
+    pub bytes: Vec<u8>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnEvent {
+    Connect,
+    Disconnect,
+    HeartbeatTimeout,
+    Replaced,
+    Rejected,
+}
+
+impl ConnEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnEvent::Connect => "connect",
+            ConnEvent::Disconnect => "disconnect",
+            ConnEvent::HeartbeatTimeout => "heartbeat_timeout",
+            ConnEvent::Replaced => "replaced",
+            ConnEvent::Rejected => "rejected",
+        }
+    }
+}
+
+/// A line of a device's connection history. `device_id` is empty for a connection that never
+/// registered (a `rejected` one); `remote_addr` says where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnEventRow {
+    pub device_id: String,
+    pub event: ConnEvent,
+    pub remote_addr: String,
+    pub detail: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The latest facts about a device; written as an upsert by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRow {
+    pub id: String,
+    pub protocol: String,
+    pub profile: Option<String>,
+    pub remote_addr: String,
+    pub online: bool,
+    pub connected_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Row {
+    Telemetry(TelemetryRow),
+    Packet(PacketRow),
+    Event(ConnEventRow),
+    Device(DeviceRow),
+}

@@ -1,0 +1,68 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    commands (id) {
+        id -> Text,
+        device_id -> Text,
+        request -> Text,
+        status -> Text,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        requested_by -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    connection_events (id) {
+        id -> BigInt,
+        device_id -> Text,
+        event -> Text,
+        remote_addr -> Text,
+        detail -> Text,
+        at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    devices (id) {
+        id -> Text,
+        protocol -> Text,
+        profile -> Nullable<Text>,
+        remote_addr -> Text,
+        online -> SmallInt,
+        connected_at -> Timestamp,
+        last_seen -> Timestamp,
+    }
+}
+
+diesel::table! {
+    raw_packets (id) {
+        id -> BigInt,
+        device_id -> Text,
+        direction -> Text,
+        kind -> Text,
+        hex -> Text,
+        at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    telemetry (id) {
+        id -> BigInt,
+        device_id -> Text,
+        point -> Text,
+        value -> Double,
+        raw -> Double,
+        at -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    commands,
+    connection_events,
+    devices,
+    raw_packets,
+    telemetry,
+);
