@@ -290,6 +290,7 @@ impl Db {
         }
 
         let builder = r2d2::Pool::builder()
+            .error_handler(Box::new(QuietPoolErrors))
             .connection_customizer(Box::new(SessionSetup))
             .connection_timeout(CHECKOUT_TIMEOUT);
         let (pool, keeper) = match &manager.target {
@@ -622,5 +623,17 @@ mod tests {
         assert_eq!(t("mysql://u@[::1]/x").1, Some(("::1".to_string(), 3306)));
         assert_eq!(t("mysql://u@localhost/x").1, None);
         assert_eq!(t("mysql://u@h/x?unix_socket=/run/m.sock").1, None);
+    }
+}
+
+/// r2d2 logs every failed background reconnect at error level, many a second during an
+/// outage. The storage actor already logs an outage once (with this error) and its end, so
+/// the pool's own reports go to debug.
+#[derive(Debug)]
+struct QuietPoolErrors;
+
+impl<E: std::fmt::Display> r2d2::HandleError<E> for QuietPoolErrors {
+    fn handle_error(&self, error: E) {
+        log::debug!("database pool: {error}");
     }
 }
