@@ -55,11 +55,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let system = actix_rt::System::new();
-    match system.block_on(dtu_supervisor::server::run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    system.block_on(async {
+        if let Err(e) = dtu_supervisor::server::run(settings).await {
             log::error!("{e:#}");
-            ExitCode::FAILURE
+            // Exit here, inside the runtime: dropping actors that never ran outside of it
+            // would panic instead of ending with a clear error and exit code 1.
+            std::process::exit(1);
         }
-    }
+    });
+    ExitCode::SUCCESS
 }

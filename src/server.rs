@@ -35,39 +35,9 @@ impl Arbiters {
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let (url, pool_size) = (
-        settings.server.database.url.clone(),
-        settings.server.database.pool_size,
-    );
-    let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
-        .await
-        .context("database connection task failed")?
-        .context("cannot open the database")?;
-    log::info!(
-        "database: {} backend, migrations applied",
-        db.backend.as_str()
-    );
-    let known = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.devices())
-            .await
-            .context("device list task failed")?
-            .context("cannot read the known devices")?
-    };
-    let storage = Storage::start(
-        db.clone(),
-        settings.server.storage.clone(),
-        settings.server.storage.spool_path.clone(),
-    );
-    actix_rt::spawn(retention(db.clone(), settings.clone()));
-    let supervisor = Supervisor::with_known(known).start();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-    let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
-
-    let mut accept_tasks = Vec::new();
+    // Everything that can fail comes first, before any actor runs: a server that cannot have
+    // all its ports and its database does not start half-way.
+    let mut bound = Vec::new();
     for l in &settings.server.listeners {
         if l.protocol == Protocol::Ttms {
             log::warn!(
@@ -91,6 +61,43 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.bind))?;
+        bound.push((l, profile, listener));
+    }
+    let (url, pool_size) = (
+        settings.server.database.url.clone(),
+        settings.server.database.pool_size,
+    );
+    let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
+        .await
+        .context("database connection task failed")?
+        .context("cannot open the database")?;
+    log::info!(
+        "database: {} backend, migrations applied",
+        db.backend.as_str()
+    );
+    let known = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.devices())
+            .await
+            .context("device list task failed")?
+            .context("cannot read the known devices")?
+    };
+
+    let storage = Storage::start(
+        db.clone(),
+        settings.server.storage.clone(),
+        settings.server.storage.spool_path.clone(),
+    );
+    actix_rt::spawn(retention(db.clone(), settings.clone()));
+    let supervisor = Supervisor::with_known(known).start();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
+
+    let mut accept_tasks = Vec::new();
+    for (l, profile, listener) in bound {
         let local = listener.local_addr()?;
         log::info!(
             "listener {}: {} devices on {} (profile {})",

@@ -141,3 +141,37 @@ fn environment_overrides_reach_the_settings() {
     let bad = run("DTU__LIVENESS__MAX_MISSED", "0");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_port_already_taken_stops_the_start_with_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("settings");
+    std::fs::copy(shipped.join("data.toml"), dir.path().join("data.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        format!(
+            "[web]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"framed\"\nbind = \"127.0.0.1:{port}\"\nprotocol = \"framed\"\nprofile = \"default\"\n[database]\nurl = \"sqlite://{}\"\n[storage]\nspool_path = \"{}\"\n",
+            dir.path().join("dtu.db").display(),
+            dir.path().join("spool.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::binary())
+        .arg("--settings")
+        .arg(dir.path())
+        .env_remove("DTU_SETTINGS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "listener framed: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    drop(taken);
+}

@@ -153,21 +153,22 @@ impl TestServer {
 
     pub fn start_with(opts: Options) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (web, framed, transparent) = (free_port(), free_port(), free_port());
+        // Port 0 everywhere: the server picks free ports and logs them, so parallel tests
+        // never race for a port picked in advance.
         let server_toml = format!(
             r#"
 [web]
-bind = "127.0.0.1:{web}"
+bind = "127.0.0.1:0"
 
 [[listeners]]
 name = "framed"
-bind = "127.0.0.1:{framed}"
+bind = "127.0.0.1:0"
 protocol = "framed"
 profile = "default"
 
 [[listeners]]
 name = "transparent"
-bind = "127.0.0.1:{transparent}"
+bind = "127.0.0.1:0"
 protocol = "transparent"
 profile = "default"
 
@@ -198,16 +199,45 @@ flush_interval = "200ms"
         std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
         let log = dir.path().join("server.log");
         let child = spawn_server(dir.path(), &log);
-        let server = TestServer {
+        let mut server = TestServer {
             child,
             dir,
-            web,
-            framed,
-            transparent,
+            web: 0,
+            framed: 0,
+            transparent: 0,
             log,
         };
+        server.read_ports();
         server.wait_healthy();
         server
+    }
+
+    /// Reads the ports the server bound from its log lines
+    /// (`listener NAME: ... devices on ADDR (...)` and `web: API and console on http://ADDR`).
+    fn read_ports(&mut self) {
+        let (web, framed, transparent) = wait_for("the server to log its ports", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "server exited with {status} before listening:\n{}",
+                    self.log_text()
+                );
+            }
+            let log = self.log_text();
+            let port_after = |marker: &str, end: &str| -> Option<u16> {
+                let line = log.lines().find(|l| l.contains(marker))?;
+                let rest = line.split(marker).nth(1)?;
+                let addr = rest.split(end).next()?.trim();
+                addr.rsplit(':').next()?.parse().ok()
+            };
+            Some((
+                port_after("web: API and console on http://", " ")?,
+                port_after("listener framed: framed devices on ", " (")?,
+                port_after("listener transparent: transparent devices on ", " (")?,
+            ))
+        });
+        self.web = web;
+        self.framed = framed;
+        self.transparent = transparent;
     }
 
     fn wait_healthy(&self) {
@@ -222,11 +252,13 @@ flush_interval = "200ms"
         });
     }
 
-    /// Starts the server again on the same settings, database and ports (after `terminate`).
+    /// Starts the server again on the same settings and database (after `terminate`); it
+    /// gets new ports.
     pub fn restart(&mut self) {
         let log = self.dir.path().join("server-restarted.log");
         self.child = spawn_server(self.dir.path(), &log);
         self.log = log;
+        self.read_ports();
         self.wait_healthy();
     }
 
