@@ -212,3 +212,27 @@ fn sigterm_stops_the_server_with_exit_code_zero() {
     assert_eq!(status.code(), Some(0), "log: {}", server.log_text());
     dev.wait_closed("device connection closed on shutdown");
 }
+
+#[test]
+fn console_and_its_assets_are_served_by_the_server() {
+    let server = TestServer::start();
+    let page = ureq::get(&server.url("/")).call().expect("console page");
+    assert!(page.content_type().starts_with("text/html"));
+    let html = page.into_string().unwrap();
+    assert!(
+        html.contains(r#"type="password""#),
+        "login screen with a password input"
+    );
+    // Every script and stylesheet the page names is served here, none from elsewhere.
+    for asset in ["/static/app.js", "/static/style.css"] {
+        assert!(html.contains(asset));
+        let r = ureq::get(&server.url(asset)).call().expect(asset);
+        assert_eq!(r.status(), 200);
+        assert!(!r.into_string().unwrap().is_empty());
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external asset"
+    );
+    assert_eq!(server.get("/static/nope.js").0, 404);
+}

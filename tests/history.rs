@@ -231,3 +231,40 @@ fn history_filters_packets_events_and_exports() {
 }
 
 use std::io::Read as _;
+
+#[test]
+fn retention_deletes_old_telemetry_at_start() {
+    let mut server = TestServer::start_with(Options {
+        extra_server_toml: "retention_telemetry = \"2s\"\nretention_packets = \"2s\"\n".into(),
+        ..Options::default()
+    });
+    let dev = FakeDevice::framed_with(server.framed, 8300, &[(2000, &[1])]);
+    wait_for("two answered polls", || {
+        (dev.answered_at(2000) >= 2).then_some(())
+    });
+    dev.close();
+    wait_for("device offline", || (!server.online("8300")).then_some(()));
+    let stopped_at = std::time::Instant::now();
+    assert_eq!(server.terminate().code(), Some(0));
+    let db = Db::connect(&server.sqlite_url(), 1).unwrap();
+    assert!(db.count_telemetry(Some("8300")).unwrap() >= 8);
+    // Every row is now older than the retention once 2 s have passed since the last one.
+    while stopped_at.elapsed() < std::time::Duration::from_millis(2500) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.restart();
+    wait_for("the retention job to run at start", || {
+        server
+            .log_text()
+            .contains("retention: deleted")
+            .then_some(())
+    });
+    wait_for("old telemetry gone", || {
+        (db.count_telemetry(Some("8300")).ok()? == 0).then_some(())
+    });
+    let (_, packets) = server.get("/api/devices/8300/packets");
+    assert_eq!(packets.as_array().map(|p| p.len()), Some(0), "{packets}");
+    // Connection history is kept.
+    let (_, events) = server.get("/api/events?device=8300");
+    assert!(!events.as_array().unwrap().is_empty());
+}

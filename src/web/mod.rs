@@ -2,6 +2,7 @@
 //! input, send one message to an actor, and map the answer to JSON.
 
 pub mod commands;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod history;
@@ -38,6 +39,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             )
             .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
+            .configure(console::routes)
             .service(
                 web::scope("/api")
                     .route("/health", web::get().to(health))
