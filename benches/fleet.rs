@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dtu_supervisor::sim::{spawn_fleet, SimConfig, SimProtocol};
+use dtu_supervisor::storage::db::Db;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -149,6 +150,12 @@ type = "u16"
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    let db = Db::connect(
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
+        1,
+    )
+    .expect("open the bench database");
+    let stored = || db.count_telemetry(None).unwrap_or(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,11 +181,13 @@ type = "u16"
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (cpu0, _) = usage(pid);
         let polls0 = fleet.stats().polls_answered;
+        let rows0 = stored();
         let w0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let window = w0.elapsed().as_secs_f64();
         let polls = fleet.stats().polls_answered - polls0;
         let (cpu1, rss) = usage(pid);
+        let rows = stored() - rows0;
         let offered = devices as f64 * (1.0 + 0.1); // 1 timer poll/s + 1 heartbeat poll per 10 s
         println!(
             "devices: {devices}, registered in {:.2} s",
@@ -189,6 +198,10 @@ type = "u16"
             polls as f64 / window,
             offered,
             100.0 * polls as f64 / window / offered
+        );
+        println!(
+            "telemetry rows stored: {:.0}/s (SQLite; raw packet rows come on top, 2 per poll)",
+            rows as f64 / window
         );
         println!(
             "server CPU: {:.1}% of one core, RSS {:.1} MiB",
