@@ -301,6 +301,21 @@ impl DeviceActor {
         ctx.stop();
     }
 
+    /// Decodes every complete frame in the buffer.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while self.state != State::Closing {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => self.on_frame(frame, ctx),
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("{}: protocol error, closing: {e}", self.who());
+                    self.close(OfflineReason::Closed, ctx);
+                    break;
+                }
+            }
+        }
+    }
+
     fn send(&mut self, out: Outbound) {
         let mut bytes = BytesMut::new();
         match self.codec.encode(out, &mut bytes) {
@@ -547,6 +562,9 @@ impl DeviceActor {
         self.codec.set_expect(None);
         let err = CommandError::Timeout(flight.timeout.as_millis() as u64);
         self.finish(flight.job, Err(err), ctx);
+        // Bytes held back as the start of an answer that never completed are now something
+        // else (unsolicited data, a heartbeat): decode them instead of waiting for more.
+        self.drain(ctx);
     }
 
     fn on_modbus(&mut self, adu: &[u8], ctx: &mut Context<Self>) {
@@ -928,17 +946,7 @@ impl StreamHandler<Result<BytesMut, io::Error>> for DeviceActor {
             }
         }
         self.buf.extend_from_slice(&chunk);
-        while self.state != State::Closing {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => self.on_frame(frame, ctx),
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("{}: protocol error, closing: {e}", self.who());
-                    self.close(OfflineReason::Closed, ctx);
-                    break;
-                }
-            }
-        }
+        self.drain(ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
