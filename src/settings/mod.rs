@@ -70,6 +70,15 @@ pub struct ServerSettings {
     pub storage: StorageSettings,
     pub auth: AuthSettings,
     pub webhooks: Vec<WebhookSettings>,
+    pub relay: RelaySettings,
+}
+
+/// The `$TTMS` relay (listeners with protocol `ttms`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelaySettings {
+    /// Frames held in `relay_queue` for one offline terminal; more are refused (logged and
+    /// dropped). At least 1.
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +238,7 @@ impl Default for ServerSettings {
                 admin_token: String::new(),
             },
             webhooks: Vec::new(),
+            relay: RelaySettings { max_queue: 10_000 },
         }
     }
 }
@@ -267,6 +277,9 @@ retention_packets = "30d"
 
 [auth]
 admin_token = ""
+
+[relay]
+max_queue = 10000
 "#;
 
 /// data.toml: the profiles, by name (case kept).
