@@ -268,7 +268,7 @@ fn glued_split_and_bad_checksum_frames() {
         server
             .log_text()
             .lines()
-            .any(|l| l.contains("terminal 000000AA") && l.contains("bad checksum"))
+            .any(|l| l.contains("device 000000AA") && l.contains("bad checksum"))
             .then_some(())
     });
 }
@@ -324,7 +324,7 @@ fn the_queue_depth_is_capped() {
     wait_for("the full queue to be logged", || {
         server
             .log_text()
-            .contains("terminal 00000002: relay queue full")
+            .contains("device 00000002: relay queue full")
             .then_some(())
     });
     let w = waiting(&server, "00000002");

@@ -142,7 +142,7 @@ impl RelayActor {
 
     fn who(&self) -> String {
         match &self.id {
-            Some(id) => format!("terminal {id}"),
+            Some(id) => format!("device {id}"),
             None => format!("unregistered ttms connection from {}", self.peer),
         }
     }
@@ -285,7 +285,7 @@ impl RelayActor {
         self.store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
         self.store(self.device_row(&id, true));
         log::info!(
-            "terminal {id}: registered from {} on listener {}",
+            "device {id}: registered from {} on listener {}",
             self.peer,
             self.ctx.name
         );
@@ -329,7 +329,7 @@ impl RelayActor {
         self.store_packet(Direction::In, &frame.to_bytes());
         let target = ccid_id(frame.addr);
         let out = frame.forwarded(self.ccid).to_bytes();
-        log::debug!("terminal {sender}: data for {target}: {}", to_hex(&out));
+        log::debug!("device {sender}: data for {target}: {}", to_hex(&out));
         let routed = Routed {
             target,
             sender,
@@ -362,7 +362,7 @@ impl RelayActor {
             };
             if !written {
                 log::info!(
-                    "terminal {}: relayed frame from {} not written; queueing it",
+                    "device {}: relayed frame from {} not written; queueing it",
                     routed.target,
                     routed.sender
                 );
@@ -377,16 +377,16 @@ impl RelayActor {
             return;
         };
         if self.delivering {
-            log::debug!("terminal {id}: queued delivery already running");
+            log::debug!("device {id}: queued delivery already running");
             return;
         }
         {
             let Ok(mut set) = self.ctx.delivering.lock() else {
-                log::error!("terminal {id}: delivery registry poisoned; not delivering");
+                log::error!("device {id}: delivery registry poisoned; not delivering");
                 return;
             };
             if !set.insert(id.clone()) {
-                log::debug!("terminal {id}: another connection is delivering its queue");
+                log::debug!("device {id}: another connection is delivering its queue");
                 return;
             }
         }
@@ -421,11 +421,11 @@ async fn deliver_queue(ctx: Arc<RelayContext>, id: String, out: mpsc::UnboundedS
         let rows = match loaded {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
-                log::warn!("terminal {id}: cannot load queued frames: {e}");
+                log::warn!("device {id}: cannot load queued frames: {e}");
                 break;
             }
             Err(e) => {
-                log::warn!("terminal {id}: loading queued frames failed: {e}");
+                log::warn!("device {id}: loading queued frames failed: {e}");
                 break;
             }
         };
@@ -440,18 +440,18 @@ async fn deliver_queue(ctx: Arc<RelayContext>, id: String, out: mpsc::UnboundedS
             Ok(Ok(_)) => total += n,
             Ok(Err(e)) => {
                 log::error!(
-                    "terminal {id}: {n} queued frame(s) were written but not marked delivered \
+                    "device {id}: {n} queued frame(s) were written but not marked delivered \
                      (they will be sent again): {e}"
                 );
                 break;
             }
             Err(e) => {
-                log::error!("terminal {id}: marking {n} frame(s) delivered failed: {e}");
+                log::error!("device {id}: marking {n} frame(s) delivered failed: {e}");
                 break;
             }
         }
         if failed {
-            log::info!("terminal {id}: a queued frame could not be written; the rest stay queued");
+            log::info!("device {id}: a queued frame could not be written; the rest stay queued");
             break;
         }
         if !full_batch {
@@ -459,7 +459,7 @@ async fn deliver_queue(ctx: Arc<RelayContext>, id: String, out: mpsc::UnboundedS
         }
     }
     if total > 0 {
-        log::info!("terminal {id}: delivered {total} queued frame(s)");
+        log::info!("device {id}: delivered {total} queued frame(s)");
     }
     if let Ok(mut set) = ctx.delivering.lock() {
         set.remove(&id);
@@ -479,7 +479,7 @@ async fn write_rows(
     for row in rows {
         let Ok(bytes) = hex::decode(&row.hex) else {
             log::error!(
-                "terminal {id}: queued frame {} is not hex; marking it delivered to skip it",
+                "device {id}: queued frame {} is not hex; marking it delivered to skip it",
                 row.id
             );
             acks.push((row.id, None));
@@ -554,7 +554,7 @@ async fn route_loop(mut rx: mpsc::UnboundedReceiver<Routed>, ctx: Arc<RelayConte
             .await
             .unwrap_or(false);
         if taken {
-            log::debug!("terminal {}: frame handed to {}", r.sender, r.target);
+            log::debug!("device {}: frame handed to {}", r.sender, r.target);
         } else {
             enqueue(ctx.clone(), r).await;
         }
@@ -570,25 +570,25 @@ async fn enqueue(ctx: Arc<RelayContext>, r: Routed) {
         tokio::task::spawn_blocking(move || db.relay_enqueue(&target, &sender, &frame, max)).await;
     match result {
         Ok(Ok(Enqueued::Queued { depth })) => log::info!(
-            "terminal {}: offline; frame from {} queued ({depth} waiting)",
+            "device {}: offline; frame from {} queued ({depth} waiting)",
             r.target,
             r.sender
         ),
         Ok(Ok(Enqueued::Full { depth })) => log::warn!(
-            "terminal {}: relay queue full ({depth} frames waiting, [relay] max_queue = {max}); \
+            "device {}: relay queue full ({depth} frames waiting, [relay] max_queue = {max}); \
              dropped frame from {}: {}",
             r.target,
             r.sender,
             to_hex(&r.frame)
         ),
         Ok(Err(e)) => log::error!(
-            "terminal {}: cannot queue frame from {} ({e}); dropped: {}",
+            "device {}: cannot queue frame from {} ({e}); dropped: {}",
             r.target,
             r.sender,
             to_hex(&r.frame)
         ),
         Err(e) => log::error!(
-            "terminal {}: queueing task failed ({e}); dropped frame from {}",
+            "device {}: queueing task failed ({e}); dropped frame from {}",
             r.target,
             r.sender
         ),

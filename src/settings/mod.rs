@@ -1122,6 +1122,29 @@ require = { point = "door", equals = 0 }
     }
 
     #[test]
+    fn relay_max_queue_has_a_default_and_is_validated() {
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", "")]);
+        assert_eq!(load_ok(dir.path(), no_env()).server.relay.max_queue, 10_000);
+        let dir = dir_with(&[
+            ("data.toml", DATA_TOML),
+            ("server.toml", "[relay]\nmax_queue = 5\n"),
+        ]);
+        assert_eq!(load_ok(dir.path(), no_env()).server.relay.max_queue, 5);
+        for bad in [
+            "[relay]\nmax_queue = 0\n",
+            "[relay]\nmax_queue = \"many\"\n",
+            "[relay]\nmax_queue = 5\nsize = 1\n",
+        ] {
+            let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);
+            let errors = load_err(dir.path(), no_env());
+            assert!(
+                errors.iter().any(|e| e.key.starts_with("relay.")),
+                "{bad}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn retention_and_spool_settings() {
         let server = "[storage]\nretention_telemetry = \"7d\"\nretention_packets = \"forever\"\nspool_path = \"/var/spool/dtu.jsonl\"\n";
         let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", server)]);
