@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
-use crate::relay::actor::{Deliver, RelayActor};
+use crate::relay::actor::{Deliver, Kick, RelayActor};
 use crate::settings::Protocol;
 use crate::storage::rows::DeviceRow;
 
@@ -382,6 +382,26 @@ impl Handler<RouteRelay> for Supervisor {
             frame: msg.frame,
         })
         .is_ok()
+    }
+}
+
+/// A frame for `target` has just been queued: if the target is online (it registered while
+/// the frame was being stored), its actor delivers the queue now rather than at its next
+/// heartbeat, ahead of live frames routed after this message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickRelay {
+    pub target: String,
+}
+
+impl Handler<KickRelay> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickRelay, _: &mut Self::Context) {
+        if let Some(Some((_, Holder::Relay(addr)))) = self.devices.get(&msg.target).map(|e| &e.conn)
+        {
+            addr.do_send(Kick);
+        }
     }
 }
 

@@ -42,7 +42,7 @@ use crate::storage::rows::{
     ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
 };
 use crate::storage::{Storage, Store};
-use crate::supervisor::{self, ConnId, Holder, OfflineReason, RouteRelay, Supervisor};
+use crate::supervisor::{self, ConnId, Holder, KickRelay, OfflineReason, RouteRelay, Supervisor};
 
 /// `Seen` reports to the supervisor are thinned to one per this interval per terminal.
 const SEEN_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -105,6 +105,8 @@ pub struct RelayActor {
     connected_at: DateTime<Utc>,
     /// This connection is delivering queued frames (and holds the id in `ctx.delivering`).
     delivering: bool,
+    /// A frame was queued for this terminal during a delivery: run another round after it.
+    redeliver: bool,
     /// Live frames that arrived during a delivery; written after it, to keep the order.
     held: VecDeque<Deliver>,
 }
@@ -135,6 +137,7 @@ impl RelayActor {
                 register_timer: None,
                 connected_at: Utc::now(),
                 delivering: false,
+                redeliver: false,
                 held: VecDeque::new(),
             }
         });
@@ -395,11 +398,21 @@ impl RelayActor {
         // stops, and marking what did reach the socket (and leaving the registry) must still
         // happen.
         let task = actix_rt::spawn(deliver_queue(self.ctx.clone(), id, out));
-        ctx.spawn(task.into_actor(self).map(|_, act, _| act.end_delivery()));
+        ctx.spawn(
+            task.into_actor(self)
+                .map(|_, act, ctx| act.end_delivery(ctx)),
+        );
     }
 
-    fn end_delivery(&mut self) {
+    fn end_delivery(&mut self, ctx: &mut Context<Self>) {
         self.delivering = false;
+        if std::mem::take(&mut self.redeliver) && self.state == State::Online {
+            // Frames queued during the round go out before the live frames held behind it.
+            self.start_delivery(ctx);
+            if self.delivering {
+                return;
+            }
+        }
         while let Some(msg) = self.held.pop_front() {
             self.write_relayed(msg);
         }
@@ -556,24 +569,33 @@ async fn route_loop(mut rx: mpsc::UnboundedReceiver<Routed>, ctx: Arc<RelayConte
         if taken {
             log::debug!("device {}: frame handed to {}", r.sender, r.target);
         } else {
-            enqueue(ctx.clone(), r).await;
+            let target = r.target.clone();
+            if enqueue(ctx.clone(), r).await {
+                // The target may have registered while the frame was stored; before routing
+                // this sender's next frame, so that order is kept.
+                ctx.supervisor.do_send(KickRelay { target });
+            }
         }
     }
 }
 
-/// Inserts a frame into `relay_queue` on a blocking thread; logs the outcome.
-async fn enqueue(ctx: Arc<RelayContext>, r: Routed) {
+/// Inserts a frame into `relay_queue` on a blocking thread; logs the outcome. True when the
+/// frame was stored.
+async fn enqueue(ctx: Arc<RelayContext>, r: Routed) -> bool {
     let db = ctx.db.clone();
     let max = ctx.max_queue;
     let (target, sender, frame) = (r.target.clone(), r.sender.clone(), r.frame.clone());
     let result =
         tokio::task::spawn_blocking(move || db.relay_enqueue(&target, &sender, &frame, max)).await;
     match result {
-        Ok(Ok(Enqueued::Queued { depth })) => log::info!(
-            "device {}: offline; frame from {} queued ({depth} waiting)",
-            r.target,
-            r.sender
-        ),
+        Ok(Ok(Enqueued::Queued { depth })) => {
+            log::info!(
+                "device {}: offline; frame from {} queued ({depth} waiting)",
+                r.target,
+                r.sender
+            );
+            return true;
+        }
         Ok(Ok(Enqueued::Full { depth })) => log::warn!(
             "device {}: relay queue full ({depth} frames waiting, [relay] max_queue = {max}); \
              dropped frame from {}: {}",
@@ -593,6 +615,7 @@ async fn enqueue(ctx: Arc<RelayContext>, r: Routed) {
             r.sender
         ),
     }
+    false
 }
 
 impl Actor for RelayActor {
@@ -707,6 +730,26 @@ impl Handler<WriteFailed> for RelayActor {
     }
 }
 
+/// Frames were queued for this terminal while it was online: deliver them now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick;
+
+impl Handler<Kick> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Self::Context) {
+        if self.state != State::Online {
+            return;
+        }
+        if self.delivering {
+            self.redeliver = true;
+        } else {
+            self.start_delivery(ctx);
+        }
+    }
+}
+
 impl Handler<Close> for RelayActor {
     type Result = ();
 
@@ -734,6 +777,7 @@ impl Handler<Deliver> for RelayActor {
         }
         if self.delivering {
             // Too many held: queue this one behind the others in the database.
+            self.redeliver = true;
             let r = Routed {
                 target: self.id.clone().unwrap_or_default(),
                 sender: msg.sender,
