@@ -108,6 +108,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 storage: storage.clone(),
                 db: db.clone(),
                 max_queue: settings.server.relay.max_queue,
+                store_heartbeats: settings.server.storage.store_heartbeats,
                 delivering: relay_registry.clone(),
             })),
             _ => Service::Device(Arc::new(ListenerContext {

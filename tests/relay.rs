@@ -330,3 +330,29 @@ fn the_queue_depth_is_capped() {
     let w = waiting(&server, "00000002");
     assert_eq!(w.len(), 2);
 }
+
+#[test]
+fn a_new_connection_replaces_the_old_one_and_gets_the_frames() {
+    let server = TestServer::start();
+    let mut a = connect(&server);
+    register(&mut a, 0x0000_D001);
+    let mut old = connect(&server);
+    register(&mut old, 0x0000_D002);
+    let mut new = connect(&server);
+    register(&mut new, 0x0000_D002);
+    assert!(closed(&mut old), "the older connection must be closed");
+    a.write_all(&data(0x0000_D002, b"to the new one")).unwrap();
+    let got = read_frame(&mut new);
+    assert_eq!(
+        (got.addr, got.body.as_slice()),
+        (0xD001, &b"to the new one"[..])
+    );
+    wait_for("the replaced event", || {
+        let (_, events) = server.get("/api/events?device=0000D002");
+        events
+            .as_array()
+            .filter(|e| e.iter().any(|e| e["event"] == "replaced"))
+            .map(|_| ())
+    });
+    assert!(waiting(&server, "0000D002").is_empty());
+}

@@ -62,6 +62,8 @@ pub struct RelayContext {
     pub db: Db,
     /// `[relay] max_queue`: frames waiting per target.
     pub max_queue: usize,
+    /// `[storage] store_heartbeats`: heartbeats and their answers go to `raw_packets`.
+    pub store_heartbeats: bool,
     /// Targets whose queued frames are being delivered now, over all connections: a second
     /// heartbeat (or a new connection of the same terminal) never delivers them twice.
     pub delivering: Arc<Mutex<HashSet<String>>>,
@@ -268,10 +270,12 @@ impl RelayActor {
             return;
         }
         log::debug!("{}: heartbeat", self.who());
-        self.store_packet(Direction::In, &frame.to_bytes());
         let now = u32::try_from(Utc::now().timestamp()).unwrap_or(u32::MAX);
         let answer = frame.heartbeat_answer(now).to_bytes();
-        self.store_packet(Direction::Out, &answer);
+        if self.ctx.store_heartbeats {
+            self.store_packet(Direction::In, &frame.to_bytes());
+            self.store_packet(Direction::Out, &answer);
+        }
         self.write(answer, false);
         self.start_delivery(ctx);
     }
