@@ -2,6 +2,7 @@
 //! polling and decoding, operator commands — behind a REST API.
 
 pub mod device;
+pub mod relay;
 pub mod server;
 pub mod settings;
 pub mod sim;

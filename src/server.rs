@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::device::actor::{DeviceActor, ListenerContext};
+use crate::relay::actor::{RelayActor, RelayContext};
 use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
@@ -39,16 +40,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // all its ports and its database does not start half-way.
     let mut bound = Vec::new();
     for l in &settings.server.listeners {
-        if l.protocol == Protocol::Ttms {
-            log::warn!(
-                "listener {}: protocol ttms is not served yet; not listening on {}",
-                l.name,
-                l.bind
-            );
-            continue;
-        }
         let profile = match &l.profile {
-            Some(name) => Some(
+            Some(name) if l.protocol != Protocol::Ttms => Some(
                 settings
                     .data
                     .profiles
@@ -56,7 +49,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     .cloned()
                     .with_context(|| format!("listener {}: no profile {name}", l.name))?,
             ),
-            None => None,
+            _ => None,
         };
         let listener = TcpListener::bind(l.bind)
             .await
@@ -96,6 +89,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
 
+    let relay_registry = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let mut accept_tasks = Vec::new();
     for (l, profile, listener) in bound {
         let local = listener.local_addr()?;
@@ -106,14 +100,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             local,
             l.profile.as_deref().unwrap_or("-")
         );
-        let ctx = Arc::new(ListenerContext {
-            name: l.name.clone(),
-            protocol: l.protocol,
-            profile,
-            liveness: settings.server.liveness.clone(),
-            supervisor: supervisor.clone(),
-            storage: storage.clone(),
-        });
+        let ctx = match l.protocol {
+            Protocol::Ttms => Service::Relay(Arc::new(RelayContext {
+                name: l.name.clone(),
+                liveness: settings.server.liveness.clone(),
+                supervisor: supervisor.clone(),
+                storage: storage.clone(),
+                db: db.clone(),
+                max_queue: settings.server.relay.max_queue,
+                store_heartbeats: settings.server.storage.store_heartbeats,
+                delivering: relay_registry.clone(),
+            })),
+            _ => Service::Device(Arc::new(ListenerContext {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                profile,
+                liveness: settings.server.liveness.clone(),
+                supervisor: supervisor.clone(),
+                storage: storage.clone(),
+            })),
+        };
         let arbiters = Arbiters {
             handles: handles.clone(),
             next: 0,
@@ -231,9 +237,25 @@ async fn retention(db: Db, settings: Arc<Settings>) {
     }
 }
 
+/// What a listener starts for each connection.
+#[derive(Clone)]
+enum Service {
+    Device(Arc<ListenerContext>),
+    Relay(Arc<RelayContext>),
+}
+
+impl Service {
+    fn name(&self) -> &str {
+        match self {
+            Service::Device(c) => &c.name,
+            Service::Relay(c) => &c.name,
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<ListenerContext>,
+    ctx: Service,
     mut arbiters: Arbiters,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -246,13 +268,13 @@ async fn accept_loop(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                log::error!("listener {}: accept failed: {e}", ctx.name);
+                log::error!("listener {}: accept failed: {e}", ctx.name());
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
         if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("listener {}: {peer}: set_nodelay: {e}", ctx.name);
+            log::debug!("listener {}: {peer}: set_nodelay: {e}", ctx.name());
         }
         hand_over(stream, peer, ctx.clone(), arbiters.next());
     }
@@ -262,7 +284,7 @@ async fn accept_loop(
 fn hand_over(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    ctx: Arc<ListenerContext>,
+    ctx: Service,
     arbiter: &ArbiterHandle,
 ) {
     let std_stream = match stream.into_std() {
@@ -270,15 +292,18 @@ fn hand_over(
         Err(e) => {
             log::error!(
                 "listener {}: {peer}: cannot hand over socket: {e}",
-                ctx.name
+                ctx.name()
             );
             return;
         }
     };
     let spawned = arbiter.spawn(async move {
-        match tokio::net::TcpStream::from_std(std_stream) {
-            Ok(stream) => DeviceActor::start(stream, peer, ctx),
-            Err(e) => log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name),
+        match (tokio::net::TcpStream::from_std(std_stream), ctx) {
+            (Ok(stream), Service::Device(ctx)) => DeviceActor::start(stream, peer, ctx),
+            (Ok(stream), Service::Relay(ctx)) => RelayActor::start(stream, peer, ctx),
+            (Err(e), ctx) => {
+                log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name())
+            }
         }
     });
     if !spawned {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
+use crate::relay::actor::{Deliver, Kick, RelayActor};
 use crate::settings::Protocol;
 use crate::storage::rows::DeviceRow;
 
@@ -61,11 +62,27 @@ pub struct PointValue {
 
 pub type Values = BTreeMap<String, PointValue>;
 
+/// The actor of the connection that holds an id: a Modbus DTU or a `$TTMS` terminal.
+#[derive(Clone)]
+pub enum Holder {
+    Device(Addr<DeviceActor>),
+    Relay(Addr<RelayActor>),
+}
+
+impl Holder {
+    fn close(&self, reason: OfflineReason) {
+        match self {
+            Holder::Device(a) => a.do_send(Close { reason }),
+            Holder::Relay(a) => a.do_send(Close { reason }),
+        }
+    }
+}
+
 struct DeviceEntry {
     view: DeviceView,
     values: Values,
     /// The connection that holds the id, while online.
-    conn: Option<(ConnId, Addr<DeviceActor>)>,
+    conn: Option<(ConnId, Holder)>,
 }
 
 impl DeviceEntry {
@@ -123,7 +140,7 @@ impl Actor for Supervisor {
 pub struct Registered {
     pub id: String,
     pub conn: ConnId,
-    pub addr: Addr<DeviceActor>,
+    pub addr: Holder,
     pub protocol: Protocol,
     pub profile: Option<String>,
     pub remote_addr: SocketAddr,
@@ -153,9 +170,7 @@ impl Handler<Registered> for Supervisor {
                             msg.remote_addr,
                             entry.view.remote_addr
                         );
-                        old_addr.do_send(Close {
-                            reason: OfflineReason::Replaced,
-                        });
+                        old_addr.close(OfflineReason::Replaced);
                     }
                 }
                 entry.view = view;
@@ -305,10 +320,16 @@ impl Handler<RouteCommand> for Supervisor {
             .devices
             .get(&msg.id)
             .ok_or_else(|| CommandError::UnknownDevice(msg.id.clone()))?;
-        let (_, addr) = entry
-            .conn
-            .as_ref()
-            .ok_or_else(|| CommandError::Offline(msg.id.clone()))?;
+        let addr = match &entry.conn {
+            Some((_, Holder::Device(addr))) => addr,
+            Some((_, Holder::Relay(_))) => {
+                return Err(CommandError::Invalid(format!(
+                    "{} is a $TTMS relay terminal; it takes no commands",
+                    msg.id
+                )))
+            }
+            None => return Err(CommandError::Offline(msg.id.clone())),
+        };
         addr.try_send(Execute {
             command: msg.command,
             reply: msg.reply,
@@ -329,13 +350,58 @@ impl Handler<CloseAll> for Supervisor {
         let mut n = 0;
         for entry in self.devices.values() {
             if let Some((_, addr)) = &entry.conn {
-                addr.do_send(Close {
-                    reason: OfflineReason::Closed,
-                });
+                addr.close(OfflineReason::Closed);
                 n += 1;
             }
         }
         n
+    }
+}
+
+/// Hands a `$TTMS` frame (already rewritten for its target) to the connection holding
+/// `target`. Answers `true` when the target's actor took it (it then writes it, or queues it
+/// if the write fails), `false` when the target is offline: the caller queues it.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct RouteRelay {
+    pub target: String,
+    pub sender: String,
+    pub frame: Vec<u8>,
+}
+
+impl Handler<RouteRelay> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: RouteRelay, _: &mut Self::Context) -> bool {
+        let Some(Some((_, Holder::Relay(addr)))) = self.devices.get(&msg.target).map(|e| &e.conn)
+        else {
+            return false;
+        };
+        addr.try_send(Deliver {
+            sender: msg.sender,
+            frame: msg.frame,
+        })
+        .is_ok()
+    }
+}
+
+/// A frame for `target` has just been queued: if the target is online (it registered while
+/// the frame was being stored), its actor delivers the queue now rather than at its next
+/// heartbeat, ahead of live frames routed after this message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickRelay {
+    pub target: String,
+}
+
+impl Handler<KickRelay> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickRelay, _: &mut Self::Context) {
+        if let Some(Some((_, Holder::Relay(addr)))) = self.devices.get(&msg.target).map(|e| &e.conn)
+        {
+            addr.do_send(Kick);
+        }
     }
 }
 

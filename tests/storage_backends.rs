@@ -193,6 +193,7 @@ suite!(
     unstorable_rows_are_dropped_not_fatal,
     concurrent_writers,
     times_far_from_now_compare_exactly,
+    relay_queue_in_order_capped_and_marked,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -912,4 +913,49 @@ fn sqlite_connections_get_the_pragmas() {
         .get_result(c)
         .expect("busy");
     assert!(busy.timeout >= 1000);
+}
+
+fn relay_queue_in_order_capped_and_marked(url: &str, backend: Backend) {
+    use dtu_supervisor::storage::db::Enqueued;
+    let db = open(url, backend);
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    for i in 0..3u8 {
+        let r = db
+            .relay_enqueue("0000000B", "0000000A", &[0x24, i], 3)
+            .expect("enqueue");
+        assert_eq!(
+            r,
+            Enqueued::Queued {
+                depth: i64::from(i) + 1
+            }
+        );
+    }
+    assert_eq!(
+        db.relay_enqueue("0000000B", "0000000A", &[9], 3)
+            .expect("enqueue"),
+        Enqueued::Full { depth: 3 }
+    );
+    // Another target has its own cap.
+    db.relay_enqueue("0000000C", "0000000A", &[7], 3)
+        .expect("enqueue");
+    let waiting = db.relay_pending(Some("0000000B"), 100).expect("pending");
+    let hex: Vec<&str> = waiting.iter().map(|r| r.hex.as_str()).collect();
+    assert_eq!(hex, ["2400", "2401", "2402"]);
+    assert!(waiting.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(waiting
+        .iter()
+        .all(|r| r.sender == "0000000A" && r.queued_at >= before));
+    assert_eq!(db.relay_pending(None, 100).expect("all").len(), 4);
+    assert_eq!(db.relay_pending(None, 2).expect("limit").len(), 2);
+    let first_two: Vec<i64> = waiting.iter().take(2).map(|r| r.id).collect();
+    assert_eq!(db.relay_delivered(&first_two).expect("mark"), 2);
+    let rest = db.relay_pending(Some("0000000B"), 100).expect("pending");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].hex, "2402");
+    // Delivered frames no longer count against the cap.
+    assert_eq!(
+        db.relay_enqueue("0000000B", "0000000A", &[3], 3)
+            .expect("enqueue"),
+        Enqueued::Queued { depth: 2 }
+    );
 }

@@ -403,7 +403,7 @@ impl DeviceActor {
         self.ctx.supervisor.do_send(supervisor::Registered {
             id,
             conn: self.conn,
-            addr: ctx.address(),
+            addr: supervisor::Holder::Device(ctx.address()),
             protocol: self.ctx.protocol,
             profile: self.ctx.profile.as_ref().map(|p| p.name.clone()),
             remote_addr: self.peer,

@@ -70,6 +70,15 @@ pub struct ServerSettings {
     pub storage: StorageSettings,
     pub auth: AuthSettings,
     pub webhooks: Vec<WebhookSettings>,
+    pub relay: RelaySettings,
+}
+
+/// The `$TTMS` relay (listeners with protocol `ttms`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelaySettings {
+    /// Frames held in `relay_queue` for one offline terminal; more are refused (logged and
+    /// dropped). At least 1.
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +238,7 @@ impl Default for ServerSettings {
                 admin_token: String::new(),
             },
             webhooks: Vec::new(),
+            relay: RelaySettings { max_queue: 10_000 },
         }
     }
 }
@@ -267,6 +277,9 @@ retention_packets = "30d"
 
 [auth]
 admin_token = ""
+
+[relay]
+max_queue = 10000
 "#;
 
 /// data.toml: the profiles, by name (case kept).
@@ -1106,6 +1119,29 @@ require = { point = "door", equals = 0 }
         let errors = load_err(dir.path(), env(&[("DTU__PROFILES__DEFAULT__SLAVE", "9")]));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].key, "profiles");
+    }
+
+    #[test]
+    fn relay_max_queue_has_a_default_and_is_validated() {
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", "")]);
+        assert_eq!(load_ok(dir.path(), no_env()).server.relay.max_queue, 10_000);
+        let dir = dir_with(&[
+            ("data.toml", DATA_TOML),
+            ("server.toml", "[relay]\nmax_queue = 5\n"),
+        ]);
+        assert_eq!(load_ok(dir.path(), no_env()).server.relay.max_queue, 5);
+        for bad in [
+            "[relay]\nmax_queue = 0\n",
+            "[relay]\nmax_queue = \"many\"\n",
+            "[relay]\nmax_queue = 5\nsize = 1\n",
+        ] {
+            let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);
+            let errors = load_err(dir.path(), no_env());
+            assert!(
+                errors.iter().any(|e| e.key.starts_with("relay.")),
+                "{bad}: {errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use super::tree::{
     string, uint, Ctx, Section,
 };
 use super::{
-    AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, ServerSettings,
-    StorageSettings, WebSettings, WebhookSettings, WEBHOOK_EVENTS,
+    AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, RelaySettings,
+    ServerSettings, StorageSettings, WebSettings, WebhookSettings, WEBHOOK_EVENTS,
 };
 
 /// Database URL schemes the storage layer can open.
@@ -46,6 +46,7 @@ pub(super) fn validate(
             "storage",
             "auth",
             "webhooks",
+            "relay",
         ],
     ) else {
         return d;
@@ -187,6 +188,16 @@ pub(super) fn validate(
 
     let webhooks = webhooks(ctx, &top);
 
+    let relay = match top.get("relay") {
+        Some(v) => Section::new(ctx, "relay", v, &["max_queue"]).map(|s| RelaySettings {
+            max_queue: s
+                .field(ctx, "max_queue", uint(1, u32::MAX.into()))
+                .or(d.relay.max_queue)
+                .unwrap_or(d.relay.max_queue),
+        }),
+        None => None,
+    };
+
     ServerSettings {
         web: WebSettings {
             bind: web_bind.unwrap_or(d.web.bind),
@@ -197,6 +208,7 @@ pub(super) fn validate(
         storage: storage.unwrap_or(d.storage),
         auth: auth.unwrap_or(d.auth),
         webhooks,
+        relay: relay.unwrap_or(d.relay),
     }
 }
 

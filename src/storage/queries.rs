@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::db::{AnyConnection, Backend, Db, MultiBackend, StorageError};
 use super::rows::{ConnEventRow, DeviceRow, PacketRow, Row, TelemetryRow};
-use super::schema::{connection_events, devices, raw_packets, telemetry};
+use super::schema::{connection_events, devices, raw_packets, relay_queue, telemetry};
 
 /// Runs a statement on whichever inner connection `AnyConnection` holds (what
 /// `MultiConnection` cannot do itself: batch inserts, upserts). MySQL has a body of its own,
@@ -89,6 +89,36 @@ pub struct EventRecord {
     pub at: DateTime<Utc>,
     pub detail: String,
     pub remote_addr: String,
+}
+
+/// A `$TTMS` frame waiting in `relay_queue` for its target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelayRecord {
+    pub id: i64,
+    /// The target terminal's id (ccid as 8 uppercase hex digits).
+    pub target: String,
+    pub sender: String,
+    /// The frame as it will be written to the target (`$TTMX…`), uppercase hex, no spaces.
+    pub hex: String,
+    pub queued_at: DateTime<Utc>,
+}
+
+/// What `relay_enqueue` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored (committed); `depth` frames now wait for the target, this one included.
+    Queued { depth: i64 },
+    /// Not stored: the target already has `depth` frames waiting, the configured maximum.
+    Full { depth: i64 },
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = relay_queue)]
+struct NewRelay<'a> {
+    target: &'a str,
+    sender: &'a str,
+    hex: String,
+    queued_at: NaiveDateTime,
 }
 
 /// Keyset position of an export: the last `(at, id)` handed out.
@@ -414,7 +444,7 @@ mod mysql {
     use diesel::sql_types::{Datetime, Nullable, SmallInt, Text};
     use diesel::MysqlConnection;
 
-    use super::{NewDevice, NewEvent, NewPacket, NewTelemetry};
+    use super::{NewDevice, NewEvent, NewPacket, NewRelay, NewTelemetry};
 
     mod tables {
         diesel::table! {
@@ -458,6 +488,39 @@ mod mysql {
                 at -> Datetime,
             }
         }
+        diesel::table! {
+            relay_queue (id) {
+                id -> BigInt,
+                target -> Text,
+                sender -> Text,
+                hex -> Text,
+                queued_at -> Datetime,
+                delivered_at -> Nullable<Datetime>,
+            }
+        }
+    }
+
+    pub(super) fn relay_insert(c: &mut MysqlConnection, r: &NewRelay<'_>) -> QueryResult<usize> {
+        use tables::relay_queue::dsl as t;
+        diesel::insert_into(t::relay_queue)
+            .values((
+                t::target.eq(r.target),
+                t::sender.eq(r.sender),
+                t::hex.eq(&r.hex),
+                t::queued_at.eq(r.queued_at),
+            ))
+            .execute(c)
+    }
+
+    pub(super) fn relay_delivered(
+        c: &mut MysqlConnection,
+        ids: &[i64],
+        at: chrono::NaiveDateTime,
+    ) -> QueryResult<usize> {
+        use tables::relay_queue::dsl as t;
+        diesel::update(t::relay_queue.filter(t::id.eq_any(ids)))
+            .set(t::delivered_at.eq(Some(at)))
+            .execute(c)
     }
 
     pub(super) fn telemetry(
@@ -785,6 +848,89 @@ impl Db {
             PrunableTable::RawPackets => prune_table!(conn, self.backend, raw_packets, before),
         };
         Ok(deleted)
+    }
+
+    /// Stores one `$TTMS` frame for an offline target, unless `max_queue` frames already wait
+    /// for it. Returns once the insert is committed: a `Queued` frame is durable. Blocking.
+    pub fn relay_enqueue(
+        &self,
+        target: &str,
+        sender: &str,
+        frame: &[u8],
+        max_queue: usize,
+    ) -> Result<Enqueued, StorageError> {
+        let row = NewRelay {
+            target,
+            sender,
+            hex: hex::encode_upper(frame),
+            queued_at: naive(Utc::now()),
+        };
+        let max = i64::try_from(max_queue).unwrap_or(i64::MAX);
+        let mut conn = self.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        let result = conn.transaction(|c| {
+            use super::schema::relay_queue::dsl as t;
+            let depth: i64 = t::relay_queue
+                .filter(t::target.eq(target))
+                .filter(t::delivered_at.is_null())
+                .count()
+                .get_result(c)?;
+            if depth >= max {
+                return Ok::<_, diesel::result::Error>(Enqueued::Full { depth });
+            }
+            on_inner!(c, c => diesel::insert_into(relay_queue::table).values(&row).execute(c),
+                      mysql c => mysql::relay_insert(c, &row))?;
+            Ok(Enqueued::Queued { depth: depth + 1 })
+        })?;
+        Ok(result)
+    }
+
+    /// Frames not yet delivered, of one target or all, oldest first (by id).
+    pub fn relay_pending(
+        &self,
+        target: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RelayRecord>, StorageError> {
+        use super::schema::relay_queue::dsl as t;
+        let mut query = t::relay_queue
+            .filter(t::delivered_at.is_null())
+            .into_boxed::<MultiBackend>();
+        if let Some(target) = target {
+            query = query.filter(t::target.eq(target));
+        }
+        let rows: Vec<(i64, String, String, String, NaiveDateTime)> = query
+            .select((t::id, t::target, t::sender, t::hex, t::queued_at))
+            .order(t::id.asc())
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, target, sender, hex, at)| RelayRecord {
+                id,
+                target,
+                sender,
+                hex,
+                queued_at: utc(at),
+            })
+            .collect())
+    }
+
+    /// Marks frames delivered (they then no longer count as waiting). Blocking.
+    pub fn relay_delivered(&self, ids: &[i64]) -> Result<usize, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = naive(Utc::now());
+        let mut conn = self.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        let n = on_inner!(conn, c => {
+                use super::schema::relay_queue::dsl as t;
+                diesel::update(t::relay_queue.filter(t::id.eq_any(ids)))
+                    .set(t::delivered_at.eq(Some(now)))
+                    .execute(c)
+            },
+            mysql c => mysql::relay_delivered(c, ids, now))?;
+        Ok(n)
     }
 
     /// Rows of telemetry, of one device or all.

@@ -49,6 +49,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    relay_queue (id) {
+        id -> BigInt,
+        target -> Text,
+        sender -> Text,
+        hex -> Text,
+        queued_at -> Timestamp,
+        delivered_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     telemetry (id) {
         id -> BigInt,
         device_id -> Text,
@@ -64,5 +75,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     connection_events,
     devices,
     raw_packets,
+    relay_queue,
     telemetry,
 );

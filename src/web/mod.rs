@@ -6,6 +6,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod history;
+pub mod relay;
 
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(devices::routes)
                     .configure(commands::routes)
                     .configure(history::routes)
+                    .configure(relay::routes)
                     .default_service(web::to(|| async {
                         Err::<HttpResponse, _>(ApiError::not_found("no such route"))
                     })),

@@ -118,6 +118,8 @@ pub struct TestServer {
     pub web: u16,
     pub framed: u16,
     pub transparent: u16,
+    /// The `$TTMS` relay listener.
+    pub ttms: u16,
     pub log: PathBuf,
 }
 
@@ -172,6 +174,11 @@ bind = "127.0.0.1:0"
 protocol = "transparent"
 profile = "default"
 
+[[listeners]]
+name = "ttms"
+bind = "127.0.0.1:0"
+protocol = "ttms"
+
 [liveness]
 heartbeat_interval = "{hb}"
 max_missed = {missed}
@@ -205,6 +212,7 @@ flush_interval = "200ms"
             web: 0,
             framed: 0,
             transparent: 0,
+            ttms: 0,
             log,
         };
         server.read_ports();
@@ -215,7 +223,7 @@ flush_interval = "200ms"
     /// Reads the ports the server bound from its log lines
     /// (`listener NAME: ... devices on ADDR (...)` and `web: API and console on http://ADDR`).
     fn read_ports(&mut self) {
-        let (web, framed, transparent) = wait_for("the server to log its ports", || {
+        let (web, framed, transparent, ttms) = wait_for("the server to log its ports", || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "server exited with {status} before listening:\n{}",
@@ -233,11 +241,13 @@ flush_interval = "200ms"
                 port_after("web: API and console on http://", " ")?,
                 port_after("listener framed: framed devices on ", " (")?,
                 port_after("listener transparent: transparent devices on ", " (")?,
+                port_after("listener ttms: ttms devices on ", " (")?,
             ))
         });
         self.web = web;
         self.framed = framed;
         self.transparent = transparent;
+        self.ttms = ttms;
     }
 
     fn wait_healthy(&self) {

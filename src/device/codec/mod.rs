@@ -7,6 +7,7 @@
 
 pub mod framed;
 pub mod transparent;
+pub mod ttms;
 
 pub use framed::FramedCodec;
 pub use transparent::TransparentCodec;

@@ -1,0 +1,57 @@
+//! `GET /api/relay?target=`: `$TTMS` frames waiting in `relay_queue` for offline terminals,
+//! oldest first, as `[{"id","target","sender","hex","queued_at"}]`.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::storage::db::StorageError;
+
+/// Largest `limit` honoured; more is capped, not refused.
+const MAX_LIMIT: i64 = 10_000;
+const DEFAULT_LIMIT: i64 = 1_000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/relay", web::get().to(waiting));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayParams {
+    /// A terminal id (ccid as 8 hex digits, any case); all targets when absent or empty.
+    target: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn waiting(
+    state: web::Data<AppState>,
+    q: web::Query<RelayParams>,
+) -> Result<HttpResponse, ApiError> {
+    let target = q
+        .target
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_ascii_uppercase);
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if n >= 1 => n.min(MAX_LIMIT),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be at least 1, got {n}"
+            )))
+        }
+    };
+    let db = state.db.clone();
+    let rows = web::block(move || db.relay_pending(target.as_deref(), limit))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )
+        })?
+        .map_err(|e: StorageError| ApiError::from(e))?;
+    Ok(HttpResponse::Ok().json(rows))
+}
