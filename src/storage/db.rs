@@ -28,7 +28,8 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use super::queries::{
-    EventRecord, ExportCursor, PacketRecord, PrunableTable, TelemetryQuery, TelemetryRecord,
+    CommandRecord, EventRecord, ExportCursor, PacketRecord, PrunableTable, TelemetryQuery,
+    TelemetryRecord, TokenRecord,
 };
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through

@@ -59,10 +59,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    tokens (id) {
+        id -> Text,
+        name -> Text,
+        role -> Text,
+        hash -> Text,
+        devices -> Nullable<Text>,
+        created_at -> Timestamp,
+        revoked -> SmallInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     commands,
     connection_events,
     devices,
     raw_packets,
     telemetry,
+    tokens,
 );
