@@ -196,6 +196,7 @@ suite!(
     times_far_from_now_compare_exactly,
     command_upsert_keeps_the_latest_state,
     tokens_insert_list_revoke,
+    events_among_device_patterns,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -434,6 +435,30 @@ fn command_upsert_keeps_the_latest_state(url: &str, backend: Backend) {
         ("timeout", Some("no answer"))
     );
     assert!(db.command("nope").expect("read").is_none());
+}
+
+fn events_among_device_patterns(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let rows: Vec<Row> = ["7201", "7202", "7301", "7_01", "72%x"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| event(d, ConnEvent::Connect, "", secs(i as i64)))
+        .collect();
+    db.write(&rows).expect("write");
+    let ids = |patterns: &[&str]| -> Vec<String> {
+        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        db.events_among(&p, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.device_id)
+            .collect()
+    };
+    assert_eq!(ids(&["7201"]), vec!["7201"]);
+    assert_eq!(ids(&["72*"]), vec!["72%x", "7202", "7201"]);
+    assert_eq!(ids(&["7_*"]), vec!["7_01"], "_ is no wildcard");
+    assert_eq!(ids(&["72%*"]), vec!["72%x"], "% is no wildcard");
+    assert_eq!(ids(&["7301", "7202"]), vec!["7301", "7202"]);
+    assert!(ids(&[]).is_empty());
 }
 
 fn tokens_insert_list_revoke(url: &str, backend: Backend) {

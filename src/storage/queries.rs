@@ -869,6 +869,48 @@ impl Db {
             .collect())
     }
 
+    /// Connection history of the devices matching any of `patterns` (device ids, or
+    /// prefixes ending in `*`), newest first: what a device-restricted token may see.
+    pub fn events_among(
+        &self,
+        patterns: &[String],
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StorageError> {
+        use super::schema::connection_events::dsl::*;
+        use diesel::sql_types::Bool;
+        type Cond = Box<dyn BoxableExpression<connection_events, MultiBackend, SqlType = Bool>>;
+        let mut cond: Cond = Box::new(sql::<Bool>("1 = 0"));
+        for p in patterns {
+            cond = match p.strip_suffix('*') {
+                Some(prefix) => {
+                    // '!' escapes LIKE's wildcards (a backslash would need escaping on MySQL).
+                    let escaped = prefix
+                        .replace('!', "!!")
+                        .replace('%', "!%")
+                        .replace('_', "!_");
+                    Box::new(cond.or(device_id.like(format!("{escaped}%")).escape('!')))
+                }
+                None => Box::new(cond.or(device_id.eq(p.clone()))),
+            };
+        }
+        let rows: Vec<(String, String, NaiveDateTime, String, String)> = connection_events
+            .filter(cond)
+            .select((device_id, event, at, detail, remote_addr))
+            .order((at.desc(), id.desc()))
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, e, t, det, addr)| EventRecord {
+                device_id: d,
+                event: e,
+                at: utc(t),
+                detail: det,
+                remote_addr: addr,
+            })
+            .collect())
+    }
+
     /// Every device ever seen, by id.
     pub fn devices(&self) -> Result<Vec<DeviceRow>, StorageError> {
         use super::schema::devices::dsl::*;
