@@ -17,6 +17,7 @@ use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
 use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
+use crate::web::auth::Tokens;
 use crate::web::{self, AppState};
 
 /// Round-robin over the device arbiters.
@@ -74,6 +75,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("device list task failed")?
             .context("cannot read the known devices")?
+    };
+
+    let tokens = {
+        let db = db.clone();
+        let admin = settings.server.auth.admin_token.clone();
+        tokio::task::spawn_blocking(move || Tokens::start(db, &admin))
+            .await
+            .context("token setup task failed")?
+            .context("cannot set up the API tokens")?
     };
 
     let storage = Storage::start(
@@ -136,6 +146,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         supervisor: supervisor.clone(),
         settings: settings.clone(),
         db: db.clone(),
+        storage: storage.clone(),
+        tokens,
     };
     let http = HttpServer::new(move || App::new().configure(web::configure(state.clone())))
         .workers(threads)

@@ -222,6 +222,7 @@ fn commands_queue_behind_polls_one_request_in_flight() {
             std::thread::spawn(move || {
                 let body = json!({"type":"write_register","address":3000 + i,"value":i + 1});
                 ureq::post(&url)
+                    .set("Authorization", &format!("Bearer {}", common::ADMIN_TOKEN))
                     .send_json(body)
                     .map(|r| r.status())
                     .unwrap_or(0)

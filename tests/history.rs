@@ -193,7 +193,8 @@ fn history_filters_packets_events_and_exports() {
     drop(second);
 
     // Exports: CSV parses back to what the API shows; XLSX is a workbook with the same rows.
-    let csv_text = ureq::get(&server.url("/api/export?device=8200&format=csv"))
+    let csv_text = server
+        .request("GET", "/api/export?device=8200&format=csv")
         .call()
         .expect("csv export")
         .into_string()
@@ -214,12 +215,16 @@ fn history_filters_packets_events_and_exports() {
     );
 
     let mut xlsx = Vec::new();
-    ureq::get(&server.url(&format!("/api/export?device=8200&format=xlsx&to={mid}")))
-        .call()
-        .expect("xlsx export")
-        .into_reader()
-        .read_to_end(&mut xlsx)
-        .unwrap();
+    // Download links carry the token as a query parameter (the console's export buttons).
+    ureq::get(&server.url(&format!(
+        "/api/export?device=8200&format=xlsx&to={mid}&token={}",
+        common::ADMIN_TOKEN
+    )))
+    .call()
+    .expect("xlsx export")
+    .into_reader()
+    .read_to_end(&mut xlsx)
+    .unwrap();
     use calamine::Reader as _;
     let mut book = calamine::Xlsx::new(std::io::Cursor::new(xlsx)).expect("a valid workbook");
     let sheet = book.worksheet_range("telemetry").expect("telemetry sheet");

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
 use dtu_supervisor::storage::db::{
-    Backend, Db, ExportCursor, PrunableTable, StorageError, TelemetryQuery,
+    Backend, Db, ExportCursor, PrunableTable, StorageError, TelemetryQuery, TokenRecord,
 };
 use dtu_supervisor::storage::rows::{
-    ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row, TelemetryRow,
+    CommandRow, ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
+    TelemetryRow,
 };
 
 diesel::table! {
@@ -194,6 +195,9 @@ suite!(
     concurrent_writers,
     times_far_from_now_compare_exactly,
     relay_queue_in_order_capped_and_marked,
+    command_upsert_keeps_the_latest_state,
+    tokens_insert_list_revoke,
+    events_among_device_patterns,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +386,99 @@ fn device_upsert_updates(url: &str, backend: Backend) {
         "the earlier duplicate is not counted"
     );
     assert_eq!(db.devices().expect("devices"), vec![a3, b]);
+}
+
+fn command(id: &str, status: &str, at: DateTime<Utc>) -> CommandRow {
+    CommandRow {
+        id: id.into(),
+        device_id: "d1".into(),
+        request: r#"{"type":"read"}"#.into(),
+        status: status.into(),
+        result: None,
+        error: None,
+        requested_by: Some("alice".into()),
+        created_at: secs(0),
+        updated_at: at,
+    }
+}
+
+fn command_upsert_keeps_the_latest_state(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    db.write(&[Row::Command(command("c1", "sent", secs(0)))])
+        .expect("sent");
+    assert_eq!(db.command("c1").expect("read").unwrap().status, "sent");
+    let mut done = command("c1", "ok", secs(2));
+    done.result = Some(r#"{"registers":[1]}"#.into());
+    // Two states of one command and another command in one batch: the last state wins.
+    let timeout = CommandRow {
+        error: Some("no answer".into()),
+        ..command("c2", "timeout", secs(3))
+    };
+    assert_eq!(
+        db.write(&[
+            Row::Command(command("c1", "sent", secs(1))),
+            Row::Command(done.clone()),
+            Row::Command(timeout.clone()),
+        ])
+        .expect("upsert"),
+        2
+    );
+    let c1 = db.command("c1").expect("read").unwrap();
+    assert_eq!(
+        (c1.status.as_str(), c1.result.as_deref(), c1.updated_at),
+        ("ok", done.result.as_deref(), secs(2))
+    );
+    assert_eq!(c1.created_at, secs(0));
+    assert_eq!(c1.requested_by.as_deref(), Some("alice"));
+    let c2 = db.command("c2").expect("read").unwrap();
+    assert_eq!(
+        (c2.status.as_str(), c2.error.as_deref()),
+        ("timeout", Some("no answer"))
+    );
+    assert!(db.command("nope").expect("read").is_none());
+}
+
+fn events_among_device_patterns(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let rows: Vec<Row> = ["7201", "7202", "7301", "7_01", "72%x"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| event(d, ConnEvent::Connect, "", secs(i as i64)))
+        .collect();
+    db.write(&rows).expect("write");
+    let ids = |patterns: &[&str]| -> Vec<String> {
+        let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        db.events_among(&p, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.device_id)
+            .collect()
+    };
+    assert_eq!(ids(&["7201"]), vec!["7201"]);
+    assert_eq!(ids(&["72*"]), vec!["72%x", "7202", "7201"]);
+    assert_eq!(ids(&["7_*"]), vec!["7_01"], "_ is no wildcard");
+    assert_eq!(ids(&["72%*"]), vec!["72%x"], "% is no wildcard");
+    assert_eq!(ids(&["7301", "7202"]), vec!["7301", "7202"]);
+    assert!(ids(&[]).is_empty());
+}
+
+fn tokens_insert_list_revoke(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let t = TokenRecord {
+        id: "t1".into(),
+        name: "ops".into(),
+        role: "operator".into(),
+        hash: "ab".repeat(32),
+        devices: Some(r#"["10*"]"#.into()),
+        created_at: secs(5),
+        revoked: false,
+    };
+    db.insert_token(&t).expect("insert");
+    assert_eq!(db.tokens().expect("list"), vec![t.clone()]);
+    assert!(db.revoke_token("t1").expect("revoke"));
+    assert!(!db.revoke_token("t1").expect("revoke twice"));
+    assert!(db.tokens().expect("list")[0].revoked);
+    assert!(db.insert_token(&t).is_err(), "ids are unique");
 }
 
 fn telemetry_filters_and_orders(url: &str, backend: Backend) {

@@ -28,8 +28,8 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use super::queries::{
-    Enqueued, EventRecord, ExportCursor, PacketRecord, PrunableTable, RelayRecord, TelemetryQuery,
-    TelemetryRecord,
+    CommandRecord, Enqueued, EventRecord, ExportCursor, PacketRecord, PrunableTable, RelayRecord,
+    TelemetryQuery, TelemetryRecord, TokenRecord,
 };
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through

@@ -13,8 +13,10 @@ use diesel::upsert::excluded;
 use serde::Serialize;
 
 use super::db::{AnyConnection, Backend, Db, MultiBackend, StorageError};
-use super::rows::{ConnEventRow, DeviceRow, PacketRow, Row, TelemetryRow};
-use super::schema::{connection_events, devices, raw_packets, relay_queue, telemetry};
+use super::rows::{CommandRow, ConnEventRow, DeviceRow, PacketRow, Row, TelemetryRow};
+use super::schema::{
+    commands, connection_events, devices, raw_packets, relay_queue, telemetry, tokens,
+};
 
 /// Runs a statement on whichever inner connection `AnyConnection` holds (what
 /// `MultiConnection` cannot do itself: batch inserts, upserts). MySQL has a body of its own,
@@ -215,10 +217,25 @@ struct NewDevice<'a> {
     last_seen: NaiveDateTime,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = commands)]
+struct NewCommand<'a> {
+    id: &'a str,
+    device_id: &'a str,
+    request: &'a str,
+    status: &'a str,
+    result: Option<&'a str>,
+    error: Option<&'a str>,
+    requested_by: Option<&'a str>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
 /// One write, sorted by table and checked.
 #[derive(Default)]
 struct Batch<'a> {
     devices: Vec<NewDevice<'a>>,
+    commands: Vec<NewCommand<'a>>,
     events: Vec<NewEvent<'a>>,
     packets: Vec<NewPacket<'a>>,
     telemetry: Vec<NewTelemetry<'a>>,
@@ -245,8 +262,21 @@ impl<'a> Batch<'a> {
                 Row::Packet(p) => b.packet_row(p),
                 Row::Event(e) => b.event_row(e),
                 Row::Device(d) => b.device_row(d),
+                Row::Command(c) => b.command_row(c),
             }
         }
+        // Likewise for commands: the latest state of each wins.
+        let mut seen_cmd = std::collections::HashSet::new();
+        let mut latest_cmd = Vec::with_capacity(b.commands.len());
+        for c in std::mem::take(&mut b.commands).into_iter().rev() {
+            if seen_cmd.insert(c.id) {
+                latest_cmd.push(c);
+            } else {
+                b.dropped += 1;
+            }
+        }
+        latest_cmd.reverse();
+        b.commands = latest_cmd;
         // One upsert statement may not touch a key twice (PostgreSQL refuses): the last
         // version of each device wins, as it would have row by row.
         let mut seen = std::collections::HashSet::new();
@@ -342,12 +372,42 @@ impl<'a> Batch<'a> {
         });
     }
 
+    fn command_row(&mut self, c: &'a CommandRow) {
+        if too_long("command id", &c.id, 40)
+            || too_long("device id", &c.device_id, DEVICE_ID_MAX)
+            || too_long("status", &c.status, 16)
+            || too_long(
+                "requested_by",
+                c.requested_by.as_deref().unwrap_or(""),
+                DEVICE_ID_MAX,
+            )
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.commands.push(NewCommand {
+            id: &c.id,
+            device_id: &c.device_id,
+            request: &c.request,
+            status: &c.status,
+            result: c.result.as_deref(),
+            error: c.error.as_deref(),
+            requested_by: c.requested_by.as_deref(),
+            created_at: naive(c.created_at),
+            updated_at: naive(c.updated_at),
+        });
+    }
+
     /// Runs inside the caller's transaction.
     fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
         let binds = max_binds(backend);
         for chunk in self.devices.chunks(rows_per_insert(binds, 7)) {
             on_inner!(conn, c => upsert_devices(c, chunk),
                       mysql c => mysql::upsert_devices(c, chunk))?;
+        }
+        for chunk in self.commands.chunks(rows_per_insert(binds, 9)) {
+            on_inner!(conn, c => upsert_commands(c, chunk),
+                      mysql c => mysql::upsert_commands(c, chunk))?;
         }
         for chunk in self.events.chunks(rows_per_insert(binds, 5)) {
             on_inner!(conn, c => diesel::insert_into(connection_events::table)
@@ -430,6 +490,47 @@ fn upsert_devices(c: &mut impl UpsertDevices, chunk: &[NewDevice<'_>]) -> QueryR
     c.upsert(chunk)
 }
 
+/// Insert-or-update of commands by id, on PostgreSQL and SQLite.
+trait UpsertCommands {
+    fn upsert(&mut self, chunk: &[NewCommand<'_>]) -> QueryResult<usize>;
+}
+
+macro_rules! upsert_commands_statement {
+    ($values:expr) => {{
+        use super::schema::commands::dsl::*;
+        diesel::insert_into(commands)
+            .values($values)
+            .on_conflict(id)
+            .do_update()
+            .set((
+                status.eq(excluded(status)),
+                result.eq(excluded(result)),
+                error.eq(excluded(error)),
+                updated_at.eq(excluded(updated_at)),
+            ))
+    }};
+}
+
+impl UpsertCommands for diesel::PgConnection {
+    fn upsert(&mut self, chunk: &[NewCommand<'_>]) -> QueryResult<usize> {
+        upsert_commands_statement!(chunk).execute(self)
+    }
+}
+
+impl UpsertCommands for diesel::SqliteConnection {
+    fn upsert(&mut self, chunk: &[NewCommand<'_>]) -> QueryResult<usize> {
+        let mut n = 0;
+        for row in chunk {
+            n += upsert_commands_statement!(row).execute(self)?;
+        }
+        Ok(n)
+    }
+}
+
+fn upsert_commands(c: &mut impl UpsertCommands, chunk: &[NewCommand<'_>]) -> QueryResult<usize> {
+    c.upsert(chunk)
+}
+
 /// MariaDB/MySQL inserts.
 ///
 /// diesel binds a `Timestamp` to MySQL as `MYSQL_TYPE_TIMESTAMP`, which the server converts
@@ -444,7 +545,7 @@ mod mysql {
     use diesel::sql_types::{Datetime, Nullable, SmallInt, Text};
     use diesel::MysqlConnection;
 
-    use super::{NewDevice, NewEvent, NewPacket, NewRelay, NewTelemetry};
+    use super::{NewCommand, NewDevice, NewEvent, NewPacket, NewRelay, NewTelemetry, NewToken};
 
     mod tables {
         diesel::table! {
@@ -476,6 +577,30 @@ mod mysql {
                 kind -> Text,
                 hex -> Text,
                 at -> Datetime,
+            }
+        }
+        diesel::table! {
+            commands (id) {
+                id -> Text,
+                device_id -> Text,
+                request -> Text,
+                status -> Text,
+                result -> Nullable<Text>,
+                error -> Nullable<Text>,
+                requested_by -> Nullable<Text>,
+                created_at -> Datetime,
+                updated_at -> Datetime,
+            }
+        }
+        diesel::table! {
+            tokens (id) {
+                id -> Text,
+                name -> Text,
+                role -> Text,
+                hash -> Text,
+                devices -> Nullable<Text>,
+                created_at -> Datetime,
+                revoked -> SmallInt,
             }
         }
         diesel::table! {
@@ -578,6 +703,56 @@ mod mysql {
             .collect();
         diesel::insert_into(t::connection_events)
             .values(&values)
+            .execute(c)
+    }
+
+    /// Commands by id: `INSERT … ON DUPLICATE KEY UPDATE` of the state columns.
+    pub(super) fn upsert_commands(
+        c: &mut MysqlConnection,
+        rows: &[NewCommand<'_>],
+    ) -> QueryResult<usize> {
+        use tables::commands::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::id.eq(r.id),
+                    t::device_id.eq(r.device_id),
+                    t::request.eq(r.request),
+                    t::status.eq(r.status),
+                    t::result.eq(r.result),
+                    t::error.eq(r.error),
+                    t::requested_by.eq(r.requested_by),
+                    t::created_at.eq(r.created_at),
+                    t::updated_at.eq(r.updated_at),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::commands)
+            .values(&values)
+            .on_conflict(diesel::dsl::DuplicatedKeys)
+            .do_update()
+            .set((
+                t::status.eq(sql::<Text>("VALUES(`status`)")),
+                t::result.eq(sql::<Nullable<Text>>("VALUES(`result`)")),
+                t::error.eq(sql::<Nullable<Text>>("VALUES(`error`)")),
+                t::updated_at.eq(sql::<Datetime>("VALUES(`updated_at`)")),
+            ))
+            .execute(c)
+    }
+
+    pub(super) fn insert_token(c: &mut MysqlConnection, r: &NewToken<'_>) -> QueryResult<usize> {
+        use tables::tokens::dsl as t;
+        diesel::insert_into(t::tokens)
+            .values((
+                t::id.eq(r.id),
+                t::name.eq(r.name),
+                t::role.eq(r.role),
+                t::hash.eq(r.hash),
+                t::devices.eq(r.devices),
+                t::created_at.eq(r.created_at),
+                t::revoked.eq(r.revoked),
+            ))
             .execute(c)
     }
 
@@ -743,6 +918,48 @@ impl Db {
             query = query.filter(device_id.eq(d));
         }
         let rows: Vec<(String, String, NaiveDateTime, String, String)> = query
+            .select((device_id, event, at, detail, remote_addr))
+            .order((at.desc(), id.desc()))
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, e, t, det, addr)| EventRecord {
+                device_id: d,
+                event: e,
+                at: utc(t),
+                detail: det,
+                remote_addr: addr,
+            })
+            .collect())
+    }
+
+    /// Connection history of the devices matching any of `patterns` (device ids, or
+    /// prefixes ending in `*`), newest first: what a device-restricted token may see.
+    pub fn events_among(
+        &self,
+        patterns: &[String],
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StorageError> {
+        use super::schema::connection_events::dsl::*;
+        use diesel::sql_types::Bool;
+        type Cond = Box<dyn BoxableExpression<connection_events, MultiBackend, SqlType = Bool>>;
+        let mut cond: Cond = Box::new(sql::<Bool>("1 = 0"));
+        for p in patterns {
+            cond = match p.strip_suffix('*') {
+                Some(prefix) => {
+                    // '!' escapes LIKE's wildcards (a backslash would need escaping on MySQL).
+                    let escaped = prefix
+                        .replace('!', "!!")
+                        .replace('%', "!%")
+                        .replace('_', "!_");
+                    Box::new(cond.or(device_id.like(format!("{escaped}%")).escape('!')))
+                }
+                None => Box::new(cond.or(device_id.eq(p.clone()))),
+            };
+        }
+        let rows: Vec<(String, String, NaiveDateTime, String, String)> = connection_events
+            .filter(cond)
             .select((device_id, event, at, detail, remote_addr))
             .order((at.desc(), id.desc()))
             .limit(limit.max(0))
@@ -941,6 +1158,153 @@ impl Db {
             query = query.filter(device_id.eq(d));
         }
         Ok(query.count().get_result(&mut *self.conn()?)?)
+    }
+}
+
+/// A stored API token (never the secret: `hash` is the hex SHA-256 of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub hash: String,
+    /// JSON list of device ids and `prefix*` patterns; None for every device.
+    pub devices: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// A recorded command, as `GET /api/commands/{cid}` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRecord {
+    pub id: String,
+    pub device_id: String,
+    pub request: String,
+    pub status: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub requested_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = tokens)]
+struct NewToken<'a> {
+    id: &'a str,
+    name: &'a str,
+    role: &'a str,
+    hash: &'a str,
+    devices: Option<&'a str>,
+    created_at: NaiveDateTime,
+    revoked: i16,
+}
+
+type TokenTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    NaiveDateTime,
+    i16,
+);
+
+type CommandTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    NaiveDateTime,
+    NaiveDateTime,
+);
+
+impl Db {
+    /// Every token, revoked ones included, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        use super::schema::tokens::dsl::*;
+        let rows: Vec<TokenTuple> = tokens
+            .select((id, name, role, hash, devices, created_at, revoked))
+            .order((created_at.asc(), id.asc()))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, n, r, h, d, c, rv)| TokenRecord {
+                id: i,
+                name: n,
+                role: r,
+                hash: h,
+                devices: d,
+                created_at: utc(c),
+                revoked: rv != 0,
+            })
+            .collect())
+    }
+
+    /// Stores a new token.
+    pub fn insert_token(&self, t: &TokenRecord) -> Result<(), StorageError> {
+        if t.name.chars().count() > 64 || t.id.chars().count() > 40 {
+            return Err(StorageError::Query(
+                "token name longer than 64 characters".into(),
+            ));
+        }
+        let row = NewToken {
+            id: &t.id,
+            name: &t.name,
+            role: &t.role,
+            hash: &t.hash,
+            devices: t.devices.as_deref(),
+            created_at: naive(t.created_at),
+            revoked: i16::from(t.revoked),
+        };
+        let mut conn = self.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        on_inner!(conn, c => diesel::insert_into(tokens::table).values(&row).execute(c),
+                  mysql c => mysql::insert_token(c, &row))?;
+        Ok(())
+    }
+
+    /// Revokes a token; false when there is no such live token.
+    pub fn revoke_token(&self, token_id: &str) -> Result<bool, StorageError> {
+        use super::schema::tokens::dsl::*;
+        let n = diesel::update(tokens.filter(id.eq(token_id)).filter(revoked.eq(0i16)))
+            .set(revoked.eq(1i16))
+            .execute(&mut *self.conn()?)?;
+        Ok(n > 0)
+    }
+
+    /// One recorded command.
+    pub fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StorageError> {
+        use super::schema::commands::dsl::*;
+        let row: Option<CommandTuple> = commands
+            .filter(id.eq(command_id))
+            .select((
+                id,
+                device_id,
+                request,
+                status,
+                result,
+                error,
+                requested_by,
+                created_at,
+                updated_at,
+            ))
+            .first(&mut *self.conn()?)
+            .optional()?;
+        Ok(row.map(|(i, d, rq, st, res, err, by, c, u)| CommandRecord {
+            id: i,
+            device_id: d,
+            request: rq,
+            status: st,
+            result: res,
+            error: err,
+            requested_by: by,
+            created_at: utc(c),
+            updated_at: utc(u),
+        }))
     }
 }
 

@@ -110,6 +110,24 @@ pub struct DeviceRow {
     pub last_seen: DateTime<Utc>,
 }
 
+/// One operator command and where it stands; written as an upsert by id, so each state
+/// change (`sent` → `ok`/`failed`/`timeout`) replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRow {
+    pub id: String,
+    pub device_id: String,
+    /// The JSON body as the caller sent it.
+    pub request: String,
+    pub status: String,
+    /// JSON text of the result, when `ok`.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// The name of the token that sent it.
+    pub requested_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Row {
@@ -117,4 +135,5 @@ pub enum Row {
     Packet(PacketRow),
     Event(ConnEventRow),
     Device(DeviceRow),
+    Command(CommandRow),
 }

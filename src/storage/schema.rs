@@ -70,6 +70,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    tokens (id) {
+        id -> Text,
+        name -> Text,
+        role -> Text,
+        hash -> Text,
+        devices -> Nullable<Text>,
+        created_at -> Timestamp,
+        revoked -> SmallInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     commands,
     connection_events,
@@ -77,4 +89,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     raw_packets,
     relay_queue,
     telemetry,
+    tokens,
 );

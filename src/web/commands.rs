@@ -1,18 +1,24 @@
 //! `POST /api/devices/{id}/commands`: parse an operator command, hand it to the device through
-//! the supervisor, and wait for the device's answer.
+//! the supervisor, and wait for the device's answer. Every command routed to a device is
+//! recorded in `commands` (`sent`, then `ok`, `failed` or `timeout`) with the name of the token
+//! that sent it; `GET /api/commands/{cid}` reads that record back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
+use super::auth::{Caller, Role};
 use super::error::ApiError;
+use super::history::blocking;
 use super::{mailbox_error, AppState};
 use crate::device::command::{CommandError, CommandOutcome, DeviceCommand};
 use crate::device::modbus::{self, Request, Response};
+use crate::storage::rows::{CommandRow, Row};
+use crate::storage::Store;
 use crate::supervisor::RouteCommand;
 
 /// How long a caller waits for a device when the body names no `timeout_ms`: long enough for
@@ -20,27 +26,39 @@ use crate::supervisor::RouteCommand;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT_MS: u64 = 600_000;
 
-static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
+/// Longest command id accepted in a path (the column width).
+const COMMAND_ID_MAX: usize = 40;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices/{id}/commands", web::post().to(send));
+    cfg.route("/devices/{id}/commands", web::post().to(send))
+        .route("/commands/{cid}", web::get().to(get));
 }
 
 /// The JSON body; which fields apply depends on `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandBody {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_if_offline: Option<bool>,
 }
 
@@ -169,12 +187,20 @@ pub fn outcome_json(outcome: &CommandOutcome) -> Value {
     }
 }
 
+/// A new command id: random, so ids stay unique across restarts.
+fn new_command_id() -> String {
+    super::auth::new_id('c')
+}
+
 async fn send(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<String>,
     body: web::Json<CommandBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    caller.require(Role::Operator)?;
+    caller.device(&id)?;
     let command = body.to_command()?;
     let wait = body.wait()?;
     if body.queue_if_offline == Some(true) {
@@ -183,7 +209,7 @@ async fn send(
             "queue_if_offline is not available yet: commands to offline devices are refused with 409",
         ));
     }
-    let cid = format!("c{}", NEXT_COMMAND.fetch_add(1, Ordering::Relaxed));
+    let cid = new_command_id();
     let (reply, answer) = oneshot::channel();
     state
         .supervisor
@@ -194,15 +220,77 @@ async fn send(
         })
         .await
         .map_err(mailbox_error)??;
+    let now = Utc::now();
+    let mut record = CommandRow {
+        id: cid.clone(),
+        device_id: id.clone(),
+        request: serde_json::to_string(&*body).unwrap_or_default(),
+        status: "sent".into(),
+        result: None,
+        error: None,
+        requested_by: Some(caller.name.clone()),
+        created_at: now,
+        updated_at: now,
+    };
+    state.storage.do_send(Store(Row::Command(record.clone())));
     let result = match tokio::time::timeout(wait, answer).await {
         Err(_) => Err(CommandError::Timeout(wait.as_millis() as u64)),
         Ok(Err(_)) => Err(CommandError::Disconnected),
         Ok(Ok(result)) => result,
     };
+    record.updated_at = Utc::now();
+    match &result {
+        Ok(outcome) => {
+            record.status = "ok".into();
+            record.result = Some(outcome_json(outcome).to_string());
+        }
+        Err(e) => {
+            record.status = match e {
+                CommandError::Timeout(_) => "timeout",
+                _ => "failed",
+            }
+            .into();
+            record.error = Some(e.to_string());
+        }
+    }
+    state.storage.do_send(Store(Row::Command(record)));
     let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
     Ok(HttpResponse::Ok().json(json!({
         "id": cid,
         "status": "ok",
         "result": outcome_json(&outcome),
+    })))
+}
+
+/// `GET /api/commands/{cid}`: the stored record, for any role that reaches the device.
+async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    cid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let cid = cid.into_inner();
+    if cid.is_empty() || cid.chars().count() > COMMAND_ID_MAX {
+        return Err(ApiError::bad_request(format!(
+            "a command id has 1..={COMMAND_ID_MAX} characters"
+        )));
+    }
+    let key = cid.clone();
+    let record = blocking(&state.db, move |db| db.command(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown command {cid}")))?;
+    caller.device(&record.device_id)?;
+    let parse = |text: Option<String>| {
+        text.map(|t| serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t)))
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "id": record.id,
+        "device_id": record.device_id,
+        "status": record.status,
+        "request": parse(Some(record.request)),
+        "result": parse(record.result),
+        "error": record.error,
+        "requested_by": record.requested_by,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
     })))
 }

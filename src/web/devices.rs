@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
 use crate::supervisor::{GetDevice, ListDevices};
@@ -13,17 +14,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/devices/{id}/values", web::get().to(values));
 }
 
-async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let devices = state
+async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let mut devices = state
         .supervisor
         .send(ListDevices)
         .await
         .map_err(mailbox_error)?;
+    devices.retain(|d| caller.can_see(&d.id));
     Ok(HttpResponse::Ok().json(devices))
 }
 
-async fn one(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn one(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    caller.device(&id)?;
     let (view, values) = state
         .supervisor
         .send(GetDevice { id: id.clone() })
@@ -39,9 +46,11 @@ async fn one(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
 
 async fn values(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    caller.device(&id)?;
     let (_, values) = state
         .supervisor
         .send(GetDevice { id: id.clone() })

@@ -77,3 +77,15 @@ impl From<CommandError> for ApiError {
 pub fn json_rejection(err: impl std::fmt::Display) -> actix_web::Error {
     ApiError::bad_request(err.to_string()).into()
 }
+
+/// JSON body rejections: 413 for a body over the limit, 415 for a content type other than
+/// JSON, 400 for everything else (bad JSON, unknown or missing fields).
+pub fn json_payload_rejection(err: actix_web::error::JsonPayloadError) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let status = match &err {
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, err.to_string()).into()
+}

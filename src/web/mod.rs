@@ -1,12 +1,14 @@
 //! The HTTP front end: the REST API under `/api`. Handlers are thin: they parse and validate
 //! input, send one message to an actor, and map the answer to JSON.
 
+pub mod auth;
 pub mod commands;
 pub mod console;
 pub mod devices;
 pub mod error;
 pub mod history;
 pub mod relay;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -15,8 +17,9 @@ use actix_web::{web, HttpResponse};
 
 use crate::settings::Settings;
 use crate::storage::db::Db;
+use crate::storage::Storage;
 use crate::supervisor::Supervisor;
-use error::{json_rejection, ApiError};
+use error::{json_payload_rejection, json_rejection, ApiError};
 
 /// Largest request body the API accepts; commands and settings are small.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -27,6 +30,10 @@ pub struct AppState {
     pub supervisor: Addr<Supervisor>,
     pub settings: Arc<Settings>,
     pub db: Db,
+    /// Where command records go (batched like every other row).
+    pub storage: Addr<Storage>,
+    /// The token cache that authenticates every `/api` request.
+    pub tokens: auth::Tokens,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.
@@ -36,18 +43,20 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY)
-                    .error_handler(|e, _| json_rejection(e)),
+                    .error_handler(|e, _| json_payload_rejection(e)),
             )
             .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
             .configure(console::routes)
             .service(
                 web::scope("/api")
+                    .wrap(actix_web::middleware::from_fn(auth::authenticate))
                     .route("/health", web::get().to(health))
                     .configure(devices::routes)
                     .configure(commands::routes)
                     .configure(history::routes)
                     .configure(relay::routes)
+                    .configure(tokens::routes)
                     .default_service(web::to(|| async {
                         Err::<HttpResponse, _>(ApiError::not_found("no such route"))
                     })),

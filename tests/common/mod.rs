@@ -111,6 +111,10 @@ pattern = "^[0-9]{15}$"
 ascii = "www.usr.cn"
 "#;
 
+/// The admin token every test server is configured with (`[auth] admin_token`), unless its
+/// `Options::admin_token` is None.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A running server process. Killed on drop if a test fails half-way.
 pub struct TestServer {
     pub child: Child,
@@ -121,6 +125,8 @@ pub struct TestServer {
     /// The `$TTMS` relay listener.
     pub ttms: u16,
     pub log: PathBuf,
+    /// What `get`/`post` send as `Authorization: Bearer`; None sends nothing.
+    pub token: Option<String>,
 }
 
 pub struct Options {
@@ -133,6 +139,8 @@ pub struct Options {
     pub extra_server_toml: String,
     /// The database URL; a SQLite file in the test's directory when None.
     pub database_url: Option<String>,
+    /// `[auth] admin_token`; None leaves it empty, so the server generates one.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -144,6 +152,7 @@ impl Default for Options {
             data_toml: DATA_TOML.to_string(),
             extra_server_toml: String::new(),
             database_url: None,
+            admin_token: Some(ADMIN_TOKEN.to_string()),
         }
     }
 }
@@ -184,6 +193,9 @@ heartbeat_interval = "{hb}"
 max_missed = {missed}
 register_timeout = "{reg}"
 
+[auth]
+admin_token = "{admin}"
+
 [database]
 url = "{db}"
 
@@ -201,6 +213,7 @@ flush_interval = "200ms"
                 .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("dtu.db").display())),
             spool = dir.path().join("spool.jsonl").display(),
             extra = opts.extra_server_toml,
+            admin = opts.admin_token.clone().unwrap_or_default(),
         );
         std::fs::write(dir.path().join("server.toml"), server_toml).expect("write server.toml");
         std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
@@ -214,6 +227,7 @@ flush_interval = "200ms"
             transparent: 0,
             ttms: 0,
             log,
+            token: opts.admin_token.clone(),
         };
         server.read_ports();
         server.wait_healthy();
@@ -281,26 +295,47 @@ flush_interval = "200ms"
         format!("http://127.0.0.1:{}{}", self.web, path)
     }
 
+    /// A request with this server's token (if any) as `Authorization: Bearer`.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        with_token(
+            ureq::request(method, &self.url(path)).timeout(DEADLINE),
+            self.token.as_deref(),
+        )
+    }
+
     /// GET, returning status and JSON body (whatever the status).
     pub fn get(&self, path: &str) -> (u16, Value) {
-        answer(ureq::get(&self.url(path)).timeout(DEADLINE).call())
+        answer(self.request("GET", path).call())
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        answer(
-            ureq::post(&self.url(path))
-                .timeout(DEADLINE)
-                .send_json(body.clone()),
-        )
+        answer(self.request("POST", path).send_json(body.clone()))
     }
 
     pub fn post_raw(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         answer(
-            ureq::post(&self.url(path))
-                .timeout(DEADLINE)
+            self.request("POST", path)
                 .set("Content-Type", content_type)
                 .send_string(body),
         )
+    }
+
+    /// GET with another token (None: no Authorization header).
+    pub fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        answer(with_token(ureq::get(&self.url(path)).timeout(DEADLINE), token).call())
+    }
+
+    /// POST with another token (None: no Authorization header).
+    pub fn post_as(&self, token: Option<&str>, path: &str, body: &Value) -> (u16, Value) {
+        answer(
+            with_token(ureq::post(&self.url(path)).timeout(DEADLINE), token)
+                .send_json(body.clone()),
+        )
+    }
+
+    /// DELETE with another token (None: no Authorization header).
+    pub fn delete_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        answer(with_token(ureq::delete(&self.url(path)).timeout(DEADLINE), token).call())
     }
 
     pub fn device(&self, id: &str) -> Option<Value> {
@@ -380,7 +415,14 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success(), "kill -{sig} failed");
 }
 
-fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+fn with_token(req: ureq::Request, token: Option<&str>) -> ureq::Request {
+    match token {
+        Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+pub fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     let resp = match r {
         Ok(resp) => resp,
         Err(ureq::Error::Status(_, resp)) => resp,
