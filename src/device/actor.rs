@@ -26,24 +26,21 @@ use tokio_util::codec::{BytesCodec, Decoder, Encoder, FramedRead};
 
 use crate::device::codec::{DeviceCodec, Expect, FramedCodec, Inbound, Outbound, TransparentCodec};
 use crate::device::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
+use crate::device::link::Link;
 use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::{decode_block, decode_registers, BlockData, Decoded, Point};
 use crate::settings::IdFormat;
 use crate::settings::{
     LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,
 };
-use crate::storage::rows::{
-    ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row, TelemetryRow,
-};
-use crate::storage::{Storage, Store, StoreMany};
+use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
+use crate::storage::{Storage, StoreMany};
 use crate::supervisor::{self, ConnId, OfflineReason, Supervisor};
 
 /// Longest a device id may be; anything longer is not an id but garbage.
 const MAX_ID_LEN: usize = 64;
 /// Operator commands waiting on one device beyond this are refused rather than piling up.
 const MAX_QUEUED_COMMANDS: usize = 64;
-/// `Seen` reports to the supervisor are thinned to one per this interval per device.
-const SEEN_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -224,43 +221,18 @@ impl DeviceActor {
         }
     }
 
-    fn store(&self, row: Row) {
-        self.ctx.storage.do_send(Store(row));
-    }
-
-    /// Records bytes that crossed this device's socket (only once it has an id).
-    fn store_packet(&self, direction: Direction, kind: PacketKind, bytes: &[u8]) {
-        if let Some(id) = &self.id {
-            self.store(Row::Packet(PacketRow {
-                device_id: id.clone(),
-                direction,
-                kind,
-                bytes: bytes.to_vec(),
-                at: Utc::now(),
-            }));
-        }
-    }
-
-    fn store_event(&self, event: ConnEvent, detail: String) {
-        self.store(Row::Event(ConnEventRow {
-            device_id: self.id.clone().unwrap_or_default(),
-            event,
-            remote_addr: self.peer.to_string(),
-            detail,
-            at: Utc::now(),
-        }));
-    }
-
-    fn device_row(&self, id: &str, online: bool) -> Row {
-        Row::Device(DeviceRow {
-            id: id.to_string(),
-            protocol: self.ctx.protocol.as_str().to_string(),
-            profile: self.ctx.profile.as_ref().map(|p| p.name.clone()),
-            remote_addr: self.peer.to_string(),
-            online,
+    /// This connection's facts, for reporting through the shared [`Link`].
+    fn link(&self) -> Link<'_> {
+        Link {
+            conn: self.conn,
+            peer: self.peer,
+            id: self.id.as_deref(),
+            protocol: self.ctx.protocol,
+            profile: self.ctx.profile.as_ref().map(|p| p.name.as_str()),
             connected_at: self.connected_at,
-            last_seen: Utc::now(),
-        })
+            supervisor: &self.ctx.supervisor,
+            storage: &self.ctx.storage,
+        }
     }
 
     /// The bytes a registration arrived as, rebuilt from the id the codec decoded.
@@ -334,7 +306,7 @@ impl DeviceActor {
             }
             (State::Online, Inbound::Heartbeat) => {
                 log::debug!("{}: heartbeat", self.who());
-                self.store_packet(
+                self.link().store_packet(
                     Direction::In,
                     PacketKind::Heartbeat,
                     &self.heartbeat_bytes(),
@@ -350,11 +322,12 @@ impl DeviceActor {
                     Protocol::Framed => PacketKind::Data,
                     _ => PacketKind::Unsolicited,
                 };
-                self.store_packet(Direction::In, kind, &bytes);
+                self.link().store_packet(Direction::In, kind, &bytes);
                 self.send(Outbound::DataAck);
             }
             (State::Online, Inbound::Modbus(adu)) => {
-                self.store_packet(Direction::In, PacketKind::Modbus, &adu);
+                self.link()
+                    .store_packet(Direction::In, PacketKind::Modbus, &adu);
                 self.on_modbus(&adu, ctx);
             }
             (State::Online, Inbound::Malformed { reason, bytes }) => {
@@ -377,7 +350,8 @@ impl DeviceActor {
                 "{}: rejected registration with invalid id {id:?}; closing",
                 self.who()
             );
-            self.store_event(ConnEvent::Rejected, format!("invalid id {id:?}"));
+            self.link()
+                .store_event(ConnEvent::Rejected, format!("invalid id {id:?}"));
             self.close(OfflineReason::Closed, ctx);
             return;
         }
@@ -387,13 +361,14 @@ impl DeviceActor {
         self.id = Some(id.clone());
         self.state = State::Online;
         self.connected_at = Utc::now();
-        self.store_packet(
+        self.link().store_packet(
             Direction::In,
             PacketKind::Register,
             &self.registration_bytes(&id),
         );
-        self.store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
-        self.store(self.device_row(&id, true));
+        self.link()
+            .store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
+        self.link().store_device(true);
         log::info!(
             "device {id}: registered from {} on listener {}",
             self.peer,
@@ -527,7 +502,8 @@ impl DeviceActor {
             modbus::to_hex(&adu)
         );
         self.codec.set_expect(Some(wire.expect()));
-        self.store_packet(Direction::Out, PacketKind::Modbus, &adu);
+        self.link()
+            .store_packet(Direction::Out, PacketKind::Modbus, &adu);
         self.send(Outbound::Modbus(adu.into()));
         let timer = ctx.run_later(timeout, |act, ctx| act.on_timeout(ctx));
         self.in_flight = Some(InFlight {
@@ -897,7 +873,7 @@ impl Actor for DeviceActor {
                     act.who(),
                     timeout.as_millis()
                 );
-                act.store_event(
+                act.link().store_event(
                     ConnEvent::Rejected,
                     format!("no registration within {} ms", timeout.as_millis()),
                 );
@@ -907,20 +883,7 @@ impl Actor for DeviceActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(id) = self.id.clone() {
-            let event = match self.close_reason {
-                OfflineReason::HeartbeatTimeout => ConnEvent::HeartbeatTimeout,
-                OfflineReason::Replaced => ConnEvent::Replaced,
-                OfflineReason::Closed => ConnEvent::Disconnect,
-            };
-            self.store_event(event, self.close_reason.as_str().to_string());
-            self.store(self.device_row(&id, false));
-            self.ctx.supervisor.do_send(supervisor::Offline {
-                id,
-                conn: self.conn,
-                reason: self.close_reason,
-            });
-        }
+        self.link().went_offline(self.close_reason);
         // Commands still waiting end as `Disconnected` when their reply senders drop here.
     }
 }
@@ -936,15 +899,9 @@ impl StreamHandler<Result<BytesMut, io::Error>> for DeviceActor {
             }
         };
         self.last_rx = Instant::now();
-        if let Some(id) = &self.id {
-            if self.last_seen_report.elapsed() >= SEEN_REPORT_EVERY {
-                self.last_seen_report = self.last_rx;
-                self.ctx.supervisor.do_send(supervisor::Seen {
-                    id: id.clone(),
-                    conn: self.conn,
-                });
-            }
-        }
+        let (now, mut last) = (self.last_rx, self.last_seen_report);
+        self.link().seen(&mut last, now);
+        self.last_seen_report = last;
         self.buf.extend_from_slice(&chunk);
         self.drain(ctx);
     }

@@ -3,5 +3,6 @@
 pub mod actor;
 pub mod codec;
 pub mod command;
+pub mod link;
 pub mod modbus;
 pub mod points;

@@ -35,17 +35,14 @@ use crate::device::actor::Close;
 use crate::device::codec::ttms::{
     ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT,
 };
+use crate::device::link::Link;
 use crate::device::modbus::to_hex;
 use crate::settings::{LivenessSettings, Protocol};
 use crate::storage::db::{Db, Enqueued, RelayRecord};
-use crate::storage::rows::{
-    ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
-};
+use crate::storage::rows::{ConnEvent, Direction, PacketKind, PacketRow, Row};
 use crate::storage::{Storage, Store};
 use crate::supervisor::{self, ConnId, Holder, KickRelay, OfflineReason, RouteRelay, Supervisor};
 
-/// `Seen` reports to the supervisor are thinned to one per this interval per terminal.
-const SEEN_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Queued frames loaded and written per delivery round.
 const DELIVERY_BATCH: i64 = 500;
 /// Live frames held back while a queued delivery runs; more are queued in the database.
@@ -152,42 +149,24 @@ impl RelayActor {
         }
     }
 
-    fn store(&self, row: Row) {
-        self.ctx.storage.do_send(Store(row));
-    }
-
-    fn store_packet(&self, direction: Direction, bytes: &[u8]) {
-        if let Some(id) = &self.id {
-            self.store(Row::Packet(PacketRow {
-                device_id: id.clone(),
-                direction,
-                kind: PacketKind::Relay,
-                bytes: bytes.to_vec(),
-                at: Utc::now(),
-            }));
+    /// This connection's facts, for reporting through the shared [`Link`].
+    fn link(&self) -> Link<'_> {
+        Link {
+            conn: self.conn,
+            peer: self.peer,
+            id: self.id.as_deref(),
+            protocol: Protocol::Ttms,
+            profile: None,
+            connected_at: self.connected_at,
+            supervisor: &self.ctx.supervisor,
+            storage: &self.ctx.storage,
         }
     }
 
-    fn store_event(&self, event: ConnEvent, detail: String) {
-        self.store(Row::Event(ConnEventRow {
-            device_id: self.id.clone().unwrap_or_default(),
-            event,
-            remote_addr: self.peer.to_string(),
-            detail,
-            at: Utc::now(),
-        }));
-    }
-
-    fn device_row(&self, id: &str, online: bool) -> Row {
-        Row::Device(DeviceRow {
-            id: id.to_string(),
-            protocol: Protocol::Ttms.as_str().to_string(),
-            profile: None,
-            remote_addr: self.peer.to_string(),
-            online,
-            connected_at: self.connected_at,
-            last_seen: Utc::now(),
-        })
+    /// Records a `$TTMS` frame that crossed the socket.
+    fn store_packet(&self, direction: Direction, bytes: &[u8]) {
+        self.link()
+            .store_packet(direction, PacketKind::Relay, bytes);
     }
 
     fn close(&mut self, reason: OfflineReason, ctx: &mut Context<Self>) {
@@ -240,7 +219,7 @@ impl RelayActor {
                     self.who(),
                     to_hex(&frame.to_bytes())
                 );
-                self.store_event(
+                self.link().store_event(
                     ConnEvent::Rejected,
                     format!("cmd {cmd:02X} before registering"),
                 );
@@ -289,8 +268,9 @@ impl RelayActor {
         self.ccid = ccid;
         self.state = State::Online;
         self.connected_at = Utc::now();
-        self.store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
-        self.store(self.device_row(&id, true));
+        self.link()
+            .store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
+        self.link().store_device(true);
         log::info!(
             "device {id}: registered from {} on listener {}",
             self.peer,
@@ -640,7 +620,7 @@ impl Actor for RelayActor {
                     act.who(),
                     timeout.as_millis()
                 );
-                act.store_event(
+                act.link().store_event(
                     ConnEvent::Rejected,
                     format!("no registration within {} ms", timeout.as_millis()),
                 );
@@ -660,20 +640,7 @@ impl Actor for RelayActor {
             };
             actix_rt::spawn(enqueue(ctx.clone(), r));
         }
-        if let Some(id) = self.id.clone() {
-            let event = match self.close_reason {
-                OfflineReason::HeartbeatTimeout => ConnEvent::HeartbeatTimeout,
-                OfflineReason::Replaced => ConnEvent::Replaced,
-                OfflineReason::Closed => ConnEvent::Disconnect,
-            };
-            self.store_event(event, self.close_reason.as_str().to_string());
-            self.store(self.device_row(&id, false));
-            self.ctx.supervisor.do_send(supervisor::Offline {
-                id,
-                conn: self.conn,
-                reason: self.close_reason,
-            });
-        }
+        self.link().went_offline(self.close_reason);
     }
 }
 
@@ -688,15 +655,9 @@ impl StreamHandler<Result<BytesMut, io::Error>> for RelayActor {
             }
         };
         self.last_rx = Instant::now();
-        if let Some(id) = &self.id {
-            if self.last_seen_report.elapsed() >= SEEN_REPORT_EVERY {
-                self.last_seen_report = self.last_rx;
-                self.ctx.supervisor.do_send(supervisor::Seen {
-                    id: id.clone(),
-                    conn: self.conn,
-                });
-            }
-        }
+        let (now, mut last) = (self.last_rx, self.last_seen_report);
+        self.link().seen(&mut last, now);
+        self.last_seen_report = last;
         self.buf.extend_from_slice(&chunk);
         while self.state != State::Closing {
             match self.codec.decode(&mut self.buf) {
@@ -705,7 +666,8 @@ impl StreamHandler<Result<BytesMut, io::Error>> for RelayActor {
                 Err(e) => {
                     log::warn!("{}: protocol error, closing: {e}", self.who());
                     if self.id.is_none() {
-                        self.store_event(ConnEvent::Rejected, format!("protocol error: {e}"));
+                        self.link()
+                            .store_event(ConnEvent::Rejected, format!("protocol error: {e}"));
                     }
                     self.close(OfflineReason::Closed, ctx);
                     break;
