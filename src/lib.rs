@@ -2,6 +2,8 @@
 //! polling and decoding, operator commands — behind a REST API.
 
 pub mod device;
+pub mod events;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod settings;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::device::actor::{DeviceActor, ListenerContext};
+use crate::events::EventBus;
 use crate::relay::actor::{RelayActor, RelayContext};
 use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
@@ -92,7 +93,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.server.storage.spool_path.clone(),
     );
     actix_rt::spawn(retention(db.clone(), settings.clone()));
-    let supervisor = Supervisor::with_known(known).start();
+    let events = EventBus::default().start();
+    let supervisor = Supervisor::with_known(known, events.clone()).start();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -128,6 +130,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 liveness: settings.server.liveness.clone(),
                 supervisor: supervisor.clone(),
                 storage: storage.clone(),
+                events: events.clone(),
             })),
         };
         let arbiters = Arbiters {
@@ -148,6 +151,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         db: db.clone(),
         storage: storage.clone(),
         tokens,
+        events: events.clone(),
     };
     let http = HttpServer::new(move || App::new().configure(web::configure(state.clone())))
         .workers(threads)

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
+use crate::events::{Event, EventBus, EventKind, Publish};
 use crate::relay::actor::{Deliver, Kick, RelayActor};
 use crate::settings::Protocol;
 use crate::storage::rows::DeviceRow;
@@ -91,15 +92,16 @@ impl DeviceEntry {
     }
 }
 
-#[derive(Default)]
 pub struct Supervisor {
     devices: HashMap<String, DeviceEntry>,
+    /// Where online, offline and telemetry events go.
+    events: Addr<EventBus>,
 }
 
 impl Supervisor {
     /// A supervisor that already knows the devices stored by earlier runs, all offline: after
     /// a restart nobody is connected yet, whatever the database last said.
-    pub fn with_known(devices: Vec<DeviceRow>) -> Supervisor {
+    pub fn with_known(devices: Vec<DeviceRow>, events: Addr<EventBus>) -> Supervisor {
         let devices = devices
             .into_iter()
             .map(|d| {
@@ -120,8 +122,21 @@ impl Supervisor {
                 (d.id, entry)
             })
             .collect();
-        Supervisor { devices }
+        Supervisor { devices, events }
     }
+}
+
+fn publish(events: &Addr<EventBus>, kind: EventKind, id: &str, data: serde_json::Value) {
+    events.do_send(Publish(Event::new(kind, id, data)));
+}
+
+fn publish_offline(events: &Addr<EventBus>, id: &str, reason: OfflineReason) {
+    publish(
+        events,
+        EventKind::DeviceOffline,
+        id,
+        serde_json::json!({ "reason": reason.as_str() }),
+    );
 }
 
 impl Actor for Supervisor {
@@ -151,6 +166,11 @@ impl Handler<Registered> for Supervisor {
 
     fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
         let now = Utc::now();
+        let online = serde_json::json!({
+            "protocol": msg.protocol.as_str(),
+            "profile": msg.profile,
+            "remote_addr": msg.remote_addr.to_string(),
+        });
         let view = DeviceView {
             id: msg.id.clone(),
             online: true,
@@ -160,6 +180,7 @@ impl Handler<Registered> for Supervisor {
             connected_at: now,
             last_seen: now,
         };
+        let id = msg.id.clone();
         match self.devices.get_mut(&msg.id) {
             Some(entry) => {
                 if let Some((old_conn, old_addr)) = entry.conn.take() {
@@ -171,6 +192,8 @@ impl Handler<Registered> for Supervisor {
                             entry.view.remote_addr
                         );
                         old_addr.close(OfflineReason::Replaced);
+                        // The old connection's own Offline report will find the id taken.
+                        publish_offline(&self.events, &msg.id, OfflineReason::Replaced);
                     }
                 }
                 entry.view = view;
@@ -187,6 +210,7 @@ impl Handler<Registered> for Supervisor {
                 );
             }
         }
+        publish(&self.events, EventKind::DeviceOnline, &id, online);
     }
 }
 
@@ -231,6 +255,17 @@ impl Handler<Telemetry> for Supervisor {
             return;
         }
         entry.view.last_seen = msg.at;
+        let values: serde_json::Map<String, serde_json::Value> = msg
+            .values
+            .iter()
+            .map(|d| (d.name.clone(), serde_json::json!(d.value)))
+            .collect();
+        self.events.do_send(Publish(Event::at(
+            EventKind::Telemetry,
+            &msg.id,
+            msg.at,
+            serde_json::json!({ "values": values }),
+        )));
         for d in msg.values {
             entry.values.insert(
                 d.name,
@@ -264,6 +299,7 @@ impl Handler<Offline> for Supervisor {
                 entry.conn = None;
                 entry.view.online = false;
                 log::info!("device {}: offline ({})", msg.id, msg.reason.as_str());
+                publish_offline(&self.events, &msg.id, msg.reason);
             }
         }
     }

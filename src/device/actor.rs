@@ -29,6 +29,7 @@ use crate::device::command::{CommandError, CommandOutcome, CommandReply, DeviceC
 use crate::device::link::Link;
 use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::{decode_block, decode_registers, BlockData, Decoded, Point};
+use crate::events::{Event, EventBus, EventKind, Publish};
 use crate::settings::IdFormat;
 use crate::settings::{
     LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,
@@ -53,6 +54,8 @@ pub struct ListenerContext {
     pub liveness: LivenessSettings,
     pub supervisor: Addr<Supervisor>,
     pub storage: Addr<Storage>,
+    /// Where `poll.failed` events go.
+    pub events: Addr<EventBus>,
 }
 
 impl ListenerContext {
@@ -714,7 +717,16 @@ impl DeviceActor {
                         }
                     }
                     Ok(CommandOutcome::Raw(_)) => {}
-                    Err(e) => log::warn!("{}: poll {name} failed: {e}", self.who()),
+                    Err(e) => {
+                        log::warn!("{}: poll {name} failed: {e}", self.who());
+                        if let Some(id) = &self.id {
+                            self.ctx.events.do_send(Publish(Event::new(
+                                EventKind::PollFailed,
+                                id,
+                                serde_json::json!({ "poll": name, "error": e.to_string() }),
+                            )));
+                        }
+                    }
                 }
             }
             Job::Command { reply, .. } => {

@@ -92,10 +92,7 @@ impl Caller {
     pub fn can_see(&self, device: &str) -> bool {
         match &self.devices {
             None => true,
-            Some(list) => list.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => device.starts_with(prefix),
-                None => p == device,
-            }),
+            Some(list) => crate::events::device_matches(list, device),
         }
     }
 

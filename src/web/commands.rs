@@ -17,6 +17,7 @@ use super::history::blocking;
 use super::{mailbox_error, AppState};
 use crate::device::command::{CommandError, CommandOutcome, DeviceCommand};
 use crate::device::modbus::{self, Request, Response};
+use crate::events::{Event, EventKind, Publish};
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::Store;
 use crate::supervisor::RouteCommand;
@@ -253,6 +254,17 @@ async fn send(
             record.error = Some(e.to_string());
         }
     }
+    state.events.do_send(Publish(Event::new(
+        EventKind::CommandCompleted,
+        &id,
+        json!({
+            "command_id": record.id,
+            "status": record.status,
+            "result": result.as_ref().ok().map(outcome_json),
+            "error": record.error,
+            "requested_by": record.requested_by,
+        }),
+    )));
     state.storage.do_send(Store(Row::Command(record)));
     let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
     Ok(HttpResponse::Ok().json(json!({

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
+use crate::events::EventBus;
 use crate::settings::Settings;
 use crate::storage::db::Db;
 use crate::storage::Storage;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub storage: Addr<Storage>,
     /// The token cache that authenticates every `/api` request.
     pub tokens: auth::Tokens,
+    /// Where command events are raised and WebSocket clients subscribe.
+    pub events: Addr<EventBus>,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.
