@@ -5,6 +5,7 @@ pub mod device;
 pub mod events;
 pub mod metrics;
 pub mod relay;
+pub mod rules;
 pub mod server;
 pub mod settings;
 pub mod sim;

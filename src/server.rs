@@ -94,7 +94,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     actix_rt::spawn(retention(db.clone(), settings.clone()));
     let events = EventBus::default().start();
-    let supervisor = Supervisor::with_known(known, events.clone()).start();
+    let supervisor =
+        Supervisor::with_known(known, events.clone(), settings.data.profiles.clone()).start();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -14,7 +15,8 @@ use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
 use crate::relay::actor::{Deliver, Kick, RelayActor};
-use crate::settings::Protocol;
+use crate::rules::RuleStates;
+use crate::settings::{Profile, Protocol};
 use crate::storage::rows::DeviceRow;
 
 /// Identifies one TCP connection, so that a late report from a replaced connection cannot
@@ -82,6 +84,8 @@ impl Holder {
 struct DeviceEntry {
     view: DeviceView,
     values: Values,
+    /// Which of its profile's rules are triggered; kept across reconnections.
+    rules: RuleStates,
     /// The connection that holds the id, while online.
     conn: Option<(ConnId, Holder)>,
 }
@@ -94,14 +98,20 @@ impl DeviceEntry {
 
 pub struct Supervisor {
     devices: HashMap<String, DeviceEntry>,
-    /// Where online, offline and telemetry events go.
+    /// Where online, offline, telemetry and rule events go.
     events: Addr<EventBus>,
+    /// data.toml's profiles by name, for their rules.
+    profiles: BTreeMap<String, Arc<Profile>>,
 }
 
 impl Supervisor {
     /// A supervisor that already knows the devices stored by earlier runs, all offline: after
     /// a restart nobody is connected yet, whatever the database last said.
-    pub fn with_known(devices: Vec<DeviceRow>, events: Addr<EventBus>) -> Supervisor {
+    pub fn with_known(
+        devices: Vec<DeviceRow>,
+        events: Addr<EventBus>,
+        profiles: BTreeMap<String, Arc<Profile>>,
+    ) -> Supervisor {
         let devices = devices
             .into_iter()
             .map(|d| {
@@ -117,12 +127,17 @@ impl Supervisor {
                 let entry = DeviceEntry {
                     view,
                     values: Values::new(),
+                    rules: RuleStates::default(),
                     conn: None,
                 };
                 (d.id, entry)
             })
             .collect();
-        Supervisor { devices, events }
+        Supervisor {
+            devices,
+            events,
+            profiles,
+        }
     }
 }
 
@@ -205,6 +220,7 @@ impl Handler<Registered> for Supervisor {
                     DeviceEntry {
                         view,
                         values: Values::new(),
+                        rules: RuleStates::default(),
                         conn: Some((msg.conn, msg.addr)),
                     },
                 );
@@ -266,6 +282,24 @@ impl Handler<Telemetry> for Supervisor {
             msg.at,
             serde_json::json!({ "values": values }),
         )));
+        let rules = entry
+            .view
+            .profile
+            .as_ref()
+            .and_then(|name| self.profiles.get(name))
+            .map(|p| p.rules.as_slice())
+            .unwrap_or_default();
+        for change in entry.rules.apply(rules, &msg.values) {
+            let kind = if change.triggered {
+                log::info!("device {}: rule triggered: {}", msg.id, change.data);
+                EventKind::RuleTriggered
+            } else {
+                log::info!("device {}: rule cleared: {}", msg.id, change.data);
+                EventKind::RuleCleared
+            };
+            self.events
+                .do_send(Publish(Event::at(kind, &msg.id, msg.at, change.data)));
+        }
         for d in msg.values {
             entry.values.insert(
                 d.name,
