@@ -9,6 +9,7 @@ pub mod rules;
 pub mod server;
 pub mod settings;
 pub mod sim;
+pub mod sim_ttms;
 pub mod storage;
 pub mod supervisor;
 pub mod web;

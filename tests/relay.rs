@@ -356,3 +356,59 @@ fn a_new_connection_replaces_the_old_one_and_gets_the_frames() {
     });
     assert!(waiting(&server, "0000D002").is_empty());
 }
+
+/// `dtu-sim --protocol ttms`: simulated terminals register, get heartbeat answers and relay
+/// frames around their ring through the real server.
+#[test]
+fn dtu_sim_terminals_relay_frames_through_the_server() {
+    let server = TestServer::start();
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_dtu-sim"))
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", server.ttms),
+            "--protocol",
+            "ttms",
+            "--count",
+            "3",
+            "--first-id",
+            "4096",
+            "--heartbeat",
+            "1s",
+            "--data-every",
+            "200ms",
+            "--stats-every",
+            "300ms",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(log.reopen().expect("reopen temp file"))
+        .spawn()
+        .expect("start dtu-sim");
+    for id in ["00001000", "00001001", "00001002"] {
+        wait_for(&format!("terminal {id} online"), || {
+            server
+                .device(id)
+                .filter(|d| d["online"] == true && d["protocol"] == "ttms")
+        });
+    }
+    // The simulator's counter lines: "... N/M heartbeats answered, S frames sent, R received, B bad".
+    let counts = wait_for("the terminals to receive relayed frames", || {
+        let text = std::fs::read_to_string(log.path()).ok()?;
+        text.lines().rev().find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = |w: &str| words.iter().position(|x| x.trim_end_matches(',') == w);
+            let received: u64 = words.get(at("received")?.checked_sub(1)?)?.parse().ok()?;
+            let bad: u64 = words.get(at("bad")?.checked_sub(1)?)?.parse().ok()?;
+            let answered: u64 = words
+                .get(at("heartbeats")?.checked_sub(1)?)?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()?;
+            (received >= 6 && answered >= 3).then_some((received, bad))
+        })
+    });
+    assert_eq!(counts.1, 0, "the server sent frames the terminals could not parse");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}

@@ -7,22 +7,43 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use dtu_supervisor::sim::{self, FixedValue, SimConfig, SimProtocol};
+use dtu_supervisor::sim_ttms::{self, TtmsSimConfig};
 
-/// Simulate dial-in DTUs (framed or transparent) for demos, tests and load.
+/// What `--protocol` accepts: the two Modbus DTU protocols and `$TTMS` relay terminals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CliProtocol {
+    Dtu(SimProtocol),
+    Ttms,
+}
+
+impl std::str::FromStr for CliProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("ttms") {
+            return Ok(CliProtocol::Ttms);
+        }
+        s.parse()
+            .map(CliProtocol::Dtu)
+            .map_err(|_| format!("unknown protocol {s:?} (expected framed, transparent or ttms)"))
+    }
+}
+
+/// Simulate dial-in DTUs (framed or transparent) or `$TTMS` relay terminals (ttms: each sends
+/// `--data-every` a frame to the next terminal of the ring) for demos, tests and load.
 #[derive(Debug, Parser)]
 #[command(name = "dtu-sim", version)]
 struct Args {
     /// Server address to dial (host:port).
     #[arg(long, env = "DTU_SIM_SERVER", default_value = "127.0.0.1:22334")]
     server: String,
-    /// Wire protocol: framed or transparent.
+    /// Wire protocol: framed, transparent or ttms.
     #[arg(long, default_value = "framed")]
-    protocol: SimProtocol,
+    protocol: CliProtocol,
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
     count: usize,
     /// Number of the first device (framed: the 4-byte id; transparent: registers as
-    /// 860000000000000 + n, or n itself when it has 15 digits).
+    /// 860000000000000 + n, or n itself when it has 15 digits; ttms: the first 4-byte ccid).
     #[arg(long, default_value_t = 1001)]
     first_id: u64,
     /// Heartbeat interval (500ms, 30s, 5m, ...).
@@ -43,7 +64,7 @@ struct Args {
     /// Transparent heartbeat text.
     #[arg(long, default_value = "www.usr.cn")]
     heartbeat_ascii: String,
-    /// Framed: send a `03 LL data` packet this often.
+    /// Framed: send a `03 LL data` packet this often; ttms: a data frame to the next terminal.
     #[arg(long, value_parser = sim::parse_duration)]
     data_every: Option<Duration>,
     // Plain `help` rather than a doc comment: rustdoc would read the brackets as links.
@@ -89,22 +110,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .first_id
         .checked_add(args.count as u64 - 1)
         .context("--first-id + --count overflows")?;
-    if args.protocol == SimProtocol::Framed && last_id > u64::from(u32::MAX) {
-        bail!("framed device numbers are 4 bytes: {last_id} is too large");
+    let protocol = match args.protocol {
+        CliProtocol::Dtu(p) => p,
+        CliProtocol::Ttms => SimProtocol::Framed,
+    };
+    if args.protocol != CliProtocol::Dtu(SimProtocol::Transparent) && last_id > u64::from(u32::MAX)
+    {
+        bail!("framed device numbers and ttms ccids are 4 bytes: {last_id} is too large");
     }
     if args.heartbeat.is_zero() {
         bail!("--heartbeat must be more than 0");
     }
-    if args.protocol == SimProtocol::Transparent && args.heartbeat_ascii.is_empty() {
+    if protocol == SimProtocol::Transparent && args.heartbeat_ascii.is_empty() {
         bail!("--heartbeat-ascii must not be empty");
     }
     if args.data_every.is_some_and(|d| d.is_zero()) {
         bail!("--data-every must be more than 0");
     }
 
+    if args.protocol == CliProtocol::Ttms {
+        let config = TtmsSimConfig {
+            server,
+            heartbeat: args.heartbeat,
+            data_every: args.data_every,
+            reconnect: args.reconnect,
+        };
+        // Both fit in 4 bytes: checked against last_id above.
+        let (count, first) = (args.count as u32, args.first_id as u32);
+        let total = sim_ttms::run_terminals(config, count, first, args.stats_every).await;
+        if total.connects == 0 {
+            bail!("no terminal could connect to {server}");
+        }
+        return Ok(());
+    }
     let config = SimConfig {
         server,
-        protocol: args.protocol,
+        protocol,
         slave: args.slave,
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
