@@ -408,7 +408,10 @@ fn dtu_sim_terminals_relay_frames_through_the_server() {
             (received >= 6 && answered >= 3).then_some((received, bad))
         })
     });
-    assert_eq!(counts.1, 0, "the server sent frames the terminals could not parse");
+    assert_eq!(
+        counts.1, 0,
+        "the server sent frames the terminals could not parse"
+    );
     let _ = sim.kill();
     let _ = sim.wait();
 }
