@@ -415,3 +415,37 @@ fn dtu_sim_terminals_relay_frames_through_the_server() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// A target whose connection is reset (RST, not a clean close) while frames are being relayed
+/// to it: each frame either fails its write or finds the target offline, and is queued either
+/// way — the target gets every one, in order, when it comes back. None is lost in between.
+#[test]
+fn frames_to_a_target_whose_socket_breaks_are_queued_not_lost() {
+    let server = TestServer::start();
+    let mut a = connect(&server);
+    register(&mut a, 0x0000_0D01);
+    let mut b = connect(&server);
+    register(&mut b, 0x0000_0D02);
+    a.write_all(&data(0x0000_0D02, b"before")).unwrap();
+    assert_eq!(read_frame(&mut b).body, b"before");
+    // Reset B's connection: linger 0 makes close send RST, so the server's next writes fail.
+    let raw = socket2::Socket::from(b);
+    raw.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    drop(raw);
+    for i in 0..20u8 {
+        a.write_all(&data(0x0000_0D02, &[i])).unwrap();
+    }
+    // All 20 end up waiting: none was counted as written to the dead socket.
+    wait_waiting(&server, "00000D02", 20);
+    let mut b2 = connect(&server);
+    b2.write_all(&heartbeat(0x0000_0D02)).unwrap();
+    let mut bodies = Vec::new();
+    while bodies.len() < 20 {
+        let f = read_frame(&mut b2);
+        if f.cmd != 0x01 {
+            bodies.push(f.body);
+        }
+    }
+    assert_eq!(bodies, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+    wait_waiting(&server, "00000D02", 0);
+}
