@@ -230,6 +230,12 @@ async fn retention(db: Db, settings: Arc<Settings>) {
             "raw packets",
             storage.retention_packets,
         ),
+        // Delivered $TTMS frames are history like raw packets; waiting ones are never pruned.
+        (
+            PrunableTable::DeliveredRelay,
+            "delivered relay frames",
+            storage.retention_packets,
+        ),
     ];
     if jobs.iter().all(|(_, _, keep)| keep.is_none()) {
         return;

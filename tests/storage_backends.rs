@@ -691,6 +691,29 @@ fn prune_deletes_exactly_the_old_rows(url: &str, backend: Backend) {
         db.prune(PrunableTable::Telemetry, cutoff).expect("again"),
         0
     );
+    // Delivered relay frames go; frames still waiting for their target never do.
+    for i in 0..3u8 {
+        db.relay_enqueue("T1", "S1", &[i], 100).expect("enqueue");
+    }
+    let waiting = db.relay_pending(Some("T1"), 10).expect("pending");
+    assert_eq!(waiting.len(), 3);
+    let ids: Vec<i64> = waiting.iter().take(2).map(|r| r.id).collect();
+    assert_eq!(db.relay_delivered(&ids).expect("delivered"), 2);
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        db.prune(PrunableTable::DeliveredRelay, past)
+            .expect("prune"),
+        0
+    );
+    assert_eq!(
+        db.prune(PrunableTable::DeliveredRelay, future)
+            .expect("prune"),
+        2
+    );
+    let left = db.relay_pending(Some("T1"), 10).expect("pending");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, waiting[2].id);
 }
 
 fn ten_thousand_rows_in_one_write(url: &str, backend: Backend) {

@@ -135,6 +135,8 @@ pub struct ExportCursor {
 pub enum PrunableTable {
     Telemetry,
     RawPackets,
+    /// `$TTMS` frames delivered before the time (frames still waiting are never pruned).
+    DeliveredRelay,
 }
 
 fn naive(t: DateTime<Utc>) -> NaiveDateTime {
@@ -1063,6 +1065,17 @@ impl Db {
         let deleted = match table {
             PrunableTable::Telemetry => prune_table!(conn, self.backend, telemetry, before),
             PrunableTable::RawPackets => prune_table!(conn, self.backend, raw_packets, before),
+            PrunableTable::DeliveredRelay => {
+                use super::schema::relay_queue::dsl as t;
+                diesel::delete(
+                    t::relay_queue.filter(
+                        t::delivered_at
+                            .is_not_null()
+                            .and(t::delivered_at.lt(bound!(self.backend, before).nullable())),
+                    ),
+                )
+                .execute(conn)?
+            }
         };
         Ok(deleted)
     }
