@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::device::actor::{DeviceActor, ListenerContext};
 use crate::events::EventBus;
-use crate::relay::actor::{RelayActor, RelayContext};
+use crate::relay::actor::{InFlight, RelayActor, RelayContext};
 use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
@@ -103,6 +103,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
 
     let relay_registry = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let relay_in_flight = InFlight::default();
     let mut accept_tasks = Vec::new();
     for (l, profile, listener) in bound {
         let local = listener.local_addr()?;
@@ -123,6 +124,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 max_queue: settings.server.relay.max_queue,
                 store_heartbeats: settings.server.storage.store_heartbeats,
                 delivering: relay_registry.clone(),
+                in_flight: relay_in_flight.clone(),
             })),
             _ => Service::Device(Arc::new(ListenerContext {
                 name: l.name.clone(),
@@ -174,6 +176,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = t.await;
     }
     close_devices(&supervisor).await;
+    relay_drained(&relay_in_flight).await;
     http_handle.stop(true).await;
     let _ = http_task.await;
     match storage.send(FlushAll::default()).await {
@@ -213,6 +216,26 @@ async fn close_devices(supervisor: &Addr<Supervisor>) {
         }
     }
     log::warn!("some devices had not reported offline within 5 s");
+}
+
+/// Waits (a few seconds at most) until every `$TTMS` frame read from a terminal has been
+/// written to its target or committed to `relay_queue`, so that none is lost at shutdown.
+async fn relay_drained(in_flight: &InFlight) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    if in_flight.count() == 0 {
+        return;
+    }
+    log::info!("waiting for {} relay frame(s) in flight", in_flight.count());
+    while tokio::time::Instant::now() < deadline {
+        if in_flight.count() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    log::warn!(
+        "{} relay frame(s) were neither written nor queued within 5 s",
+        in_flight.count()
+    );
 }
 
 /// Deletes telemetry and raw packets past their retention, once shortly after start and then

@@ -14,7 +14,7 @@ use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
-use crate::relay::actor::{Deliver, Kick, RelayActor};
+use crate::relay::actor::{Deliver, InFlightGuard, Kick, RelayActor};
 use crate::rules::RuleStates;
 use crate::settings::{Profile, Protocol};
 use crate::storage::rows::DeviceRow;
@@ -437,6 +437,8 @@ pub struct RouteRelay {
     pub target: String,
     pub sender: String,
     pub frame: Vec<u8>,
+    /// Keeps the frame counted in flight until the target's actor has handled it.
+    pub guard: InFlightGuard,
 }
 
 impl Handler<RouteRelay> for Supervisor {
@@ -450,6 +452,7 @@ impl Handler<RouteRelay> for Supervisor {
         addr.try_send(Deliver {
             sender: msg.sender,
             frame: msg.frame,
+            guard: msg.guard,
         })
         .is_ok()
     }

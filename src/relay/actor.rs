@@ -18,7 +18,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,43 @@ pub struct RelayContext {
     /// Targets whose queued frames are being delivered now, over all connections: a second
     /// heartbeat (or a new connection of the same terminal) never delivers them twice.
     pub delivering: Arc<Mutex<HashSet<String>>>,
+    /// Frames read from senders and not yet written to a target or committed to the queue;
+    /// shutdown waits for them.
+    pub in_flight: InFlight,
+}
+
+/// Counts relay frames in flight (see [`RelayContext::in_flight`]).
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one frame until the guard (and every clone of it) is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Held by whatever carries a frame on its way: a routed frame, a `Deliver` message, a write
+/// whose outcome is awaited.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Clone for InFlightGuard {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One write for the writer task; `done` learns whether it reached the socket.
@@ -77,6 +114,7 @@ struct Routed {
     target: String,
     sender: String,
     frame: Vec<u8>,
+    _guard: InFlightGuard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +359,7 @@ impl RelayActor {
             target,
             sender,
             frame: out,
+            _guard: self.ctx.in_flight.enter(),
         };
         if let Some(route) = &self.route {
             if let Err(mpsc::error::SendError(r)) = route.send(routed) {
@@ -337,6 +376,7 @@ impl RelayActor {
             target: id,
             sender: msg.sender,
             frame: msg.frame,
+            _guard: msg.guard,
         };
         self.store_packet(Direction::Out, &routed.frame);
         let rx = self.write(routed.frame.clone(), true);
@@ -547,6 +587,7 @@ async fn route_loop(mut rx: mpsc::UnboundedReceiver<Routed>, ctx: Arc<RelayConte
                 target: r.target.clone(),
                 sender: r.sender.clone(),
                 frame: r.frame.clone(),
+                guard: r._guard.clone(),
             })
             .await
             .unwrap_or(false);
@@ -637,6 +678,7 @@ impl Actor for RelayActor {
                 target: self.id.clone().unwrap_or_default(),
                 sender: msg.sender,
                 frame: msg.frame,
+                _guard: msg.guard,
             };
             actix_rt::spawn(enqueue(ctx.clone(), r));
         }
@@ -731,6 +773,7 @@ impl Handler<Close> for RelayActor {
 pub struct Deliver {
     pub sender: String,
     pub frame: Vec<u8>,
+    pub guard: InFlightGuard,
 }
 
 impl Handler<Deliver> for RelayActor {
@@ -748,10 +791,29 @@ impl Handler<Deliver> for RelayActor {
                 target: self.id.clone().unwrap_or_default(),
                 sender: msg.sender,
                 frame: msg.frame,
+                _guard: msg.guard,
             };
             actix_rt::spawn(enqueue(self.ctx.clone(), r));
             return;
         }
         self.write_relayed(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_counts_every_holder_until_the_last_drops() {
+        let in_flight = InFlight::default();
+        let routed = in_flight.enter();
+        // Handed to the supervisor and on to the target's actor: a second holder.
+        let deliver = routed.clone();
+        assert_eq!(in_flight.count(), 2);
+        drop(routed);
+        assert_eq!(in_flight.count(), 1);
+        drop(deliver);
+        assert_eq!(in_flight.count(), 0);
     }
 }
