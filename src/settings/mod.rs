@@ -1206,6 +1206,7 @@ require = { point = "door", equals = 0 }
                     Protocol::Transparent,
                     Some("usr-meter")
                 ),
+                ("ttms", "0.0.0.0:22336".to_string(), Protocol::Ttms, None),
             ]
         );
         assert_eq!(server.liveness, ServerSettings::default().liveness);
