@@ -167,6 +167,7 @@ async function enter() {
   try {
     const { status } = await api("/api/webhooks");
     state.webhooks = status === 200;
+    $("#nav-webhooks").dataset.probed = String(status);
   } catch (e) {
     if (e instanceof Unauthorized) return;
   }
@@ -181,6 +182,7 @@ function logout(message) {
   state.device = null;
   state.devices.clear();
   state.webhooks = false;
+  delete $("#nav-webhooks").dataset.probed;
   closeStream();
   clearInterval(state.pollTimer);
   clearInterval(state.pageTimer);
