@@ -9,6 +9,7 @@ const POLL_MS = 2000; // device list, when the live stream is not available
 const PAGE_MS = 5000; // device page panels (packets, events, chart)
 const RECONNECT_MIN_MS = 2000;
 const RECONNECT_MAX_MS = 60000;
+const MAX_ROWS = 500; // device rows drawn at once; the filter narrows a bigger fleet
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
@@ -264,7 +265,7 @@ function closeStream() {
 function startPolling() {
   setLive("polling");
   if (state.pollTimer) return;
-  state.pollTimer = setInterval(() => quiet(refreshDevices()), POLL_MS);
+  state.pollTimer = setInterval(() => { if (!document.hidden) quiet(refreshDevices()); }, POLL_MS);
 }
 
 function stopPolling() {
@@ -275,16 +276,18 @@ function stopPolling() {
 // One event of the stream: {"id","event","device_id","at","data"}.
 function handleEvent(ev) {
   const id = typeof ev.device_id === "string" ? ev.device_id : null;
-  if (!id) return;
+  if (!id) {
+    // Not about one device (e.g. a notice that events were dropped): reload the list.
+    refetchSoon();
+    return;
+  }
   const data = ev.data && typeof ev.data === "object" ? ev.data : {};
   let d = state.devices.get(id);
   if (!d) {
     d = { id, online: false, protocol: "", profile: "", remote_addr: "", connected_at: null, last_seen: null };
     state.devices.set(id, d);
-    // A device not seen before: fetch the full rows once (coalesced).
-    if (!state.refetch) {
-      state.refetch = setTimeout(() => { state.refetch = null; quiet(refreshDevices()); }, 1000);
-    }
+    // A device not seen before: fetch the full rows once.
+    refetchSoon();
   }
   switch (ev.event) {
     case "device.online":
@@ -322,6 +325,12 @@ function handleEvent(ev) {
   }
   if (state.view === "devices") scheduleRender();
   if (state.device === id) renderDeviceFacts(d);
+}
+
+// Many reasons to reload the list in a burst of events lead to one request.
+function refetchSoon() {
+  if (state.refetch) return;
+  state.refetch = setTimeout(() => { state.refetch = null; quiet(refreshDevices()); }, 1000);
 }
 
 // A busy fleet sends many events a second: the table is redrawn at most every 250 ms.
@@ -366,9 +375,11 @@ function renderDevices() {
   $("#summary").textContent = `${online} online of ${all.length}`;
   const tbody = $("#device-table tbody");
   const rows = [];
+  let matching = 0;
   for (const d of all) {
     if (onlineOnly && !d.online) continue;
     if (filter && ![d.id, d.remote_addr, d.profile, d.protocol].some((s) => String(s || "").toLowerCase().includes(filter))) continue;
+    if (++matching > MAX_ROWS) continue;
     const tr = el("tr", null, "device");
     tr.dataset.id = d.id;
     tr.dataset.online = String(!!d.online);
@@ -391,6 +402,9 @@ function renderDevices() {
   }
   tbody.replaceChildren(...rows);
   $("#no-devices").hidden = all.length > 0;
+  const more = $("#more-devices");
+  more.hidden = matching <= MAX_ROWS;
+  more.textContent = `Showing ${MAX_ROWS} of ${matching} matching devices; narrow them with the filter.`;
 }
 
 // ---------- device page ----------
@@ -423,7 +437,7 @@ function openDevice(id) {
   show("device");
   quiet(refreshDevice());
   clearInterval(state.pageTimer);
-  state.pageTimer = setInterval(() => quiet(refreshDevice()), PAGE_MS);
+  state.pageTimer = setInterval(() => { if (!document.hidden) quiet(refreshDevice()); }, PAGE_MS);
 }
 
 function renderDeviceFacts(d) {
@@ -470,6 +484,7 @@ function renderValues() {
     cell(tr, name);
     cell(tr, formatValue(v.value), "num");
     cell(tr, v.unit);
+    cell(tr, v.raw != null ? formatValue(v.raw) : "", "num raw");
     cell(tr, when(v.at));
     rows.push(tr);
     if (![...select.options].some((o) => o.value === name)) select.add(new Option(name, name));
@@ -778,6 +793,12 @@ $("#command-form").addEventListener("submit", (ev) => {
   quiet(sendCommand());
 });
 window.addEventListener("hashchange", () => { if (state.token) route(); });
+// A hidden tab stops polling; when it shows again, catch up at once.
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden || !state.token) return;
+  if (state.view === "devices") quiet(refreshDevices());
+  if (state.view === "device") quiet(refreshDevice());
+});
 // "last seen … ago" ages even when nothing arrives.
 setInterval(() => { if (state.view === "devices") renderDevices(); }, 10000);
 
