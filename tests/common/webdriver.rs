@@ -75,8 +75,12 @@ impl Browser {
             _profile: profile,
             _turn: turn,
         };
+        let status_url = format!("{}/status", browser.base);
         wait_for("chromedriver to be ready", || {
-            let r = ureq::get(&format!("{}/status", browser.base))
+            if let Ok(Some(exit)) = browser.driver.try_wait() {
+                panic!("chromedriver exited with {exit} (port {port} taken?)");
+            }
+            let r = ureq::get(&status_url)
                 .timeout(Duration::from_secs(2))
                 .call()
                 .ok()?;
