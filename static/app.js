@@ -1,200 +1,811 @@
-// dtu-supervisor console: plain JavaScript, every asset served by the server itself.
+// dtu-supervisor console: plain JavaScript, no framework, no build step; every asset is
+// served by the server itself. Everything that comes from the server is put into the page
+// with textContent / attributes, never parsed as HTML.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { token: sessionStorage.getItem("dtu-token") || "", device: null, timer: null };
+const TOKEN_KEY = "dtu-token";
+const POLL_MS = 2000; // device list, when the live stream is not available
+const PAGE_MS = 5000; // device page panels (packets, events, chart)
+const RECONNECT_MIN_MS = 2000;
+const RECONNECT_MAX_MS = 60000;
+const MAX_ROWS = 500; // device rows drawn at once; the filter narrows a bigger fleet
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY) || "",
+  view: "login",
+  device: null, // id of the open device page
+  devices: new Map(), // id -> device row (as /api/devices) + lastEvent
+  values: {}, // values of the open device: name -> {value, unit, at}
+  ws: null,
+  live: false, // true while the WebSocket stream is open
+  reconnectMs: RECONNECT_MIN_MS,
+  reconnectTimer: null,
+  pollTimer: null,
+  pageTimer: null,
+  webhooks: false, // whether /api/webhooks answers for this token
+  chartAt: 0, // when the chart was last fetched
+  renderTimer: null,
+  refetch: null,
+  generation: 0, // bumped on logout so late answers of an old session are ignored
+};
+
+// ---------- HTTP ----------
+
+class Unauthorized extends Error {}
 
 async function api(path, options = {}) {
+  const gen = state.generation;
   const headers = Object.assign({ Authorization: "Bearer " + state.token }, options.headers || {});
   const res = await fetch(path, Object.assign({}, options, { headers }));
   const text = await res.text();
   let body;
   try { body = JSON.parse(text); } catch (_) { body = text; }
-  if (res.status === 401) { logout("The token was refused."); throw new Error("unauthorized"); }
+  if (gen !== state.generation) throw new Unauthorized("session ended");
+  if (res.status === 401 && state.view !== "login") {
+    logout("Your token was refused (401): " + errorText(body, res.status) + ". Sign in again.");
+    throw new Unauthorized("unauthorized");
+  }
   return { status: res.status, body };
 }
 
+function errorText(body, status) {
+  if (body && typeof body === "object" && typeof body.error === "string") return body.error;
+  if (typeof body === "string" && body.trim()) return body.trim().slice(0, 200);
+  return "HTTP " + status;
+}
+
+function quiet(promise) {
+  promise.catch((e) => { if (!(e instanceof Unauthorized)) console.warn(e); });
+}
+
+// ---------- DOM helpers ----------
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text != null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
 function cell(row, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text == null ? "" : String(text);
-  if (cls) td.className = cls;
+  const td = el("td", text == null ? "" : text, cls);
   row.appendChild(td);
   return td;
 }
 
-function when(t) { return t ? new Date(t).toLocaleString() : ""; }
+function when(t) {
+  if (!t) return "";
+  const d = new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString();
+}
 
-function show(id) {
-  for (const s of ["login", "devices", "device"]) $("#" + s).hidden = s !== id;
-  $("#logout").hidden = id === "login";
+function ago(t) {
+  if (!t) return "";
+  const s = Math.round((Date.now() - Date.parse(t)) / 1000);
+  if (!isFinite(s)) return "";
+  if (s < 5) return "just now";
+  if (s < 120) return s + " s ago";
+  if (s < 7200) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+
+function formatValue(v) {
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(10)));
+  if (v == null) return "";
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+// ---------- views and routing ----------
+
+const VIEWS = ["login", "devices", "device", "webhooks"];
+
+function show(view) {
+  state.view = view;
+  for (const v of VIEWS) $("#" + v).hidden = v !== view;
+  const inside = view !== "login";
+  $("#logout").hidden = !inside;
+  $("#nav").hidden = !inside;
+  $("#nav-webhooks").hidden = !state.webhooks;
+  if (!inside) setLive("off");
+}
+
+function route() {
+  if (!state.token) { show("login"); return; }
+  const hash = location.hash;
+  clearInterval(state.pageTimer);
+  state.pageTimer = null;
+  let m;
+  if ((m = hash.match(/^#\/device\/(.+)$/))) {
+    openDevice(decodeURIComponent(m[1]));
+  } else if (hash === "#/webhooks") {
+    state.device = null;
+    show("webhooks");
+    quiet(refreshWebhooks());
+  } else {
+    state.device = null;
+    show("devices");
+    renderDevices();
+    quiet(refreshDevices());
+  }
+}
+
+// ---------- login / logout ----------
+
+async function login(token) {
+  state.token = token;
+  const gen = ++state.generation;
+  let res;
+  try {
+    res = await fetch("/api/devices", { headers: { Authorization: "Bearer " + token } });
+  } catch (e) {
+    $("#login-error").textContent = "Cannot reach the server: " + e.message;
+    return;
+  }
+  if (gen !== state.generation) return;
+  const text = await res.text();
+  let body;
+  try { body = JSON.parse(text); } catch (_) { body = text; }
+  if (res.status !== 200) {
+    state.token = "";
+    $("#login-error").textContent = res.status === 401
+      ? "The token was refused (401): " + errorText(body, res.status) + "."
+      : "Sign-in failed: " + errorText(body, res.status);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#login-error").textContent = "";
+  $("#token").value = "";
+  setDevices(body);
+  await enter();
+}
+
+async function enter() {
+  state.webhooks = false;
+  connectStream();
+  // Admin-only and possibly absent: the tab appears only if it answers.
+  try {
+    const { status } = await api("/api/webhooks");
+    state.webhooks = status === 200;
+    $("#nav-webhooks").dataset.probed = String(status);
+  } catch (e) {
+    if (e instanceof Unauthorized) return;
+  }
+  if (!location.hash || location.hash === "#") location.hash = "#/devices";
+  route();
 }
 
 function logout(message) {
-  sessionStorage.removeItem("dtu-token");
+  state.generation++;
+  sessionStorage.removeItem(TOKEN_KEY);
   state.token = "";
-  clearInterval(state.timer);
+  state.device = null;
+  state.devices.clear();
+  state.webhooks = false;
+  delete $("#nav-webhooks").dataset.probed;
+  closeStream();
+  clearInterval(state.pollTimer);
+  clearInterval(state.pageTimer);
+  state.pollTimer = state.pageTimer = null;
+  $("#device-table tbody").replaceChildren();
   $("#login-error").textContent = message || "";
+  history.replaceState(null, "", location.pathname);
   show("login");
+  $("#token").focus();
+}
+
+// ---------- live updates: WebSocket stream, polling as fallback ----------
+
+function setLive(mode) {
+  const badge = $("#live");
+  badge.dataset.mode = mode;
+  badge.textContent = mode === "live" ? "● live" : mode === "polling" ? "○ polling every " + POLL_MS / 1000 + " s" : "";
+}
+
+function connectStream() {
+  closeStream();
+  if (!state.token || typeof WebSocket === "undefined") { startPolling(); return; }
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = `${scheme}//${location.host}/api/stream?token=${encodeURIComponent(state.token)}`;
+  const gen = state.generation;
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch (_) {
+    startPolling();
+    scheduleReconnect();
+    return;
+  }
+  state.ws = ws;
+  // Until it opens, polling keeps the list fresh.
+  startPolling();
+  ws.onopen = () => {
+    if (gen !== state.generation) { ws.close(); return; }
+    state.live = true;
+    state.reconnectMs = RECONNECT_MIN_MS;
+    stopPolling();
+    setLive("live");
+    // Whatever happened while the socket was closed: one full refresh.
+    quiet(refreshDevices());
+  };
+  ws.onmessage = (msg) => {
+    if (gen !== state.generation) return;
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch (_) { return; }
+    if (ev && typeof ev === "object") handleEvent(ev);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.live = false;
+    if (gen !== state.generation || !state.token) return;
+    startPolling();
+    scheduleReconnect();
+  };
+  ws.onerror = () => { /* onclose follows and falls back to polling */ };
+}
+
+function scheduleReconnect() {
+  clearTimeout(state.reconnectTimer);
+  const delay = state.reconnectMs;
+  state.reconnectMs = Math.min(state.reconnectMs * 2, RECONNECT_MAX_MS);
+  state.reconnectTimer = setTimeout(() => { if (state.token) connectStream(); }, delay);
+}
+
+function closeStream() {
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = null;
+  const ws = state.ws;
+  state.ws = null;
+  state.live = false;
+  if (ws) { ws.onclose = null; ws.close(); }
+}
+
+function startPolling() {
+  setLive("polling");
+  if (state.pollTimer) return;
+  state.pollTimer = setInterval(() => { if (!document.hidden) quiet(refreshDevices()); }, POLL_MS);
+}
+
+function stopPolling() {
+  clearInterval(state.pollTimer);
+  state.pollTimer = null;
+}
+
+// One event of the stream: {"id","event","device_id","at","data"}.
+function handleEvent(ev) {
+  const id = typeof ev.device_id === "string" ? ev.device_id : null;
+  if (!id) {
+    // Not about one device (e.g. a notice that events were dropped): reload the list.
+    refetchSoon();
+    return;
+  }
+  const data = ev.data && typeof ev.data === "object" ? ev.data : {};
+  let d = state.devices.get(id);
+  if (!d) {
+    d = { id, online: false, protocol: "", profile: "", remote_addr: "", connected_at: null, last_seen: null };
+    state.devices.set(id, d);
+    // A device not seen before: fetch the full rows once.
+    refetchSoon();
+  }
+  switch (ev.event) {
+    case "device.online":
+      d.online = true;
+      d.connected_at = ev.at;
+      d.last_seen = ev.at;
+      for (const k of ["protocol", "profile", "remote_addr"]) if (data[k] != null) d[k] = data[k];
+      d.lastEvent = "online";
+      break;
+    case "device.offline":
+      d.online = false;
+      d.lastEvent = "offline" + (data.reason ? ": " + data.reason : "");
+      break;
+    case "telemetry":
+      d.last_seen = ev.at;
+      d.lastEvent = "telemetry";
+      if (state.device === id && data.values && typeof data.values === "object") {
+        for (const [name, value] of Object.entries(data.values)) {
+          const old = state.values[name] || {};
+          state.values[name] = { value, unit: old.unit, at: ev.at };
+        }
+        renderValues();
+        const point = $("#chart-point").value;
+        if (point && point in data.values && Date.now() - state.chartAt > 3000) quiet(refreshChart());
+      }
+      break;
+    case "poll.failed":
+      d.lastEvent = "poll failed" + (data.poll ? " (" + data.poll + ")" : "") + (data.error ? ": " + data.error : "");
+      break;
+    case "command.completed":
+      d.lastEvent = "command " + (data.status || "completed");
+      break;
+    default:
+      d.lastEvent = String(ev.event || "");
+  }
+  if (state.view === "devices") scheduleRender();
+  if (state.device === id) renderDeviceFacts(d);
+}
+
+// Many reasons to reload the list in a burst of events lead to one request.
+function refetchSoon() {
+  if (state.refetch) return;
+  state.refetch = setTimeout(() => { state.refetch = null; quiet(refreshDevices()); }, 1000);
+}
+
+// A busy fleet sends many events a second: the table is redrawn at most every 250 ms.
+function scheduleRender() {
+  if (state.renderTimer) return;
+  state.renderTimer = setTimeout(() => { state.renderTimer = null; if (state.view === "devices") renderDevices(); }, 250);
+}
+
+// ---------- device list ----------
+
+function setDevices(list) {
+  if (!Array.isArray(list)) return;
+  const seen = new Set();
+  for (const d of list) {
+    if (!d || typeof d.id !== "string") continue;
+    seen.add(d.id);
+    const old = state.devices.get(d.id);
+    const row = Object.assign({}, d);
+    if (old && old.lastEvent) row.lastEvent = old.lastEvent;
+    state.devices.set(d.id, row);
+  }
+  for (const id of [...state.devices.keys()]) if (!seen.has(id)) state.devices.delete(id);
 }
 
 async function refreshDevices() {
   const { status, body } = await api("/api/devices");
-  if (status !== 200) return;
+  if (status !== 200) {
+    $("#devices-error").textContent = "Device list unavailable: " + errorText(body, status);
+    return;
+  }
+  $("#devices-error").textContent = "";
+  setDevices(body);
+  if (state.view === "devices") renderDevices();
+  if (state.device && state.devices.has(state.device)) renderDeviceFacts(state.devices.get(state.device));
+}
+
+function renderDevices() {
+  const filter = $("#filter").value.trim().toLowerCase();
+  const onlineOnly = $("#online-only").checked;
+  const all = [...state.devices.values()].sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }));
+  const online = all.filter((d) => d.online).length;
+  $("#summary").textContent = `${online} online of ${all.length}`;
   const tbody = $("#device-table tbody");
-  tbody.replaceChildren();
-  let online = 0;
-  for (const d of body) {
-    if (d.online) online++;
-    const tr = document.createElement("tr");
-    tr.className = "device";
+  const rows = [];
+  let matching = 0;
+  for (const d of all) {
+    if (onlineOnly && !d.online) continue;
+    if (filter && ![d.id, d.remote_addr, d.profile, d.protocol].some((s) => String(s || "").toLowerCase().includes(filter))) continue;
+    if (++matching > MAX_ROWS) continue;
+    const tr = el("tr", null, "device");
     tr.dataset.id = d.id;
-    cell(tr, d.id);
-    cell(tr, d.online ? "online" : "offline", d.online ? "online" : "offline");
+    tr.dataset.online = String(!!d.online);
+    const idCell = cell(tr, "");
+    const a = el("a", d.id);
+    a.href = "#/device/" + encodeURIComponent(d.id);
+    idCell.appendChild(a);
+    cell(tr, d.online ? "online" : "offline", "state " + (d.online ? "online" : "offline"));
     cell(tr, d.protocol);
     cell(tr, d.profile);
     cell(tr, d.remote_addr);
-    cell(tr, when(d.last_seen));
-    tr.addEventListener("click", () => openDevice(d.id));
-    tbody.appendChild(tr);
+    cell(tr, when(d.connected_at));
+    const seen = cell(tr, ago(d.last_seen));
+    seen.title = when(d.last_seen);
+    cell(tr, d.lastEvent || "");
+    tr.addEventListener("click", (ev) => {
+      if (ev.target.tagName !== "A") location.hash = "#/device/" + encodeURIComponent(d.id);
+    });
+    rows.push(tr);
   }
-  $("#summary").textContent = `${online} online of ${body.length}`;
+  tbody.replaceChildren(...rows);
+  $("#no-devices").hidden = all.length > 0;
+  const more = $("#more-devices");
+  more.hidden = matching <= MAX_ROWS;
+  more.textContent = `Showing ${MAX_ROWS} of ${matching} matching devices; narrow them with the filter.`;
 }
 
-function drawChart(rows) {
-  const svg = $("#chart");
-  svg.replaceChildren();
-  if (rows.length < 2) return;
-  const pts = rows.slice().reverse();
-  const t0 = Date.parse(pts[0].at), t1 = Date.parse(pts[pts.length - 1].at) || t0 + 1;
-  const vs = pts.map((r) => r.value);
-  const lo = Math.min(...vs), hi = Math.max(...vs);
-  const span = hi - lo || 1;
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", pts.map((r) => {
-    const x = ((Date.parse(r.at) - t0) / ((t1 - t0) || 1)) * 600;
-    const y = 190 - ((r.value - lo) / span) * 180;
-    return `${x.toFixed(1)},${y.toFixed(1)}`;
-  }).join(" "));
-  svg.appendChild(line);
+// ---------- device page ----------
+
+function openDevice(id) {
+  const changed = state.device !== id;
+  state.device = id;
+  if (changed) {
+    state.values = {};
+    $("#device-title").textContent = "Device " + id;
+    $("#device-facts").textContent = "";
+    $("#device-state").textContent = "";
+    $("#device-error").textContent = "";
+    $("#chart-point").replaceChildren();
+    $("#chart").replaceChildren();
+    $("#chart-note").textContent = "";
+    $("#cmd-status").textContent = "";
+    $("#cmd-status").className = "";
+    $("#cmd-result").textContent = "";
+    $("#cmd-values-table").hidden = true;
+    for (const t of ["#values", "#events", "#packets"]) $(t + " tbody").replaceChildren();
+    const enc = encodeURIComponent(id);
+    const tok = encodeURIComponent(state.token);
+    // Downloads cannot carry a header: the token goes in the query of these two links.
+    $("#export-csv").href = `/api/export?device=${enc}&format=csv&token=${tok}`;
+    $("#export-xlsx").href = `/api/export?device=${enc}&format=xlsx&token=${tok}`;
+    $("#export-csv").setAttribute("download", `${id}.csv`);
+    $("#export-xlsx").setAttribute("download", `${id}.xlsx`);
+  }
+  show("device");
+  quiet(refreshDevice());
+  clearInterval(state.pageTimer);
+  state.pageTimer = setInterval(() => { if (!document.hidden) quiet(refreshDevice()); }, PAGE_MS);
+}
+
+function renderDeviceFacts(d) {
+  const badge = $("#device-state");
+  badge.textContent = d.online ? "online" : "offline";
+  badge.className = "badge " + (d.online ? "online" : "offline");
+  const parts = [d.protocol, d.profile ? "profile " + d.profile : "", d.remote_addr,
+    d.connected_at ? "connected " + when(d.connected_at) : "", d.last_seen ? "last seen " + ago(d.last_seen) : ""];
+  $("#device-facts").textContent = parts.filter(Boolean).join(" · ");
 }
 
 async function refreshDevice() {
   const id = state.device;
+  if (!id) return;
   const enc = encodeURIComponent(id);
-  const { status, body } = await api(`/api/devices/${enc}`);
-  if (status !== 200) { $("#device-facts").textContent = body.error || "unknown device"; return; }
-  $("#device-facts").textContent =
-    `${body.online ? "online" : "offline"} · ${body.protocol} · profile ${body.profile || "-"} · ${body.remote_addr} · last seen ${when(body.last_seen)}`;
+  const one = await api(`/api/devices/${enc}`);
+  if (state.device !== id) return;
+  if (one.status !== 200) {
+    $("#device-error").textContent = errorText(one.body, one.status);
+    $("#device-state").textContent = "";
+  } else {
+    $("#device-error").textContent = "";
+    const d = Object.assign({}, state.devices.get(id) || {}, one.body);
+    delete d.values;
+    state.devices.set(id, d);
+    renderDeviceFacts(d);
+    // Values come with the device; the telemetry stream keeps them fresh in between.
+    state.values = Object.assign({}, one.body.values || {});
+    renderValues();
+  }
+  const jobs = [refreshChart(), refreshEvents(enc), refreshPackets(enc)];
+  await Promise.all(jobs.map((p) => p.catch((e) => { if (e instanceof Unauthorized) throw e; console.warn(e); })));
+}
+
+function renderValues() {
   const tbody = $("#values tbody");
-  tbody.replaceChildren();
   const select = $("#chart-point");
-  const names = Object.keys(body.values || {});
+  const names = Object.keys(state.values).sort();
+  const rows = [];
   for (const name of names) {
-    const v = body.values[name];
-    const tr = document.createElement("tr");
-    cell(tr, name); cell(tr, v.value); cell(tr, v.unit); cell(tr, when(v.at));
-    tbody.appendChild(tr);
+    const v = state.values[name] || {};
+    const tr = el("tr");
+    tr.dataset.point = name;
+    cell(tr, name);
+    cell(tr, formatValue(v.value), "num");
+    cell(tr, v.unit);
+    cell(tr, v.raw != null ? formatValue(v.raw) : "", "num raw");
+    cell(tr, when(v.at));
+    rows.push(tr);
     if (![...select.options].some((o) => o.value === name)) select.add(new Option(name, name));
   }
-  if (select.value) {
-    const hist = await api(`/api/devices/${enc}/telemetry?point=${encodeURIComponent(select.value)}&limit=200`);
-    if (hist.status === 200) drawChart(hist.body);
+  tbody.replaceChildren(...rows);
+  $("#no-values").hidden = names.length > 0;
+}
+
+async function refreshChart() {
+  const id = state.device;
+  const point = $("#chart-point").value;
+  if (!id || !point) return;
+  state.chartAt = Date.now();
+  const from = new Date(Date.now() - Number($("#chart-range").value) * 1000).toISOString();
+  const q = `point=${encodeURIComponent(point)}&from=${encodeURIComponent(from)}&limit=1000`;
+  const { status, body } = await api(`/api/devices/${encodeURIComponent(id)}/telemetry?${q}`);
+  if (state.device !== id || $("#chart-point").value !== point) return;
+  if (status !== 200 || !Array.isArray(body)) {
+    $("#chart-note").textContent = "History unavailable: " + errorText(body, status);
+    return;
   }
-  const ev = await api(`/api/events?device=${enc}&limit=20`);
-  const etb = $("#events tbody");
-  etb.replaceChildren();
-  for (const e of ev.status === 200 ? ev.body : []) {
-    const tr = document.createElement("tr");
-    cell(tr, e.event); cell(tr, when(e.at)); cell(tr, e.detail);
-    etb.appendChild(tr);
+  const unit = (state.values[point] || {}).unit || "";
+  drawChart(body.filter((r) => typeof r.value === "number" && !isNaN(Date.parse(r.at))), unit);
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text != null) e.textContent = String(text);
+  return e;
+}
+
+// A line chart of [{value, at}] (newest first, as the API answers), drawn as SVG.
+function drawChart(rows, unit) {
+  const svg = $("#chart");
+  svg.replaceChildren();
+  const W = 640, H = 220, L = 56, R = 10, T = 10, B = 28;
+  const note = $("#chart-note");
+  if (rows.length === 0) { note.textContent = "No stored values in this range."; return; }
+  const pts = rows.slice().reverse();
+  const ts = pts.map((r) => Date.parse(r.at));
+  const vs = pts.map((r) => r.value);
+  let t0 = Math.min(...ts), t1 = Math.max(...ts);
+  if (t1 === t0) { t0 -= 30000; t1 += 30000; }
+  let lo = Math.min(...vs), hi = Math.max(...vs);
+  if (hi === lo) { lo -= 1; hi += 1; }
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
+  // axes and grid
+  svg.appendChild(svgEl("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "plot" }));
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    svg.appendChild(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
+    svg.appendChild(svgEl("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "tick" }, formatValue(Number(v.toPrecision(4)))));
   }
-  const pk = await api(`/api/devices/${enc}/packets?limit=20`);
-  const ptb = $("#packets tbody");
-  ptb.replaceChildren();
-  for (const p of pk.status === 200 ? pk.body : []) {
-    const tr = document.createElement("tr");
-    cell(tr, p.direction); cell(tr, p.kind); cell(tr, p.hex, "hex"); cell(tr, when(p.at));
-    ptb.appendChild(tr);
+  for (let i = 0; i <= 3; i++) {
+    const t = t0 + ((t1 - t0) * i) / 3;
+    const d = new Date(t);
+    const label = (t1 - t0) > 86400000 ? d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleTimeString();
+    svg.appendChild(svgEl("text", { x: x(t), y: H - 8, "text-anchor": i === 0 ? "start" : i === 3 ? "end" : "middle", class: "tick" }, label));
+  }
+  svg.appendChild(svgEl("polyline", {
+    class: "series",
+    points: pts.map((r, i) => `${x(ts[i]).toFixed(1)},${y(r.value).toFixed(1)}`).join(" "),
+  }));
+  if (pts.length <= 120) {
+    pts.forEach((r, i) => {
+      const c = svgEl("circle", { cx: x(ts[i]).toFixed(1), cy: y(r.value).toFixed(1), r: 2.5, class: "dot" });
+      c.appendChild(svgEl("title", {}, `${formatValue(r.value)} ${unit} at ${when(r.at)}`));
+      svg.appendChild(c);
+    });
+  }
+  const last = rows[0];
+  note.textContent = `${rows.length} values · min ${formatValue(Math.min(...vs))} · max ${formatValue(Math.max(...vs))} · latest ${formatValue(last.value)} ${unit} at ${when(last.at)}`;
+}
+
+async function refreshEvents(enc) {
+  const id = state.device;
+  const { status, body } = await api(`/api/events?device=${enc}&limit=50`);
+  if (state.device !== id) return;
+  const rows = [];
+  for (const e of status === 200 && Array.isArray(body) ? body : []) {
+    const tr = el("tr");
+    cell(tr, e.event, "ev-" + String(e.event || "").replace(/[^a-z_]/g, ""));
+    cell(tr, when(e.at));
+    cell(tr, e.detail);
+    rows.push(tr);
+  }
+  $("#events tbody").replaceChildren(...rows);
+}
+
+async function refreshPackets(enc) {
+  const id = state.device;
+  const { status, body } = await api(`/api/devices/${enc}/packets?limit=50`);
+  if (state.device !== id) return;
+  const rows = [];
+  for (const p of status === 200 && Array.isArray(body) ? body : []) {
+    const tr = el("tr", null, p.direction === "out" ? "out" : "in");
+    cell(tr, p.direction === "out" ? "→ out" : "← in");
+    cell(tr, p.kind);
+    cell(tr, p.hex, "hex");
+    cell(tr, when(p.at));
+    rows.push(tr);
+  }
+  $("#packets tbody").replaceChildren(...rows);
+}
+
+// ---------- commands ----------
+
+function showCommandFields() {
+  const type = $("#cmd-type").value;
+  for (const e of document.querySelectorAll("#command-form [data-for]")) {
+    e.hidden = !e.dataset.for.split(" ").includes(type);
   }
 }
 
-function openDevice(id) {
-  state.device = id;
-  $("#device-title").textContent = "Device " + id;
-  $("#chart-point").replaceChildren();
-  $("#cmd-result").textContent = "";
-  const enc = encodeURIComponent(id);
-  // Downloads cannot carry a header: the token goes in the query for these two links.
-  $("#export-csv").href = `/api/export?device=${enc}&format=csv&token=${encodeURIComponent(state.token)}`;
-  $("#export-xlsx").href = `/api/export?device=${enc}&format=xlsx&token=${encodeURIComponent(state.token)}`;
-  location.hash = "device/" + enc;
-  show("device");
-  tick();
-}
+class InputError extends Error {}
 
-function tick() {
-  const run = state.device ? refreshDevice : refreshDevices;
-  run().catch((e) => console.warn(e));
-}
-
-function startPolling() {
-  clearInterval(state.timer);
-  state.timer = setInterval(tick, 2000);
-  tick();
+function int(sel, what, lo, hi) {
+  const s = $(sel).value.trim();
+  if (!/^(0x[0-9a-fA-F]+|\d+)$/.test(s)) throw new InputError(`${what} must be a whole number`);
+  const n = Number(s);
+  if (n < lo || n > hi) throw new InputError(`${what} must be between ${lo} and ${hi}`);
+  return n;
 }
 
 function commandBody() {
   const type = $("#cmd-type").value;
-  const a = $("#cmd-a").value.trim(), b = $("#cmd-b").value.trim(), c = $("#cmd-c").value.trim();
+  let body;
   switch (type) {
-    case "read": return { type, function: Number(a || 3), start: Number(b), count: Number(c || 1) };
-    case "write_register": return { type, address: Number(a), value: Number(b) };
-    case "write_coil": return { type, address: Number(a), value: b === "true" || b === "1" };
-    case "named": return { type, name: a };
-    default: return { type: "raw", hex: a };
+    case "read":
+      body = { type, function: Number($("#cmd-function").value), start: int("#cmd-start", "start", 0, 65535), count: int("#cmd-count", "count", 1, 2000) };
+      break;
+    case "write_register":
+      body = { type, address: int("#cmd-address", "address", 0, 65535), value: int("#cmd-value", "value", 0, 65535) };
+      break;
+    case "write_registers": {
+      const parts = $("#cmd-values").value.split(/[\s,;]+/).filter(Boolean);
+      if (parts.length === 0) throw new InputError("values: give at least one");
+      const values = parts.map((p) => {
+        if (!/^(0x[0-9a-fA-F]+|\d+)$/.test(p) || Number(p) > 65535) throw new InputError(`values: ${p} is not a register value (0..65535)`);
+        return Number(p);
+      });
+      body = { type, address: int("#cmd-address", "address", 0, 65535), values };
+      break;
+    }
+    case "write_coil":
+      body = { type, address: int("#cmd-address", "address", 0, 65535), value: $("#cmd-coil").checked };
+      break;
+    case "named": {
+      const name = $("#cmd-name").value.trim();
+      if (!name) throw new InputError("name: give the command's name");
+      body = { type, name };
+      break;
+    }
+    default: {
+      const hex = $("#cmd-hex").value.trim();
+      if (!hex) throw new InputError("hex: give the bytes to send");
+      body = { type: "raw", hex };
+    }
+  }
+  if ($("#cmd-timeout").value.trim()) body.timeout_ms = int("#cmd-timeout", "timeout ms", 1, 600000);
+  if ($("#cmd-queue").checked) body.queue_if_offline = true;
+  return body;
+}
+
+async function sendCommand() {
+  const status = $("#cmd-status");
+  const result = $("#cmd-result");
+  const table = $("#cmd-values-table");
+  table.hidden = true;
+  let body;
+  try {
+    body = commandBody();
+  } catch (e) {
+    status.className = "error";
+    status.textContent = e.message;
+    result.textContent = "";
+    return;
+  }
+  const id = state.device;
+  status.className = "";
+  status.textContent = "sending…";
+  result.textContent = JSON.stringify(body);
+  $("#cmd-send").disabled = true;
+  let res;
+  try {
+    res = await api(`/api/devices/${encodeURIComponent(id)}/commands`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) {
+      status.className = "error";
+      status.textContent = "Request failed: " + e.message;
+    }
+    return;
+  } finally {
+    $("#cmd-send").disabled = false;
+  }
+  if (state.device !== id) return;
+  const ok = res.status >= 200 && res.status < 300;
+  status.className = ok ? "ok" : "error";
+  status.textContent = ok
+    ? `${res.status} ${res.status === 202 ? "queued" : (res.body && res.body.status) || "ok"}`
+    : `${res.status} ${errorText(res.body, res.status)}`;
+  result.textContent = typeof res.body === "string" ? res.body : JSON.stringify(res.body, null, 2);
+  const values = ok && res.body && res.body.result && res.body.result.values;
+  if (values && typeof values === "object") {
+    const rows = [];
+    for (const [name, v] of Object.entries(values)) {
+      const tr = el("tr");
+      cell(tr, name);
+      cell(tr, formatValue(v && typeof v === "object" ? v.value : v), "num");
+      cell(tr, v && v.unit);
+      cell(tr, v && v.raw != null ? formatValue(v.raw) : "");
+      rows.push(tr);
+    }
+    table.querySelector("tbody").replaceChildren(...rows);
+    table.hidden = rows.length === 0;
   }
 }
 
-$("#command-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  $("#cmd-result").textContent = "sending…";
-  const { status, body } = await api(`/api/devices/${encodeURIComponent(state.device)}/commands`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(commandBody()),
+// ---------- webhooks (admin; the tab shows only when /api/webhooks answers) ----------
+
+function genericTable(table, items, onRow) {
+  const keys = [];
+  for (const it of items) for (const k of Object.keys(it || {})) if (!keys.includes(k)) keys.push(k);
+  const head = el("tr");
+  for (const k of keys) head.appendChild(el("th", k));
+  if (onRow) head.appendChild(el("th", ""));
+  table.querySelector("thead").replaceChildren(head);
+  const rows = items.map((it) => {
+    const tr = el("tr");
+    for (const k of keys) {
+      const v = it ? it[k] : undefined;
+      cell(tr, k === "at" || k.endsWith("_at") ? when(v) : Array.isArray(v) ? v.join(", ") : formatValue(v));
+    }
+    if (onRow) onRow(tr, it);
+    return tr;
   });
-  $("#cmd-result").textContent = `${status}\n${JSON.stringify(body, null, 2)}`;
-});
+  table.querySelector("tbody").replaceChildren(...rows);
+}
 
-$("#login-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  state.token = $("#token").value;
-  const { status, body } = await api("/api/devices").catch(() => ({ status: 0, body: {} }));
-  if (status === 200) {
-    sessionStorage.setItem("dtu-token", state.token);
-    $("#login-error").textContent = "";
-    state.device = null;
-    show("devices");
-    startPolling();
-  } else if (status !== 0) {
-    $("#login-error").textContent = (body && body.error) || `sign-in failed (${status})`;
+async function refreshWebhooks() {
+  const { status, body } = await api("/api/webhooks");
+  if (status !== 200) {
+    $("#webhooks-error").textContent = status === 404
+      ? "This server has no webhook API."
+      : "Webhooks unavailable: " + errorText(body, status);
+    genericTable($("#webhook-table"), []);
+    return;
   }
-});
+  $("#webhooks-error").textContent = "";
+  const list = Array.isArray(body) ? body : [];
+  genericTable($("#webhook-table"), list, (tr, hook) => {
+    const td = el("td");
+    const wid = hook && hook.id != null ? String(hook.id) : null;
+    if (wid) {
+      const show = el("button", "deliveries");
+      show.type = "button";
+      show.addEventListener("click", () => quiet(showDeliveries(wid)));
+      const test = el("button", "send test");
+      test.type = "button";
+      test.addEventListener("click", () => quiet(testWebhook(wid)));
+      td.append(show, " ", test);
+    }
+    tr.appendChild(td);
+  });
+}
 
-$("#back").addEventListener("click", (ev) => {
+async function showDeliveries(wid) {
+  const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}/deliveries`);
+  $("#deliveries-title").hidden = false;
+  $("#deliveries-title").textContent = "Deliveries of webhook " + wid;
+  if (status !== 200) {
+    $("#webhooks-error").textContent = "Deliveries unavailable: " + errorText(body, status);
+    return;
+  }
+  genericTable($("#delivery-table"), Array.isArray(body) ? body : []);
+}
+
+async function testWebhook(wid) {
+  const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}/test`, { method: "POST" });
+  $("#webhooks-error").textContent = status < 300 ? "" : "Test failed: " + errorText(body, status);
+  await showDeliveries(wid);
+}
+
+// ---------- wiring ----------
+
+$("#login-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  state.device = null;
-  location.hash = "";
-  show("devices");
-  tick();
+  $("#login-error").textContent = "";
+  quiet(login($("#token").value.trim()));
 });
-$("#logout").addEventListener("click", () => logout());
-$("#chart-point").addEventListener("change", tick);
+$("#logout").addEventListener("click", () => logout("Logged out."));
+$("#filter").addEventListener("input", renderDevices);
+$("#online-only").addEventListener("change", renderDevices);
+$("#chart-point").addEventListener("change", () => quiet(refreshChart()));
+$("#chart-range").addEventListener("change", () => quiet(refreshChart()));
+$("#cmd-type").addEventListener("change", showCommandFields);
+$("#command-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  quiet(sendCommand());
+});
+window.addEventListener("hashchange", () => { if (state.token) route(); });
+// A hidden tab stops polling; when it shows again, catch up at once.
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden || !state.token) return;
+  if (state.view === "devices") quiet(refreshDevices());
+  if (state.view === "device") quiet(refreshDevice());
+});
+// "last seen … ago" ages even when nothing arrives.
+setInterval(() => { if (state.view === "devices") renderDevices(); }, 10000);
 
+showCommandFields();
 if (state.token) {
-  const m = location.hash.match(/^#device\/(.+)$/);
-  if (m) openDevice(decodeURIComponent(m[1])); else show("devices");
-  startPolling();
+  show(location.hash.startsWith("#/device/") ? "device" : "devices");
+  quiet(refreshDevices().then(enter));
 } else {
   show("login");
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod webdriver;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -24,6 +25,20 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`; None once DEADLINE has passed.
+pub fn wait_until<T>(mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if start.elapsed() > DEADLINE {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls `cond` every 50 ms until it returns `Some`, or panics with `what` after DEADLINE.
