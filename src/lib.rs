@@ -4,6 +4,7 @@
 pub mod device;
 pub mod events;
 pub mod metrics;
+pub mod queue;
 pub mod relay;
 pub mod server;
 pub mod settings;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -13,6 +14,7 @@ use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::queue::{self, QueueContext};
 use crate::relay::actor::{Deliver, Kick, RelayActor};
 use crate::settings::Protocol;
 use crate::storage::rows::DeviceRow;
@@ -92,10 +94,55 @@ impl DeviceEntry {
     }
 }
 
+/// Exclusive command rights on one device, held by one API token until `expires_at`. Kept in
+/// memory only: a restart releases every lock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlLock {
+    pub device_id: String,
+    /// The name of the token that holds it.
+    pub holder: String,
+    pub expires_at: DateTime<Utc>,
+    /// The id of that token: what commands are checked against.
+    #[serde(skip)]
+    pub token_id: String,
+}
+
+impl ControlLock {
+    fn refusal(&self) -> CommandError {
+        CommandError::Locked {
+            device: self.device_id.clone(),
+            holder: self.holder.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// The live lock of `device`, forgetting it if it has expired.
+fn live_lock<'a>(
+    locks: &'a mut HashMap<String, ControlLock>,
+    device: &str,
+) -> Option<&'a ControlLock> {
+    let expired = locks.get(device)?.expires_at <= Utc::now();
+    if expired {
+        if let Some(lock) = locks.remove(device) {
+            log::info!("device {device}: control lock of {} expired", lock.holder);
+        }
+        return None;
+    }
+    locks.get(device)
+}
+
 pub struct Supervisor {
     devices: HashMap<String, DeviceEntry>,
     /// Where online, offline and telemetry events go.
     events: Addr<EventBus>,
+    /// Control locks by device id.
+    locks: HashMap<String, ControlLock>,
+    /// What delivers the offline queue; None: no queue (tests of the supervisor alone).
+    queue: Option<Arc<QueueContext>>,
+    /// Devices whose queue is being delivered, and whether to look again when that ends (the
+    /// device registered again, or a command was queued, meanwhile).
+    delivering: HashMap<String, bool>,
 }
 
 impl Supervisor {
@@ -122,7 +169,45 @@ impl Supervisor {
                 (d.id, entry)
             })
             .collect();
-        Supervisor { devices, events }
+        Supervisor {
+            devices,
+            events,
+            locks: HashMap::new(),
+            queue: None,
+            delivering: HashMap::new(),
+        }
+    }
+
+    /// Delivers the offline queue of each device when it registers.
+    pub fn with_queue(mut self, queue: Arc<QueueContext>) -> Supervisor {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Starts delivering the queue of `id` if it is an online Modbus device, one delivery per
+    /// device at a time (so its commands go out in order); if one runs, it looks again when done.
+    fn start_delivery(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let Some(queue) = self.queue.clone() else {
+            return;
+        };
+        let online = matches!(
+            self.devices.get(id).map(|e| &e.conn),
+            Some(Some((_, Holder::Device(_))))
+        );
+        if !online {
+            return;
+        }
+        if let Some(again) = self.delivering.get_mut(id) {
+            *again = true;
+            return;
+        }
+        self.delivering.insert(id.to_string(), false);
+        let me = ctx.address();
+        let id = id.to_string();
+        actix_rt::spawn(async move {
+            queue::deliver(queue, me.clone(), id.clone()).await;
+            me.do_send(DeliveryDone { id });
+        });
     }
 }
 
@@ -164,7 +249,7 @@ pub struct Registered {
 impl Handler<Registered> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Registered, ctx: &mut Self::Context) {
         let now = Utc::now();
         let online = serde_json::json!({
             "protocol": msg.protocol.as_str(),
@@ -211,6 +296,40 @@ impl Handler<Registered> for Supervisor {
             }
         }
         publish(&self.events, EventKind::DeviceOnline, &id, online);
+        self.start_delivery(&id, ctx);
+    }
+}
+
+/// A delivery of `id`'s offline queue has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeliveryDone {
+    id: String,
+}
+
+impl Handler<DeliveryDone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliveryDone, ctx: &mut Self::Context) {
+        if self.delivering.remove(&msg.id) == Some(true) {
+            self.start_delivery(&msg.id, ctx);
+        }
+    }
+}
+
+/// A command has just been queued for `id`: if the device is online after all (it registered
+/// while the command was being stored), deliver it now rather than at its next registration.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickQueue {
+    pub id: String,
+}
+
+impl Handler<KickQueue> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickQueue, ctx: &mut Self::Context) {
+        self.start_delivery(&msg.id, ctx);
     }
 }
 
@@ -339,13 +458,16 @@ impl Handler<GetDevice> for Supervisor {
     }
 }
 
-/// Hands a command to the connection holding `id`; its end comes through `reply`.
+/// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
+/// (`Locked`) while another token than `token` holds the device's control lock.
 #[derive(Message)]
 #[rtype(result = "Result<(), CommandError>")]
 pub struct RouteCommand {
     pub id: String,
     pub command: DeviceCommand,
     pub reply: CommandReply,
+    /// The id of the API token the command comes from.
+    pub token: Option<String>,
 }
 
 impl Handler<RouteCommand> for Supervisor {
@@ -356,6 +478,11 @@ impl Handler<RouteCommand> for Supervisor {
             .devices
             .get(&msg.id)
             .ok_or_else(|| CommandError::UnknownDevice(msg.id.clone()))?;
+        if let Some(lock) = live_lock(&mut self.locks, &msg.id) {
+            if msg.token.as_deref() != Some(lock.token_id.as_str()) {
+                return Err(lock.refusal());
+            }
+        }
         let addr = match &entry.conn {
             Some((_, Holder::Device(addr))) => addr,
             Some((_, Holder::Relay(_))) => {
@@ -451,5 +578,101 @@ impl Handler<OnlineCount> for Supervisor {
 
     fn handle(&mut self, _: OnlineCount, _: &mut Self::Context) -> usize {
         self.devices.values().filter(|e| e.conn.is_some()).count()
+    }
+}
+
+/// Takes or extends the control lock of a known device for `ttl`: refused (`Locked`) while
+/// another token holds it; the holder taking it again moves its expiry to now + `ttl`.
+#[derive(Message)]
+#[rtype(result = "Result<ControlLock, CommandError>")]
+pub struct AcquireLock {
+    pub device: String,
+    pub token_id: String,
+    pub holder: String,
+    pub ttl: chrono::Duration,
+}
+
+impl Handler<AcquireLock> for Supervisor {
+    type Result = Result<ControlLock, CommandError>;
+
+    fn handle(&mut self, msg: AcquireLock, _: &mut Self::Context) -> Self::Result {
+        if !self.devices.contains_key(&msg.device) {
+            return Err(CommandError::UnknownDevice(msg.device));
+        }
+        if let Some(lock) = live_lock(&mut self.locks, &msg.device) {
+            if lock.token_id != msg.token_id {
+                return Err(lock.refusal());
+            }
+        }
+        let lock = ControlLock {
+            device_id: msg.device.clone(),
+            holder: msg.holder,
+            expires_at: Utc::now() + msg.ttl,
+            token_id: msg.token_id,
+        };
+        let previous = self.locks.insert(msg.device.clone(), lock.clone());
+        log::info!(
+            "device {}: control lock {} by {} until {}",
+            msg.device,
+            if previous.is_some() {
+                "extended"
+            } else {
+                "taken"
+            },
+            lock.holder,
+            lock.expires_at
+        );
+        Ok(lock)
+    }
+}
+
+/// Releases the control lock of a device: by its holder, or by anyone when `force` (an admin
+/// breaking it). Answers the released lock, or None when the device was not locked.
+#[derive(Message)]
+#[rtype(result = "Result<Option<ControlLock>, CommandError>")]
+pub struct ReleaseLock {
+    pub device: String,
+    pub token_id: String,
+    /// The name of the caller, for the log.
+    pub by: String,
+    pub force: bool,
+}
+
+impl Handler<ReleaseLock> for Supervisor {
+    type Result = Result<Option<ControlLock>, CommandError>;
+
+    fn handle(&mut self, msg: ReleaseLock, _: &mut Self::Context) -> Self::Result {
+        let Some(lock) = live_lock(&mut self.locks, &msg.device) else {
+            return Ok(None);
+        };
+        if lock.token_id != msg.token_id {
+            if !msg.force {
+                return Err(lock.refusal());
+            }
+            log::warn!(
+                "device {}: control lock of {} broken by admin {}",
+                msg.device,
+                lock.holder,
+                msg.by
+            );
+        } else {
+            log::info!("device {}: control lock released by {}", msg.device, msg.by);
+        }
+        Ok(self.locks.remove(&msg.device))
+    }
+}
+
+/// The live control lock of a device, if any.
+#[derive(Message)]
+#[rtype(result = "Option<ControlLock>")]
+pub struct GetLock {
+    pub device: String,
+}
+
+impl Handler<GetLock> for Supervisor {
+    type Result = Option<ControlLock>;
+
+    fn handle(&mut self, msg: GetLock, _: &mut Self::Context) -> Option<ControlLock> {
+        live_lock(&mut self.locks, &msg.device).cloned()
     }
 }
