@@ -676,3 +676,144 @@ impl Handler<GetLock> for Supervisor {
         live_lock(&mut self.locks, &msg.device).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn known(id: &str) -> DeviceRow {
+        DeviceRow {
+            id: id.into(),
+            protocol: "framed".into(),
+            profile: Some("default".into()),
+            remote_addr: "127.0.0.1:1".into(),
+            online: false,
+            connected_at: Utc::now(),
+            last_seen: Utc::now(),
+        }
+    }
+
+    async fn route(sup: &Addr<Supervisor>, token: &str) -> Result<(), CommandError> {
+        let (reply, _answer) = oneshot::channel();
+        sup.send(RouteCommand {
+            id: "d1".into(),
+            command: DeviceCommand::Named("x".into()),
+            reply,
+            token: Some(token.into()),
+        })
+        .await
+        .expect("supervisor answers")
+    }
+
+    fn acquire(token: &str, secs: i64) -> AcquireLock {
+        AcquireLock {
+            device: "d1".into(),
+            token_id: token.into(),
+            holder: format!("name-{token}"),
+            ttl: chrono::Duration::seconds(secs),
+        }
+    }
+
+    fn release(token: &str, force: bool) -> ReleaseLock {
+        ReleaseLock {
+            device: "d1".into(),
+            token_id: token.into(),
+            by: token.into(),
+            force,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn control_lock_rules() {
+        let bus = EventBus::default().start();
+        let sup = Supervisor::with_known(vec![known("d1")], bus).start();
+        let unknown = AcquireLock {
+            device: "nope".into(),
+            ..acquire("t1", 60)
+        };
+        assert!(matches!(
+            sup.send(unknown).await.expect("answers"),
+            Err(CommandError::UnknownDevice(_))
+        ));
+
+        let lock = sup
+            .send(acquire("t1", 60))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert_eq!(lock.holder, "name-t1");
+        // Others are refused, with who holds it; the holder gets through to the (offline) device.
+        match route(&sup, "t2").await {
+            Err(CommandError::Locked {
+                holder, expires_at, ..
+            }) => assert_eq!((holder.as_str(), expires_at), ("name-t1", lock.expires_at)),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert!(matches!(
+            route(&sup, "t1").await,
+            Err(CommandError::Offline(_))
+        ));
+        assert!(matches!(
+            sup.send(acquire("t2", 60)).await.expect("answers"),
+            Err(CommandError::Locked { .. })
+        ));
+        // The holder extends it.
+        let longer = sup
+            .send(acquire("t1", 600))
+            .await
+            .expect("answers")
+            .expect("extended");
+        assert!(longer.expires_at > lock.expires_at);
+        // Only the holder releases it, unless forced (an admin).
+        assert!(matches!(
+            sup.send(release("t2", false)).await.expect("answers"),
+            Err(CommandError::Locked { .. })
+        ));
+        let broken = sup
+            .send(release("t2", true))
+            .await
+            .expect("answers")
+            .expect("ok");
+        assert_eq!(broken.map(|l| l.holder), Some("name-t1".into()));
+        assert_eq!(
+            sup.send(release("t1", false)).await.expect("answers").ok(),
+            Some(None)
+        );
+        assert!(matches!(
+            route(&sup, "t2").await,
+            Err(CommandError::Offline(_))
+        ));
+
+        // An expired lock is gone.
+        sup.send(acquire("t1", 0))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert!(matches!(
+            route(&sup, "t2").await,
+            Err(CommandError::Offline(_))
+        ));
+        assert_eq!(
+            sup.send(GetLock {
+                device: "d1".into()
+            })
+            .await
+            .expect("answers"),
+            None
+        );
+        sup.send(acquire("t2", 60))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert_eq!(
+            sup.send(GetLock {
+                device: "d1".into()
+            })
+            .await
+            .expect("answers")
+            .map(|l| l.token_id),
+            Some("t2".into())
+        );
+    }
+}

@@ -154,6 +154,59 @@ pub fn publish_completed(events: &Addr<EventBus>, record: &CommandRow, result: O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix::Actor;
+
+    use crate::events::{EventFilter, Subscribe};
+
+    fn row() -> CommandRow {
+        let at = Utc::now();
+        CommandRow {
+            id: "c1".into(),
+            device_id: "d1".into(),
+            request: "{}".into(),
+            status: "sent".into(),
+            result: None,
+            error: None,
+            requested_by: Some("alice".into()),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn complete_records_the_end_and_raises_command_completed() {
+        let bus = EventBus::default().start();
+        let mut sub = bus
+            .send(Subscribe {
+                filter: EventFilter::default(),
+                capacity: 8,
+            })
+            .await
+            .expect("bus answers");
+        let mut ok = row();
+        complete(&mut ok, &Ok(CommandOutcome::Raw(vec![1, 3])), &bus);
+        assert_eq!(ok.status, "ok");
+        assert_eq!(ok.result.as_deref(), Some(r#"{"hex":"01 03"}"#));
+        assert_eq!(ok.error, None);
+        let mut late = row();
+        complete(&mut late, &Err(CommandError::Timeout(400)), &bus);
+        assert_eq!(late.status, "timeout");
+        assert_eq!(late.result, None);
+        assert!(late.error.as_deref().is_some_and(|e| e.contains("400 ms")));
+
+        let first = sub.events.recv().await.expect("event");
+        let body: Value = serde_json::from_str(&first.body).expect("json");
+        assert_eq!(body["event"], "command.completed");
+        assert_eq!(body["device_id"], "d1");
+        assert_eq!(body["data"]["command_id"], "c1");
+        assert_eq!(body["data"]["status"], "ok");
+        assert_eq!(body["data"]["result"], json!({"hex": "01 03"}));
+        assert_eq!(body["data"]["requested_by"], "alice");
+        let second = sub.events.recv().await.expect("event");
+        let body: Value = serde_json::from_str(&second.body).expect("json");
+        assert_eq!(body["data"]["status"], "timeout");
+        assert_eq!(body["data"]["result"], Value::Null);
+    }
 
     #[test]
     fn statuses_of_command_ends() {

@@ -311,3 +311,57 @@ async fn get(
         "updated_at": record.updated_at,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(queue: Option<bool>, ttl: Option<u64>) -> CommandBody {
+        CommandBody {
+            kind: "write_register".into(),
+            function: None,
+            start: None,
+            count: None,
+            address: Some(1),
+            value: Some(json!(1)),
+            values: None,
+            name: None,
+            hex: None,
+            timeout_ms: None,
+            queue_if_offline: queue,
+            ttl_s: ttl,
+        }
+    }
+
+    #[test]
+    fn queue_ttl_defaults_bounds_and_needs_the_flag() {
+        let ttl = |q, t| body(q, t).queue_ttl().map_err(|e| e.status.as_u16());
+        assert_eq!(ttl(None, None), Ok(None));
+        assert_eq!(ttl(Some(false), None), Ok(None));
+        assert_eq!(ttl(Some(true), None), Ok(Some(DEFAULT_QUEUE_TTL)));
+        assert_eq!(ttl(Some(true), Some(5)), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(
+            ttl(Some(true), Some(MAX_QUEUE_TTL_S)),
+            Ok(Some(Duration::from_secs(MAX_QUEUE_TTL_S)))
+        );
+        assert_eq!(ttl(Some(true), Some(0)), Err(400));
+        assert_eq!(ttl(Some(true), Some(MAX_QUEUE_TTL_S + 1)), Err(400));
+        assert_eq!(ttl(None, Some(5)), Err(400));
+    }
+
+    #[test]
+    fn stored_requests_read_back_as_the_same_command() {
+        let stored = serde_json::to_string(&body(Some(true), Some(60))).expect("json");
+        let (command, wait) = crate::queue::parse_request(&stored).expect("parses");
+        assert_eq!(
+            command,
+            DeviceCommand::Modbus(Request::WriteSingleRegister {
+                address: 1,
+                value: 1
+            })
+        );
+        assert_eq!(wait, DEFAULT_WAIT);
+        assert!(crate::queue::parse_request("{\"type\":\"bogus\"}").is_err());
+        assert!(crate::queue::parse_request("not json").is_err());
+    }
+}
