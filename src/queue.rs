@@ -29,7 +29,7 @@ use crate::events::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::{Storage, Store};
-use crate::supervisor::{RouteCommand, Supervisor};
+use crate::supervisor::{KickQueue, RouteCommand, Supervisor};
 use crate::web::commands::CommandBody;
 
 /// How often queued commands past their expiry are marked `expired`.
@@ -216,15 +216,30 @@ async fn expire(ctx: &QueueContext, cmd: &QueuedCommand, now: DateTime<Utc>) -> 
     Ok(())
 }
 
-/// Marks queued commands past their expiry `expired`, every [`SWEEP_EVERY`], whether or not
-/// their devices come back. Runs for the life of the server.
-pub async fn sweep(ctx: Arc<QueueContext>) {
+/// Devices with queued commands the sweep reminds the supervisor of, at most.
+const KICK_BATCH: i64 = 10_000;
+
+/// Every [`SWEEP_EVERY`]: marks queued commands past their expiry `expired`, whether or not
+/// their devices come back, then reminds the supervisor of every device with commands still
+/// queued, so that a delivery stopped by a database error resumes while the device stays
+/// online (the supervisor ignores offline devices and ones being delivered). Runs for the
+/// life of the server.
+pub async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = sweep_once(&ctx).await {
             log::warn!("offline queue: expiry sweep failed: {e}");
+            continue;
+        }
+        match db_call(&ctx.db, |db| db.queued_devices(KICK_BATCH)).await {
+            Ok(devices) => {
+                for id in devices {
+                    supervisor.do_send(KickQueue { id });
+                }
+            }
+            Err(e) => log::warn!("offline queue: cannot list waiting devices: {e}"),
         }
     }
 }

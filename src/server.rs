@@ -113,10 +113,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         storage: storage.clone(),
         events: events.clone(),
     });
-    actix_rt::spawn(crate::queue::sweep(queue.clone()));
     let supervisor = Supervisor::with_known(known, events.clone())
-        .with_queue(queue)
+        .with_queue(queue.clone())
         .start();
+    actix_rt::spawn(crate::queue::sweep(queue, supervisor.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

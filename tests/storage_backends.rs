@@ -1094,6 +1094,10 @@ fn command_queue_in_order_claimed_once_and_expired(url: &str, backend: Backend) 
     db.write(&[Row::Command(command("api1", "sent", base()))])
         .expect("write");
 
+    assert_eq!(
+        db.queued_devices(100).expect("devices"),
+        ["q1".to_string(), "q2".to_string()]
+    );
     let first = db.next_queued("q1").expect("next").expect("one queued");
     assert_eq!(first.id, "c1");
     assert_eq!(first.seq, 1);
@@ -1146,6 +1150,7 @@ fn command_queue_in_order_claimed_once_and_expired(url: &str, backend: Backend) 
         "sent"
     );
 
+    assert_eq!(db.queued_devices(100).expect("devices"), ["q1".to_string()]);
     let rest = db.queued(None, 100).expect("queued");
     assert_eq!(
         rest.iter()

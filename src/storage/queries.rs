@@ -1503,6 +1503,18 @@ impl Db {
         Ok(rows.into_iter().map(queued_command).collect())
     }
 
+    /// The devices that have commands queued (at most `limit`).
+    pub fn queued_devices(&self, limit: i64) -> Result<Vec<String>, StorageError> {
+        use super::schema::commands::dsl as t;
+        Ok(t::commands
+            .filter(t::status.eq("queued"))
+            .select(t::device_id)
+            .distinct()
+            .order(t::device_id.asc())
+            .limit(limit.max(0))
+            .load(&mut *self.conn()?)?)
+    }
+
     /// Claims a queued command for delivery: `queued` → `sent`, unless it has expired by `now`
     /// or someone else claimed it first. Only the caller that gets `true` may send it.
     pub fn claim_command(
