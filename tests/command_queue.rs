@@ -272,3 +272,38 @@ fn no_duplicates_when_the_device_reconnects() {
         assert!(addrs.windows(2).all(|w| w[0] < w[1]), "{addrs:?}");
     }
 }
+
+#[test]
+fn a_device_that_drops_mid_delivery_keeps_the_rest_queued() {
+    let server = TestServer::start_with(patient_profile());
+    known_offline(&server, 7207);
+    let ids: Vec<String> = (1..=3u16)
+        .map(|v| {
+            queue(
+                &server,
+                "7207",
+                json!({"type":"write_register","address":2100,"value":v}),
+            )
+        })
+        .collect();
+    // The device registers and sits on the first poll: the first command is claimed and waits
+    // behind it in the connection's queue, unwritten, when the connection drops.
+    let mut dev = FakeDevice::connect(server.framed, common::device::Proto::Framed);
+    dev.hold(true);
+    dev.send(&7207u32.to_be_bytes());
+    wait_status(&server, &ids[0], "sent");
+    let held = dev.state.clone();
+    drop(dev);
+    wait_for("device offline", || (!server.online("7207")).then_some(()));
+    // Never written, so back in the queue; the others never left it.
+    wait_status(&server, &ids[0], "queued");
+    held.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status_of(&server, &ids[1]), "queued");
+    assert_eq!(status_of(&server, &ids[2]), "queued");
+
+    let dev = online(&server, 7207);
+    for cid in &ids {
+        wait_status(&server, cid, "ok");
+    }
+    assert_eq!(writes(&dev), [(2100, 1), (2100, 2), (2100, 3)]);
+}
