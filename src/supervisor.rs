@@ -483,13 +483,18 @@ impl Handler<RouteCommand> for Supervisor {
                 return Err(lock.refusal());
             }
         }
+        let not_for_terminals = || {
+            CommandError::Invalid(format!(
+                "{} is a $TTMS relay terminal; it takes no commands",
+                msg.id
+            ))
+        };
         let addr = match &entry.conn {
             Some((_, Holder::Device(addr))) => addr,
-            Some((_, Holder::Relay(_))) => {
-                return Err(CommandError::Invalid(format!(
-                    "{} is a $TTMS relay terminal; it takes no commands",
-                    msg.id
-                )))
+            Some((_, Holder::Relay(_))) => return Err(not_for_terminals()),
+            // Known as a terminal, even while offline: nothing to queue for it either.
+            None if entry.view.protocol == Protocol::Ttms.as_str() => {
+                return Err(not_for_terminals())
             }
             None => return Err(CommandError::Offline(msg.id.clone())),
         };
@@ -722,6 +727,19 @@ mod tests {
             by: token.into(),
             force,
         }
+    }
+
+    #[actix_rt::test]
+    async fn offline_relay_terminals_are_not_offered_the_queue() {
+        let bus = EventBus::default().start();
+        let mut terminal = known("d1");
+        terminal.protocol = "ttms".into();
+        let sup = Supervisor::with_known(vec![terminal], bus).start();
+        // Not `Offline` (which would queue the command), but refused outright.
+        assert!(matches!(
+            route(&sup, "t1").await,
+            Err(CommandError::Invalid(m)) if m.contains("relay terminal")
+        ));
     }
 
     #[actix_rt::test]
