@@ -4,6 +4,7 @@
 pub mod device;
 pub mod events;
 pub mod metrics;
+pub mod queue;
 pub mod relay;
 pub mod rules;
 pub mod server;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::device::actor::{DeviceActor, ListenerContext};
 use crate::events::EventBus;
+use crate::queue::QueueContext;
 use crate::relay::actor::{InFlight, RelayActor, RelayContext};
 use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
@@ -94,8 +95,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     actix_rt::spawn(retention(db.clone(), settings.clone()));
     let events = EventBus::default().start();
-    let supervisor =
-        Supervisor::with_known(known, events.clone(), settings.data.profiles.clone()).start();
+    // Queued commands that were being delivered when the server last stopped without their
+    // answer: whether the device got them is unknown, so they end `failed`, never sent twice.
+    {
+        let db = db.clone();
+        match tokio::task::spawn_blocking(move || db.fail_interrupted(chrono::Utc::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::warn!(
+                "offline queue: {n} command(s) were being delivered when the server stopped; marked failed"
+            ),
+            Ok(Err(e)) => log::warn!("offline queue: cannot check interrupted deliveries: {e}"),
+            Err(e) => log::warn!("offline queue: startup check failed: {e}"),
+        }
+    }
+    let queue = Arc::new(QueueContext {
+        db: db.clone(),
+        storage: storage.clone(),
+        events: events.clone(),
+    });
+    let supervisor = Supervisor::with_known(known, events.clone(), settings.data.profiles.clone())
+        .with_queue(queue.clone())
+        .start();
+    actix_rt::spawn(crate::queue::sweep(queue, supervisor.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -14,6 +14,7 @@ use crate::device::actor::{Close, DeviceActor, Execute};
 use crate::device::command::{CommandError, CommandReply, DeviceCommand};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::queue::{self, QueueContext};
 use crate::relay::actor::{Deliver, InFlightGuard, Kick, RelayActor};
 use crate::rules::RuleStates;
 use crate::settings::{Profile, Protocol};
@@ -96,12 +97,57 @@ impl DeviceEntry {
     }
 }
 
+/// Exclusive command rights on one device, held by one API token until `expires_at`. Kept in
+/// memory only: a restart releases every lock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlLock {
+    pub device_id: String,
+    /// The name of the token that holds it.
+    pub holder: String,
+    pub expires_at: DateTime<Utc>,
+    /// The id of that token: what commands are checked against.
+    #[serde(skip)]
+    pub token_id: String,
+}
+
+impl ControlLock {
+    fn refusal(&self) -> CommandError {
+        CommandError::Locked {
+            device: self.device_id.clone(),
+            holder: self.holder.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// The live lock of `device`, forgetting it if it has expired.
+fn live_lock<'a>(
+    locks: &'a mut HashMap<String, ControlLock>,
+    device: &str,
+) -> Option<&'a ControlLock> {
+    let expired = locks.get(device)?.expires_at <= Utc::now();
+    if expired {
+        if let Some(lock) = locks.remove(device) {
+            log::info!("device {device}: control lock of {} expired", lock.holder);
+        }
+        return None;
+    }
+    locks.get(device)
+}
+
 pub struct Supervisor {
     devices: HashMap<String, DeviceEntry>,
     /// Where online, offline, telemetry and rule events go.
     events: Addr<EventBus>,
     /// data.toml's profiles by name, for their rules.
     profiles: BTreeMap<String, Arc<Profile>>,
+    /// Control locks by device id.
+    locks: HashMap<String, ControlLock>,
+    /// What delivers the offline queue; None: no queue (tests of the supervisor alone).
+    queue: Option<Arc<QueueContext>>,
+    /// Devices whose queue is being delivered, and whether to look again when that ends (the
+    /// device registered again, or a command was queued, meanwhile).
+    delivering: HashMap<String, bool>,
 }
 
 impl Supervisor {
@@ -137,7 +183,42 @@ impl Supervisor {
             devices,
             events,
             profiles,
+            locks: HashMap::new(),
+            queue: None,
+            delivering: HashMap::new(),
         }
+    }
+
+    /// Delivers the offline queue of each device when it registers.
+    pub fn with_queue(mut self, queue: Arc<QueueContext>) -> Supervisor {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Starts delivering the queue of `id` if it is an online Modbus device, one delivery per
+    /// device at a time (so its commands go out in order); if one runs, it looks again when done.
+    fn start_delivery(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let Some(queue) = self.queue.clone() else {
+            return;
+        };
+        let online = matches!(
+            self.devices.get(id).map(|e| &e.conn),
+            Some(Some((_, Holder::Device(_))))
+        );
+        if !online {
+            return;
+        }
+        if let Some(again) = self.delivering.get_mut(id) {
+            *again = true;
+            return;
+        }
+        self.delivering.insert(id.to_string(), false);
+        let me = ctx.address();
+        let id = id.to_string();
+        actix_rt::spawn(async move {
+            queue::deliver(queue, me.clone(), id.clone()).await;
+            me.do_send(DeliveryDone { id });
+        });
     }
 }
 
@@ -179,7 +260,7 @@ pub struct Registered {
 impl Handler<Registered> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Registered, ctx: &mut Self::Context) {
         let now = Utc::now();
         let online = serde_json::json!({
             "protocol": msg.protocol.as_str(),
@@ -227,6 +308,40 @@ impl Handler<Registered> for Supervisor {
             }
         }
         publish(&self.events, EventKind::DeviceOnline, &id, online);
+        self.start_delivery(&id, ctx);
+    }
+}
+
+/// A delivery of `id`'s offline queue has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeliveryDone {
+    id: String,
+}
+
+impl Handler<DeliveryDone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliveryDone, ctx: &mut Self::Context) {
+        if self.delivering.remove(&msg.id) == Some(true) {
+            self.start_delivery(&msg.id, ctx);
+        }
+    }
+}
+
+/// A command has just been queued for `id`: if the device is online after all (it registered
+/// while the command was being stored), deliver it now rather than at its next registration.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickQueue {
+    pub id: String,
+}
+
+impl Handler<KickQueue> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickQueue, ctx: &mut Self::Context) {
+        self.start_delivery(&msg.id, ctx);
     }
 }
 
@@ -373,13 +488,16 @@ impl Handler<GetDevice> for Supervisor {
     }
 }
 
-/// Hands a command to the connection holding `id`; its end comes through `reply`.
+/// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
+/// (`Locked`) while another token than `token` holds the device's control lock.
 #[derive(Message)]
 #[rtype(result = "Result<(), CommandError>")]
 pub struct RouteCommand {
     pub id: String,
     pub command: DeviceCommand,
     pub reply: CommandReply,
+    /// The id of the API token the command comes from.
+    pub token: Option<String>,
 }
 
 impl Handler<RouteCommand> for Supervisor {
@@ -390,13 +508,23 @@ impl Handler<RouteCommand> for Supervisor {
             .devices
             .get(&msg.id)
             .ok_or_else(|| CommandError::UnknownDevice(msg.id.clone()))?;
+        if let Some(lock) = live_lock(&mut self.locks, &msg.id) {
+            if msg.token.as_deref() != Some(lock.token_id.as_str()) {
+                return Err(lock.refusal());
+            }
+        }
+        let not_for_terminals = || {
+            CommandError::Invalid(format!(
+                "{} is a $TTMS relay terminal; it takes no commands",
+                msg.id
+            ))
+        };
         let addr = match &entry.conn {
             Some((_, Holder::Device(addr))) => addr,
-            Some((_, Holder::Relay(_))) => {
-                return Err(CommandError::Invalid(format!(
-                    "{} is a $TTMS relay terminal; it takes no commands",
-                    msg.id
-                )))
+            Some((_, Holder::Relay(_))) => return Err(not_for_terminals()),
+            // Known as a terminal, even while offline: nothing to queue for it either.
+            None if entry.view.protocol == Protocol::Ttms.as_str() => {
+                return Err(not_for_terminals())
             }
             None => return Err(CommandError::Offline(msg.id.clone())),
         };
@@ -488,5 +616,255 @@ impl Handler<OnlineCount> for Supervisor {
 
     fn handle(&mut self, _: OnlineCount, _: &mut Self::Context) -> usize {
         self.devices.values().filter(|e| e.conn.is_some()).count()
+    }
+}
+
+/// Takes or extends the control lock of a known device for `ttl`: refused (`Locked`) while
+/// another token holds it; the holder taking it again moves its expiry to now + `ttl`.
+#[derive(Message)]
+#[rtype(result = "Result<ControlLock, CommandError>")]
+pub struct AcquireLock {
+    pub device: String,
+    pub token_id: String,
+    pub holder: String,
+    pub ttl: chrono::Duration,
+}
+
+impl Handler<AcquireLock> for Supervisor {
+    type Result = Result<ControlLock, CommandError>;
+
+    fn handle(&mut self, msg: AcquireLock, _: &mut Self::Context) -> Self::Result {
+        if !self.devices.contains_key(&msg.device) {
+            return Err(CommandError::UnknownDevice(msg.device));
+        }
+        if let Some(lock) = live_lock(&mut self.locks, &msg.device) {
+            if lock.token_id != msg.token_id {
+                return Err(lock.refusal());
+            }
+        }
+        let lock = ControlLock {
+            device_id: msg.device.clone(),
+            holder: msg.holder,
+            expires_at: Utc::now() + msg.ttl,
+            token_id: msg.token_id,
+        };
+        let previous = self.locks.insert(msg.device.clone(), lock.clone());
+        log::info!(
+            "device {}: control lock {} by {} until {}",
+            msg.device,
+            if previous.is_some() {
+                "extended"
+            } else {
+                "taken"
+            },
+            lock.holder,
+            lock.expires_at
+        );
+        Ok(lock)
+    }
+}
+
+/// Releases the control lock of a device: by its holder, or by anyone when `force` (an admin
+/// breaking it). Answers the released lock, or None when the device was not locked.
+#[derive(Message)]
+#[rtype(result = "Result<Option<ControlLock>, CommandError>")]
+pub struct ReleaseLock {
+    pub device: String,
+    pub token_id: String,
+    /// The name of the caller, for the log.
+    pub by: String,
+    pub force: bool,
+}
+
+impl Handler<ReleaseLock> for Supervisor {
+    type Result = Result<Option<ControlLock>, CommandError>;
+
+    fn handle(&mut self, msg: ReleaseLock, _: &mut Self::Context) -> Self::Result {
+        let Some(lock) = live_lock(&mut self.locks, &msg.device) else {
+            return Ok(None);
+        };
+        if lock.token_id != msg.token_id {
+            if !msg.force {
+                return Err(lock.refusal());
+            }
+            log::warn!(
+                "device {}: control lock of {} broken by admin {}",
+                msg.device,
+                lock.holder,
+                msg.by
+            );
+        } else {
+            log::info!("device {}: control lock released by {}", msg.device, msg.by);
+        }
+        Ok(self.locks.remove(&msg.device))
+    }
+}
+
+/// The live control lock of a device, if any.
+#[derive(Message)]
+#[rtype(result = "Option<ControlLock>")]
+pub struct GetLock {
+    pub device: String,
+}
+
+impl Handler<GetLock> for Supervisor {
+    type Result = Option<ControlLock>;
+
+    fn handle(&mut self, msg: GetLock, _: &mut Self::Context) -> Option<ControlLock> {
+        live_lock(&mut self.locks, &msg.device).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn known(id: &str) -> DeviceRow {
+        DeviceRow {
+            id: id.into(),
+            protocol: "framed".into(),
+            profile: Some("default".into()),
+            remote_addr: "127.0.0.1:1".into(),
+            online: false,
+            connected_at: Utc::now(),
+            last_seen: Utc::now(),
+        }
+    }
+
+    async fn route(sup: &Addr<Supervisor>, token: &str) -> Result<(), CommandError> {
+        let (reply, _answer) = oneshot::channel();
+        sup.send(RouteCommand {
+            id: "d1".into(),
+            command: DeviceCommand::Named("x".into()),
+            reply,
+            token: Some(token.into()),
+        })
+        .await
+        .expect("supervisor answers")
+    }
+
+    fn acquire(token: &str, secs: i64) -> AcquireLock {
+        AcquireLock {
+            device: "d1".into(),
+            token_id: token.into(),
+            holder: format!("name-{token}"),
+            ttl: chrono::Duration::seconds(secs),
+        }
+    }
+
+    fn release(token: &str, force: bool) -> ReleaseLock {
+        ReleaseLock {
+            device: "d1".into(),
+            token_id: token.into(),
+            by: token.into(),
+            force,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn offline_relay_terminals_are_not_offered_the_queue() {
+        let bus = EventBus::default().start();
+        let mut terminal = known("d1");
+        terminal.protocol = "ttms".into();
+        let sup = Supervisor::with_known(vec![terminal], bus, BTreeMap::new()).start();
+        // Not `Offline` (which would queue the command), but refused outright.
+        assert!(matches!(
+            route(&sup, "t1").await,
+            Err(CommandError::Invalid(m)) if m.contains("relay terminal")
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn control_lock_rules() {
+        let bus = EventBus::default().start();
+        let sup = Supervisor::with_known(vec![known("d1")], bus, BTreeMap::new()).start();
+        let unknown = AcquireLock {
+            device: "nope".into(),
+            ..acquire("t1", 60)
+        };
+        assert!(matches!(
+            sup.send(unknown).await.expect("answers"),
+            Err(CommandError::UnknownDevice(_))
+        ));
+
+        let lock = sup
+            .send(acquire("t1", 60))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert_eq!(lock.holder, "name-t1");
+        // Others are refused, with who holds it; the holder gets through to the (offline) device.
+        match route(&sup, "t2").await {
+            Err(CommandError::Locked {
+                holder, expires_at, ..
+            }) => assert_eq!((holder.as_str(), expires_at), ("name-t1", lock.expires_at)),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert!(matches!(
+            route(&sup, "t1").await,
+            Err(CommandError::Offline(_))
+        ));
+        assert!(matches!(
+            sup.send(acquire("t2", 60)).await.expect("answers"),
+            Err(CommandError::Locked { .. })
+        ));
+        // The holder extends it.
+        let longer = sup
+            .send(acquire("t1", 600))
+            .await
+            .expect("answers")
+            .expect("extended");
+        assert!(longer.expires_at > lock.expires_at);
+        // Only the holder releases it, unless forced (an admin).
+        assert!(matches!(
+            sup.send(release("t2", false)).await.expect("answers"),
+            Err(CommandError::Locked { .. })
+        ));
+        let broken = sup
+            .send(release("t2", true))
+            .await
+            .expect("answers")
+            .expect("ok");
+        assert_eq!(broken.map(|l| l.holder), Some("name-t1".into()));
+        assert_eq!(
+            sup.send(release("t1", false)).await.expect("answers").ok(),
+            Some(None)
+        );
+        assert!(matches!(
+            route(&sup, "t2").await,
+            Err(CommandError::Offline(_))
+        ));
+
+        // An expired lock is gone.
+        sup.send(acquire("t1", 0))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert!(matches!(
+            route(&sup, "t2").await,
+            Err(CommandError::Offline(_))
+        ));
+        assert_eq!(
+            sup.send(GetLock {
+                device: "d1".into()
+            })
+            .await
+            .expect("answers"),
+            None
+        );
+        sup.send(acquire("t2", 60))
+            .await
+            .expect("answers")
+            .expect("taken");
+        assert_eq!(
+            sup.send(GetLock {
+                device: "d1".into()
+            })
+            .await
+            .expect("answers")
+            .map(|l| l.token_id),
+            Some("t2".into())
+        );
     }
 }

@@ -11,10 +11,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use diesel::prelude::*;
 use dtu_supervisor::storage::db::{
-    Backend, Db, ExportCursor, PrunableTable, StorageError, TelemetryQuery, TokenRecord,
+    Backend, Db, ExportCursor, PrunableTable, QueuedCommand, StorageError, TelemetryQuery,
+    TokenRecord,
 };
 use dtu_supervisor::storage::rows::{
     CommandRow, ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
@@ -198,6 +199,8 @@ suite!(
     command_upsert_keeps_the_latest_state,
     tokens_insert_list_revoke,
     events_among_device_patterns,
+    command_queue_in_order_claimed_once_and_expired,
+    concurrent_enqueues_get_distinct_sequence_numbers,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1078,4 +1081,145 @@ fn relay_queue_in_order_capped_and_marked(url: &str, backend: Backend) {
             .expect("enqueue"),
         Enqueued::Queued { depth: 2 }
     );
+}
+
+fn queued(id: &str, device: &str, expires_at: DateTime<Utc>) -> QueuedCommand {
+    QueuedCommand {
+        id: id.into(),
+        device_id: device.into(),
+        request: format!(r#"{{"type":"write_register","address":1,"value":1,"id":"{id}"}}"#),
+        requested_by: Some("ops".into()),
+        token_id: Some("t0123".into()),
+        created_at: base(),
+        expires_at,
+        seq: 0,
+    }
+}
+
+fn command_queue_in_order_claimed_once_and_expired(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let now = Utc::now();
+    let later = now + chrono::Duration::hours(1);
+    let past = now - chrono::Duration::seconds(1);
+    for (i, id) in ["c1", "c2", "c3"].iter().enumerate() {
+        assert_eq!(
+            db.enqueue_command(&queued(id, "q1", later))
+                .expect("enqueue"),
+            i as i64 + 1
+        );
+    }
+    assert_eq!(
+        db.enqueue_command(&queued("x1", "q2", past))
+            .expect("enqueue"),
+        1
+    );
+    // A command sent at once (no queue columns) is not part of any queue.
+    db.write(&[Row::Command(command("api1", "sent", base()))])
+        .expect("write");
+
+    assert_eq!(
+        db.queued_devices(100).expect("devices"),
+        ["q1".to_string(), "q2".to_string()]
+    );
+    let first = db.next_queued("q1").expect("next").expect("one queued");
+    assert_eq!(first.id, "c1");
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.requested_by.as_deref(), Some("ops"));
+    assert_eq!(first.token_id.as_deref(), Some("t0123"));
+    assert_eq!(first.created_at, base());
+    assert_eq!(
+        first.expires_at,
+        later.trunc_subsecs(6),
+        "expiry kept to the microsecond"
+    );
+    assert!(first.request.contains("\"c1\""));
+
+    // Claimed exactly once.
+    assert!(db.claim_command("c1", now).expect("claim"));
+    assert!(!db.claim_command("c1", now).expect("claim again"));
+    assert_eq!(db.command("c1").expect("get").expect("row").status, "sent");
+    assert_eq!(db.next_queued("q1").expect("next").expect("c2").id, "c2");
+    // Given back (its device went away before it was handed over): first in line again.
+    assert!(db.unclaim_command("c1").expect("unclaim"));
+    assert!(!db.unclaim_command("c1").expect("unclaim again"));
+    assert_eq!(db.next_queued("q1").expect("next").expect("c1").id, "c1");
+    assert!(db.claim_command("c1", now).expect("claim"));
+    // API commands are never un-claimed.
+    assert!(!db.unclaim_command("api1").expect("unclaim api"));
+
+    // Expiry: an expired command cannot be claimed; the sweep finds it; one caller expires it.
+    assert!(!db.claim_command("x1", now).expect("claim expired"));
+    let expired = db.expired_queued(now, 100).expect("expired");
+    assert_eq!(
+        expired.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["x1"]
+    );
+    assert!(!db.expire_command("c2", now).expect("not yet due"));
+    assert!(db.expire_command("x1", now).expect("expire"));
+    assert!(!db.expire_command("x1", now).expect("expire again"));
+    let x1 = db.command("x1").expect("get").expect("row");
+    assert_eq!(x1.status, "expired");
+    assert!(x1.error.is_some());
+    assert!(db.next_queued("q2").expect("next").is_none());
+
+    // Interrupted deliveries fail at start; API commands in flight are left alone.
+    assert_eq!(db.fail_interrupted(now).expect("fail"), 1);
+    assert_eq!(
+        db.command("c1").expect("get").expect("row").status,
+        "failed"
+    );
+    assert_eq!(
+        db.command("api1").expect("get").expect("row").status,
+        "sent"
+    );
+
+    assert_eq!(db.queued_devices(100).expect("devices"), ["q1".to_string()]);
+    let rest = db.queued(None, 100).expect("queued");
+    assert_eq!(
+        rest.iter()
+            .map(|c| (c.id.as_str(), c.seq))
+            .collect::<Vec<_>>(),
+        [("c2", 2), ("c3", 3)]
+    );
+    // The final state of a queued command comes through the batched upsert like any other.
+    let mut done = command("c2", "ok", base());
+    done.device_id = "q1".into();
+    db.write(&[Row::Command(done)]).expect("write");
+    assert_eq!(db.command("c2").expect("get").expect("row").status, "ok");
+    assert_eq!(db.next_queued("q1").expect("next").expect("c3").seq, 3);
+}
+
+fn concurrent_enqueues_get_distinct_sequence_numbers(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|i| {
+                        db.enqueue_command(&queued(&format!("k{t}_{i}"), "qc", later))
+                            .expect("enqueue")
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread"))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
+    // Each thread's own commands stay in the order it queued them.
+    let order = db.queued(Some("qc"), 100).expect("queued");
+    for t in 0..4 {
+        let mine: Vec<String> = order
+            .iter()
+            .filter(|c| c.id.starts_with(&format!("k{t}_")))
+            .map(|c| c.id.clone())
+            .collect();
+        let want: Vec<String> = (0..5).map(|i| format!("k{t}_{i}")).collect();
+        assert_eq!(mine, want);
+    }
 }

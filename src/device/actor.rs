@@ -896,7 +896,15 @@ impl Actor for DeviceActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.link().went_offline(self.close_reason);
-        // Commands still waiting end as `Disconnected` when their reply senders drop here.
+        // Commands still waiting were never written to the device: they end as `Offline` (the
+        // offline queue puts such a command back). The one in flight, if any, may have reached
+        // the device: it ends as `Disconnected` when its reply sender drops here.
+        let id = self.id.clone().unwrap_or_default();
+        for job in self.queue.drain(..) {
+            if let Job::Command { reply, .. } = job {
+                let _ = reply.send(Err(CommandError::Offline(id.clone())));
+            }
+        }
     }
 }
 

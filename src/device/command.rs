@@ -5,10 +5,15 @@
 //! has answered (or not). Keeping these types apart from the web layer lets tests and other
 //! front ends drive devices the same way.
 
+use actix::Addr;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use crate::device::modbus::{ModbusError, Request, Response};
+use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::Decoded;
+use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::storage::rows::CommandRow;
 
 /// What an operator asked a device to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +45,13 @@ pub enum CommandError {
     UnknownDevice(String),
     #[error("device {0} is offline")]
     Offline(String),
+    /// Another token holds the device's control lock.
+    #[error("device {device} is locked by {holder} until {expires_at}")]
+    Locked {
+        device: String,
+        holder: String,
+        expires_at: DateTime<Utc>,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("precondition failed: {0}")]
@@ -54,3 +66,158 @@ pub enum CommandError {
 
 /// Where the device actor sends a command's end.
 pub type CommandReply = oneshot::Sender<Result<CommandOutcome, CommandError>>;
+
+/// The `result` object of a successful command, as the API answers it and the record keeps it.
+pub fn outcome_json(outcome: &CommandOutcome) -> Value {
+    match outcome {
+        CommandOutcome::Raw(adu) => json!({ "hex": modbus::to_hex(adu) }),
+        CommandOutcome::Modbus { response, values } => {
+            let mut result = match response {
+                Response::Registers(regs) => json!({ "registers": regs }),
+                Response::Bits(bits) => json!({ "bits": bits }),
+                Response::WriteSingleRegister { address, value } => {
+                    json!({ "address": address, "value": value })
+                }
+                Response::WriteSingleCoil { address, value } => {
+                    json!({ "address": address, "value": value })
+                }
+                Response::WriteMultiple { address, count } => {
+                    json!({ "address": address, "count": count })
+                }
+            };
+            if matches!(response, Response::Registers(_) | Response::Bits(_)) {
+                let decoded: Map<String, Value> = values
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.name.clone(),
+                            json!({"value": d.value, "raw": d.raw, "unit": d.unit}),
+                        )
+                    })
+                    .collect();
+                if let Some(obj) = result.as_object_mut() {
+                    obj.insert("values".into(), Value::Object(decoded));
+                }
+            }
+            result
+        }
+    }
+}
+
+/// The record status a command's end maps to: `ok`, `timeout` or `failed`.
+pub fn status_of(result: &Result<CommandOutcome, CommandError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(CommandError::Timeout(_)) => "timeout",
+        Err(_) => "failed",
+    }
+}
+
+/// How every command ends, whether an API caller waited for it or it came from the offline
+/// queue: the record gets its final status, result or error and time, and `command.completed`
+/// is raised. The caller stores the record.
+pub fn complete(
+    record: &mut CommandRow,
+    result: &Result<CommandOutcome, CommandError>,
+    events: &Addr<EventBus>,
+) {
+    record.updated_at = Utc::now();
+    record.status = status_of(result).into();
+    match result {
+        Ok(outcome) => {
+            record.result = Some(outcome_json(outcome).to_string());
+            record.error = None;
+        }
+        Err(e) => {
+            record.result = None;
+            record.error = Some(e.to_string());
+        }
+    }
+    publish_completed(events, record, result.as_ref().ok().map(outcome_json));
+}
+
+/// Raises `command.completed` for a record in its final state (also `expired`).
+pub fn publish_completed(events: &Addr<EventBus>, record: &CommandRow, result: Option<Value>) {
+    events.do_send(Publish(Event::new(
+        EventKind::CommandCompleted,
+        &record.device_id,
+        json!({
+            "command_id": record.id,
+            "status": record.status,
+            "result": result,
+            "error": record.error,
+            "requested_by": record.requested_by,
+        }),
+    )));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::Actor;
+
+    use crate::events::{EventFilter, Subscribe};
+
+    fn row() -> CommandRow {
+        let at = Utc::now();
+        CommandRow {
+            id: "c1".into(),
+            device_id: "d1".into(),
+            request: "{}".into(),
+            status: "sent".into(),
+            result: None,
+            error: None,
+            requested_by: Some("alice".into()),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn complete_records_the_end_and_raises_command_completed() {
+        let bus = EventBus::default().start();
+        let mut sub = bus
+            .send(Subscribe {
+                filter: EventFilter::default(),
+                capacity: 8,
+            })
+            .await
+            .expect("bus answers");
+        let mut ok = row();
+        complete(&mut ok, &Ok(CommandOutcome::Raw(vec![1, 3])), &bus);
+        assert_eq!(ok.status, "ok");
+        assert_eq!(ok.result.as_deref(), Some(r#"{"hex":"01 03"}"#));
+        assert_eq!(ok.error, None);
+        let mut late = row();
+        complete(&mut late, &Err(CommandError::Timeout(400)), &bus);
+        assert_eq!(late.status, "timeout");
+        assert_eq!(late.result, None);
+        assert!(late.error.as_deref().is_some_and(|e| e.contains("400 ms")));
+
+        let first = sub.events.recv().await.expect("event");
+        let body: Value = serde_json::from_str(&first.body).expect("json");
+        assert_eq!(body["event"], "command.completed");
+        assert_eq!(body["device_id"], "d1");
+        assert_eq!(body["data"]["command_id"], "c1");
+        assert_eq!(body["data"]["status"], "ok");
+        assert_eq!(body["data"]["result"], json!({"hex": "01 03"}));
+        assert_eq!(body["data"]["requested_by"], "alice");
+        let second = sub.events.recv().await.expect("event");
+        let body: Value = serde_json::from_str(&second.body).expect("json");
+        assert_eq!(body["data"]["status"], "timeout");
+        assert_eq!(body["data"]["result"], Value::Null);
+    }
+
+    #[test]
+    fn statuses_of_command_ends() {
+        let ok = Ok(CommandOutcome::Raw(vec![1, 3]));
+        assert_eq!(status_of(&ok), "ok");
+        assert_eq!(status_of(&Err(CommandError::Timeout(5))), "timeout");
+        assert_eq!(status_of(&Err(CommandError::Disconnected)), "failed");
+        assert_eq!(status_of(&Err(CommandError::Offline("d".into()))), "failed");
+        assert_eq!(
+            outcome_json(&CommandOutcome::Raw(vec![1, 3])),
+            json!({"hex": "01 03"})
+        );
+    }
+}

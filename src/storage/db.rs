@@ -28,8 +28,8 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use super::queries::{
-    CommandRecord, Enqueued, EventRecord, ExportCursor, PacketRecord, PrunableTable, RelayRecord,
-    TelemetryQuery, TelemetryRecord, TokenRecord,
+    CommandRecord, Enqueued, EventRecord, ExportCursor, PacketRecord, PrunableTable, QueuedCommand,
+    RelayRecord, TelemetryQuery, TelemetryRecord, TokenRecord,
 };
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through
@@ -254,6 +254,9 @@ pub struct Db {
     shown: Arc<(String, Option<String>)>,
     /// For `sqlite::memory:` only: the connection that keeps the database alive.
     _keeper: Option<Arc<Mutex<AnyConnection>>>,
+    /// Serialises this process's offline-queue inserts, so that they never race for a
+    /// device's next sequence number (other processes are handled by retrying).
+    pub(super) enqueue_lock: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -319,6 +322,7 @@ impl Db {
             pool,
             shown,
             _keeper: keeper,
+            enqueue_lock: Arc::new(Mutex::new(())),
         })
     }
 

@@ -11,6 +11,9 @@ diesel::table! {
         requested_by -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        queue_seq -> Nullable<BigInt>,
+        expires_at -> Nullable<Timestamp>,
+        token_id -> Nullable<Text>,
     }
 }
 

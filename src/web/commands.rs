@@ -8,24 +8,28 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::history::blocking;
 use super::{mailbox_error, AppState};
-use crate::device::command::{CommandError, CommandOutcome, DeviceCommand};
-use crate::device::modbus::{self, Request, Response};
-use crate::events::{Event, EventKind, Publish};
+use crate::device::command::{complete, CommandError, DeviceCommand};
+use crate::device::modbus::{self, Request};
+use crate::storage::db::QueuedCommand;
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::Store;
-use crate::supervisor::RouteCommand;
+use crate::supervisor::{KickQueue, RouteCommand};
 
 /// How long a caller waits for a device when the body names no `timeout_ms`: long enough for
 /// a queued poll plus the profile's own timeout and retries, which usually answer first.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT_MS: u64 = 600_000;
+/// How long a queued command waits for its device unless the body says `ttl_s`.
+pub const DEFAULT_QUEUE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest `ttl_s` accepted: 30 days.
+pub const MAX_QUEUE_TTL_S: u64 = 30 * 24 * 3600;
 
 /// Longest command id accepted in a path (the column width).
 const COMMAND_ID_MAX: usize = 40;
@@ -61,6 +65,10 @@ pub struct CommandBody {
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_if_offline: Option<bool>,
+    /// With `queue_if_offline`: how long the command may wait for its device, in seconds
+    /// (default one day); past that it ends `expired`, unsent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
 }
 
 fn need<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, ApiError> {
@@ -140,7 +148,7 @@ impl CommandBody {
         Ok(DeviceCommand::Modbus(request))
     }
 
-    fn wait(&self) -> Result<Duration, ApiError> {
+    pub fn wait(&self) -> Result<Duration, ApiError> {
         match self.timeout_ms {
             None => Ok(DEFAULT_WAIT),
             Some(ms) if (1..=MAX_WAIT_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
@@ -149,44 +157,26 @@ impl CommandBody {
             ))),
         }
     }
-}
 
-/// The `result` object of a successful command.
-pub fn outcome_json(outcome: &CommandOutcome) -> Value {
-    match outcome {
-        CommandOutcome::Raw(adu) => json!({ "hex": modbus::to_hex(adu) }),
-        CommandOutcome::Modbus { response, values } => {
-            let mut result = match response {
-                Response::Registers(regs) => json!({ "registers": regs }),
-                Response::Bits(bits) => json!({ "bits": bits }),
-                Response::WriteSingleRegister { address, value } => {
-                    json!({ "address": address, "value": value })
-                }
-                Response::WriteSingleCoil { address, value } => {
-                    json!({ "address": address, "value": value })
-                }
-                Response::WriteMultiple { address, count } => {
-                    json!({ "address": address, "count": count })
-                }
-            };
-            if matches!(response, Response::Registers(_) | Response::Bits(_)) {
-                let decoded: Map<String, Value> = values
-                    .iter()
-                    .map(|d| {
-                        (
-                            d.name.clone(),
-                            json!({"value": d.value, "raw": d.raw, "unit": d.unit}),
-                        )
-                    })
-                    .collect();
-                if let Some(obj) = result.as_object_mut() {
-                    obj.insert("values".into(), Value::Object(decoded));
-                }
+    /// How long a command may wait in the offline queue: None unless `queue_if_offline`.
+    pub fn queue_ttl(&self) -> Result<Option<Duration>, ApiError> {
+        match (self.queue_if_offline, self.ttl_s) {
+            (Some(true), None) => Ok(Some(DEFAULT_QUEUE_TTL)),
+            (Some(true), Some(s)) if (1..=MAX_QUEUE_TTL_S).contains(&s) => {
+                Ok(Some(Duration::from_secs(s)))
             }
-            result
+            (Some(true), Some(s)) => Err(ApiError::bad_request(format!(
+                "ttl_s must be 1..={MAX_QUEUE_TTL_S} seconds, got {s}"
+            ))),
+            (_, None) => Ok(None),
+            (_, Some(_)) => Err(ApiError::bad_request(
+                "ttl_s applies only with \"queue_if_offline\": true",
+            )),
         }
     }
 }
+
+pub use crate::device::command::outcome_json;
 
 /// A new command id: random, so ids stay unique across restarts.
 fn new_command_id() -> String {
@@ -204,23 +194,26 @@ async fn send(
     caller.device(&id)?;
     let command = body.to_command()?;
     let wait = body.wait()?;
-    if body.queue_if_offline == Some(true) {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::NOT_IMPLEMENTED,
-            "queue_if_offline is not available yet: commands to offline devices are refused with 409",
-        ));
-    }
+    let queue_ttl = body.queue_ttl()?;
     let cid = new_command_id();
     let (reply, answer) = oneshot::channel();
-    state
+    let routed = state
         .supervisor
         .send(RouteCommand {
             id: id.clone(),
             command,
             reply,
+            token: Some(caller.token_id.clone()),
         })
         .await
-        .map_err(mailbox_error)??;
+        .map_err(mailbox_error)?;
+    match (routed, queue_ttl) {
+        (Ok(()), _) => {}
+        (Err(CommandError::Offline(_)), Some(ttl)) => {
+            return enqueue(&state, &caller, &id, cid, &body, ttl).await
+        }
+        (Err(e), _) => return Err(e.into()),
+    }
     let now = Utc::now();
     let mut record = CommandRow {
         id: cid.clone(),
@@ -239,38 +232,50 @@ async fn send(
         Ok(Err(_)) => Err(CommandError::Disconnected),
         Ok(Ok(result)) => result,
     };
-    record.updated_at = Utc::now();
-    match &result {
-        Ok(outcome) => {
-            record.status = "ok".into();
-            record.result = Some(outcome_json(outcome).to_string());
-        }
-        Err(e) => {
-            record.status = match e {
-                CommandError::Timeout(_) => "timeout",
-                _ => "failed",
-            }
-            .into();
-            record.error = Some(e.to_string());
-        }
-    }
-    state.events.do_send(Publish(Event::new(
-        EventKind::CommandCompleted,
-        &id,
-        json!({
-            "command_id": record.id,
-            "status": record.status,
-            "result": result.as_ref().ok().map(outcome_json),
-            "error": record.error,
-            "requested_by": record.requested_by,
-        }),
-    )));
+    complete(&mut record, &result, &state.events);
     state.storage.do_send(Store(Row::Command(record)));
     let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
     Ok(HttpResponse::Ok().json(json!({
         "id": cid,
         "status": "ok",
         "result": outcome_json(&outcome),
+    })))
+}
+
+/// Stores a command for an offline device in its queue (committed before answering 202) and
+/// tells the supervisor, in case the device registered meanwhile.
+async fn enqueue(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    cid: String,
+    body: &CommandBody,
+    ttl: Duration,
+) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let ttl =
+        chrono::Duration::from_std(ttl).map_err(|_| ApiError::bad_request("ttl_s out of range"))?;
+    let cmd = QueuedCommand {
+        id: cid.clone(),
+        device_id: id.to_string(),
+        request: serde_json::to_string(body).unwrap_or_default(),
+        requested_by: Some(caller.name.clone()),
+        token_id: Some(caller.token_id.clone()),
+        created_at: now,
+        expires_at: now + ttl,
+        seq: 0,
+    };
+    let expires_at = cmd.expires_at;
+    let seq = blocking(&state.db, move |db| db.enqueue_command(&cmd)).await?;
+    log::info!(
+        "device {id}: command {cid} queued (#{seq}) by {} until {expires_at}",
+        caller.name
+    );
+    state.supervisor.do_send(KickQueue { id: id.to_string() });
+    Ok(HttpResponse::Accepted().json(json!({
+        "id": cid,
+        "status": "queued",
+        "expires_at": expires_at,
     })))
 }
 
@@ -305,4 +310,58 @@ async fn get(
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(queue: Option<bool>, ttl: Option<u64>) -> CommandBody {
+        CommandBody {
+            kind: "write_register".into(),
+            function: None,
+            start: None,
+            count: None,
+            address: Some(1),
+            value: Some(json!(1)),
+            values: None,
+            name: None,
+            hex: None,
+            timeout_ms: None,
+            queue_if_offline: queue,
+            ttl_s: ttl,
+        }
+    }
+
+    #[test]
+    fn queue_ttl_defaults_bounds_and_needs_the_flag() {
+        let ttl = |q, t| body(q, t).queue_ttl().map_err(|e| e.status.as_u16());
+        assert_eq!(ttl(None, None), Ok(None));
+        assert_eq!(ttl(Some(false), None), Ok(None));
+        assert_eq!(ttl(Some(true), None), Ok(Some(DEFAULT_QUEUE_TTL)));
+        assert_eq!(ttl(Some(true), Some(5)), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(
+            ttl(Some(true), Some(MAX_QUEUE_TTL_S)),
+            Ok(Some(Duration::from_secs(MAX_QUEUE_TTL_S)))
+        );
+        assert_eq!(ttl(Some(true), Some(0)), Err(400));
+        assert_eq!(ttl(Some(true), Some(MAX_QUEUE_TTL_S + 1)), Err(400));
+        assert_eq!(ttl(None, Some(5)), Err(400));
+    }
+
+    #[test]
+    fn stored_requests_read_back_as_the_same_command() {
+        let stored = serde_json::to_string(&body(Some(true), Some(60))).expect("json");
+        let (command, wait) = crate::queue::parse_request(&stored).expect("parses");
+        assert_eq!(
+            command,
+            DeviceCommand::Modbus(Request::WriteSingleRegister {
+                address: 1,
+                value: 1
+            })
+        );
+        assert_eq!(wait, DEFAULT_WAIT);
+        assert!(crate::queue::parse_request("{\"type\":\"bogus\"}").is_err());
+        assert!(crate::queue::parse_request("not json").is_err());
+    }
 }

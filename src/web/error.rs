@@ -59,6 +59,11 @@ impl From<CommandError> for ApiError {
             CommandError::Offline(_) | CommandError::Precondition(_) => {
                 ApiError::new(StatusCode::CONFLICT, message)
             }
+            CommandError::Locked {
+                holder, expires_at, ..
+            } => ApiError::new(StatusCode::LOCKED, message)
+                .with("holder", json!(holder))
+                .with("expires_at", json!(expires_at)),
             CommandError::Invalid(_) => ApiError::bad_request(message),
             CommandError::Timeout(_) | CommandError::Disconnected => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, message)

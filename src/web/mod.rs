@@ -7,6 +7,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod history;
+pub mod lock;
 pub mod relay;
 pub mod tokens;
 
@@ -57,6 +58,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/health", web::get().to(health))
                     .configure(devices::routes)
                     .configure(commands::routes)
+                    .configure(lock::routes)
                     .configure(history::routes)
                     .configure(relay::routes)
                     .configure(tokens::routes)

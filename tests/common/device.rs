@@ -37,6 +37,9 @@ pub struct DeviceState {
     pub overlaps: AtomicUsize,
     /// Read requests answered (written to the socket), by start address.
     pub answered: Mutex<HashMap<u16, usize>>,
+    /// While set, requests are read but not answered until it is cleared (a slave that takes
+    /// as long as the test wants).
+    pub hold: AtomicBool,
 }
 
 pub struct FakeDevice {
@@ -131,6 +134,16 @@ impl FakeDevice {
             .unwrap_or(false)
     }
 
+    /// Holds answers back while `on` (see `DeviceState::hold`).
+    pub fn hold(&self, on: bool) {
+        self.state.hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Every request the device has received, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
     pub fn mute(&self, on: bool) {
         self.state.mute.store(on, Ordering::SeqCst);
     }
@@ -191,6 +204,9 @@ fn serve(mut stream: TcpStream, proto: Proto, state: Arc<DeviceState>) {
         while let Some((used, request)) = next_request(&buf, proto, &state) {
             buf.drain(..used);
             if let Some(adu) = request {
+                while state.hold.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let delay = state.delay_ms.load(Ordering::SeqCst);
                 if delay > 0 {
                     std::thread::sleep(Duration::from_millis(delay));

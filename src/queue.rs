@@ -1,0 +1,262 @@
+//! The offline command queue (`"queue_if_offline": true`).
+//!
+//! A command for an offline device is stored as a `commands` row with status `queued`, a
+//! per-device sequence number and an expiry, committed before the API answers 202. When the
+//! device registers, the supervisor starts [`deliver`] for it (one delivery per device at a
+//! time), which hands the queued commands to the device one by one, in sequence order:
+//!
+//! - each is *claimed* in the database first (`queued` → `sent`, a conditional UPDATE), and
+//!   only the claimer sends it, so a command goes out at most once however many connections
+//!   or deliveries race for it;
+//! - one whose device went away before it was written to the socket is put back (`sent` →
+//!   `queued`) and delivery stops: the rest stay queued, in order, for the next registration;
+//!   one that was written and then lost its connection ends `failed` (never sent twice);
+//! - one past its expiry is marked `expired` instead, at delivery time and by [`sweep`] every
+//!   [`SWEEP_EVERY`] even if its device never comes back.
+//!
+//! Every end is recorded and raises `command.completed` through the same function as commands
+//! sent at once ([`crate::device::command::complete`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use crate::device::command::{self, CommandError, CommandOutcome, DeviceCommand};
+use crate::events::EventBus;
+use crate::storage::db::{Db, QueuedCommand, StorageError};
+use crate::storage::rows::{CommandRow, Row};
+use crate::storage::{Storage, Store};
+use crate::supervisor::{KickQueue, RouteCommand, Supervisor};
+use crate::web::commands::CommandBody;
+
+/// How often queued commands past their expiry are marked `expired`.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Expired commands one sweep step handles.
+const SWEEP_BATCH: i64 = 500;
+
+/// What delivering the queue needs.
+pub struct QueueContext {
+    pub db: Db,
+    /// Where final command states go (batched, like those of commands sent at once).
+    pub storage: Addr<Storage>,
+    /// Where `command.completed` is raised.
+    pub events: Addr<EventBus>,
+}
+
+/// Runs a blocking database call off the async threads.
+async fn db_call<T: Send + 'static>(
+    db: &Db,
+    f: impl FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, String> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || f(&db)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("database task failed: {e}")),
+    }
+}
+
+/// The record of a queued command, for its final state.
+fn record_of(cmd: &QueuedCommand) -> CommandRow {
+    CommandRow {
+        id: cmd.id.clone(),
+        device_id: cmd.device_id.clone(),
+        request: cmd.request.clone(),
+        status: "sent".into(),
+        result: None,
+        error: None,
+        requested_by: cmd.requested_by.clone(),
+        created_at: cmd.created_at,
+        updated_at: Utc::now(),
+    }
+}
+
+/// The device command and answer wait of a stored request body.
+pub fn parse_request(request: &str) -> Result<(DeviceCommand, Duration), String> {
+    let body: CommandBody = serde_json::from_str(request).map_err(|e| e.to_string())?;
+    let command = body.to_command().map_err(|e| e.message)?;
+    let wait = body.wait().map_err(|e| e.message)?;
+    Ok((command, wait))
+}
+
+enum Step {
+    Next,
+    Stop,
+}
+
+/// Delivers the queued commands of `device` in order while it stays online; returns when none
+/// is left, the device is gone, or the database fails (the rest then wait for the next
+/// registration).
+pub async fn deliver(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>, device: String) {
+    let mut delivered = 0usize;
+    loop {
+        match deliver_next(&ctx, &supervisor, &device).await {
+            Ok(Step::Next) => delivered += 1,
+            Ok(Step::Stop) => break,
+            Err(e) => {
+                log::warn!("device {device}: offline queue: {e}; the rest stays queued");
+                break;
+            }
+        }
+    }
+    if delivered > 0 {
+        log::info!("device {device}: offline queue: {delivered} command(s) handled");
+    }
+}
+
+async fn deliver_next(
+    ctx: &QueueContext,
+    supervisor: &Addr<Supervisor>,
+    device: &str,
+) -> Result<Step, String> {
+    let key = device.to_string();
+    let Some(cmd) = db_call(&ctx.db, move |db| db.next_queued(&key)).await? else {
+        return Ok(Step::Stop);
+    };
+    let now = Utc::now();
+    if cmd.expires_at <= now {
+        expire(ctx, &cmd, now).await?;
+        return Ok(Step::Next);
+    }
+    let cid = cmd.id.clone();
+    if !db_call(&ctx.db, move |db| db.claim_command(&cid, now)).await? {
+        // It expired or someone else claimed it meanwhile: look at the queue again.
+        return Ok(Step::Next);
+    }
+    let (command, wait) = match parse_request(&cmd.request) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            log::warn!(
+                "device {device}: queued command {} cannot be read back: {e}",
+                cmd.id
+            );
+            finish(ctx, &cmd, Err(CommandError::Invalid(e)));
+            return Ok(Step::Next);
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let routed = supervisor
+        .send(RouteCommand {
+            id: device.to_string(),
+            command,
+            reply,
+            token: cmd.token_id.clone(),
+        })
+        .await;
+    let result = match routed {
+        Err(_) => return unclaim(ctx, &cmd, "the server is stopping").await,
+        Ok(Err(CommandError::Offline(_))) => {
+            return unclaim(ctx, &cmd, "the device went offline").await
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => match tokio::time::timeout(wait, answer).await {
+            Err(_) => Err(CommandError::Timeout(wait.as_millis() as u64)),
+            Ok(Err(_)) => Err(CommandError::Disconnected),
+            // Still waiting behind polls when the connection ended: never written.
+            Ok(Ok(Err(CommandError::Offline(_)))) => {
+                return unclaim(ctx, &cmd, "the device went offline").await
+            }
+            Ok(Ok(result)) => result,
+        },
+    };
+    finish(ctx, &cmd, result);
+    Ok(Step::Next)
+}
+
+/// Records the end of a delivered command and raises `command.completed`.
+fn finish(ctx: &QueueContext, cmd: &QueuedCommand, result: Result<CommandOutcome, CommandError>) {
+    let mut record = record_of(cmd);
+    command::complete(&mut record, &result, &ctx.events);
+    log::info!(
+        "device {}: queued command {} (#{}, by {}) {}",
+        cmd.device_id,
+        cmd.id,
+        cmd.seq,
+        cmd.requested_by.as_deref().unwrap_or("-"),
+        match &record.error {
+            Some(e) => format!("{}: {e}", record.status),
+            None => record.status.clone(),
+        }
+    );
+    ctx.storage.do_send(Store(Row::Command(record)));
+}
+
+/// Gives a claimed command back to the queue: it was not written to the device.
+async fn unclaim(ctx: &QueueContext, cmd: &QueuedCommand, why: &str) -> Result<Step, String> {
+    let cid = cmd.id.clone();
+    db_call(&ctx.db, move |db| db.unclaim_command(&cid)).await?;
+    log::info!(
+        "device {}: queued command {} stays queued: {why}",
+        cmd.device_id,
+        cmd.id
+    );
+    Ok(Step::Stop)
+}
+
+/// Marks a queued command expired (if nobody else did) and raises `command.completed`.
+async fn expire(ctx: &QueueContext, cmd: &QueuedCommand, now: DateTime<Utc>) -> Result<(), String> {
+    let cid = cmd.id.clone();
+    if db_call(&ctx.db, move |db| db.expire_command(&cid, now)).await? {
+        let mut record = record_of(cmd);
+        record.status = "expired".into();
+        record.error = Some("expired before the device came online".into());
+        record.updated_at = now;
+        command::publish_completed(&ctx.events, &record, None);
+        log::info!(
+            "device {}: queued command {} (by {}) expired at {}",
+            cmd.device_id,
+            cmd.id,
+            cmd.requested_by.as_deref().unwrap_or("-"),
+            cmd.expires_at
+        );
+    }
+    Ok(())
+}
+
+/// Devices with queued commands the sweep reminds the supervisor of, at most.
+const KICK_BATCH: i64 = 10_000;
+
+/// Every [`SWEEP_EVERY`]: marks queued commands past their expiry `expired`, whether or not
+/// their devices come back, then reminds the supervisor of every device with commands still
+/// queued, so that a delivery stopped by a database error resumes while the device stays
+/// online (the supervisor ignores offline devices and ones being delivered). Runs for the
+/// life of the server.
+pub async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep_once(&ctx).await {
+            log::warn!("offline queue: expiry sweep failed: {e}");
+            continue;
+        }
+        match db_call(&ctx.db, |db| db.queued_devices(KICK_BATCH)).await {
+            Ok(devices) => {
+                for id in devices {
+                    supervisor.do_send(KickQueue { id });
+                }
+            }
+            Err(e) => log::warn!("offline queue: cannot list waiting devices: {e}"),
+        }
+    }
+}
+
+/// One sweep: returns how many commands it expired.
+pub async fn sweep_once(ctx: &QueueContext) -> Result<usize, String> {
+    let mut total = 0;
+    loop {
+        let now = Utc::now();
+        let due = db_call(&ctx.db, move |db| db.expired_queued(now, SWEEP_BATCH)).await?;
+        let full = due.len() as i64 >= SWEEP_BATCH;
+        for cmd in &due {
+            expire(ctx, cmd, now).await?;
+            total += 1;
+        }
+        if !full {
+            return Ok(total);
+        }
+    }
+}
