@@ -453,3 +453,25 @@ impl Handler<OnlineCount> for Supervisor {
         self.devices.values().filter(|e| e.conn.is_some()).count()
     }
 }
+
+/// How many devices are registered (online) now and how many the server knows, for `/metrics`.
+#[derive(Message)]
+#[rtype(result = "DeviceCounts")]
+pub struct CountDevices;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    pub registered: usize,
+    pub known: usize,
+}
+
+impl Handler<CountDevices> for Supervisor {
+    type Result = MessageResult<CountDevices>;
+
+    fn handle(&mut self, _: CountDevices, _: &mut Self::Context) -> Self::Result {
+        MessageResult(DeviceCounts {
+            registered: self.devices.values().filter(|e| e.conn.is_some()).count(),
+            known: self.devices.len(),
+        })
+    }
+}

@@ -84,6 +84,12 @@ pub struct RelaySettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSettings {
     pub bind: SocketAddr,
+    /// Whether `GET /metrics` needs a token (any role) like the API. Off by default:
+    /// Prometheus scrapers usually send none, and the numbers name no device.
+    pub metrics_token: bool,
+    /// Events held for one `/api/stream` client that reads too slowly; when its queue
+    /// overflows the client is disconnected. At least 1.
+    pub stream_queue: usize,
 }
 
 /// One TCP port for one device protocol.
@@ -209,6 +215,8 @@ impl Default for ServerSettings {
         ServerSettings {
             web: WebSettings {
                 bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+                metrics_token: false,
+                stream_queue: 256,
             },
             listeners: vec![ListenerSettings {
                 name: "framed".into(),
@@ -250,6 +258,8 @@ webhooks = []
 
 [web]
 bind = "127.0.0.1:8080"
+metrics_token = false
+stream_queue = 256
 
 [[listeners]]
 name = "framed"

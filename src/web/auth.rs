@@ -143,7 +143,7 @@ impl FromRequest for Caller {
     }
 }
 
-fn unauthorized() -> ApiError {
+pub fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing or invalid token: send Authorization: Bearer <token>",
@@ -289,18 +289,27 @@ impl Tokens {
     }
 }
 
-/// The token of a request: `Authorization: Bearer <token>`, or for `GET /api/export` only
-/// (download links cannot set headers) a `token` query parameter.
+/// The bearer token of an `Authorization` header; None when there is none or it is not a
+/// usable bearer token.
+pub fn bearer(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+/// Routes that also take the token as a `token` query parameter, because what calls them
+/// cannot set headers: download links (`GET /api/export`) and browser WebSockets
+/// (`GET /api/stream`).
+const QUERY_TOKEN_PATHS: [&str; 2] = ["/api/export", "/api/stream"];
+
+/// The token of a request: `Authorization: Bearer <token>`, or for the GET routes of
+/// [`QUERY_TOKEN_PATHS`] only a `token` query parameter.
 fn presented_token(req: &ServiceRequest) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string())
-            .filter(|t| !t.is_empty());
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return bearer(req.headers());
     }
-    if req.method() == Method::GET && req.path() == "/api/export" {
+    if req.method() == Method::GET && QUERY_TOKEN_PATHS.contains(&req.path()) {
         let query =
             web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
                 .ok()?;

@@ -7,7 +7,10 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod history;
+pub mod metrics;
+pub mod openapi;
 pub mod relay;
+pub mod stream;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -51,6 +54,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
             .configure(console::routes)
+            .configure(metrics::routes)
             .service(
                 web::scope("/api")
                     .wrap(actix_web::middleware::from_fn(auth::authenticate))
@@ -60,6 +64,8 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(history::routes)
                     .configure(relay::routes)
                     .configure(tokens::routes)
+                    .configure(stream::routes)
+                    .configure(openapi::routes)
                     .default_service(web::to(|| async {
                         Err::<HttpResponse, _>(ApiError::not_found("no such route"))
                     })),
