@@ -475,3 +475,16 @@ impl Handler<CountDevices> for Supervisor {
         })
     }
 }
+
+/// Whether the server knows a device id (online now, seen earlier, or stored).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsKnown(pub String);
+
+impl Handler<IsKnown> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: IsKnown, _: &mut Self::Context) -> bool {
+        self.devices.contains_key(&msg.0)
+    }
+}

@@ -116,10 +116,23 @@ impl Caller {
     }
 }
 
-/// 400 for an empty device id or one longer than the database stores.
+/// 400 for an empty device id, one longer than the database stores, or one no device can
+/// register with: control characters, invisible formatting characters (bidi overrides,
+/// zero-width ones) or U+FFFD, which is what a percent escape of invalid UTF-8 decodes to.
 pub fn check_device_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() {
+    if id.trim().is_empty() {
         return Err(ApiError::bad_request("empty device id"));
+    }
+    if id.trim_matches('.').is_empty() || id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "{id:?} cannot be a device id (no '/', not only dots)"
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| unprintable(*c)) {
+        return Err(ApiError::bad_request(format!(
+            "a device id cannot contain {:?} (U+{:04X})",
+            c, c as u32
+        )));
     }
     if id.chars().count() > DEVICE_ID_MAX {
         return Err(ApiError::bad_request(format!(
@@ -127,6 +140,18 @@ pub fn check_device_id(id: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{FFFD}'
+                | '\u{FEFF}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+        )
 }
 
 impl FromRequest for Caller {
@@ -381,6 +406,24 @@ mod tests {
             c.device("9").map_err(|e| e.status),
             Err(StatusCode::FORBIDDEN)
         );
+        for bad in [
+            "",
+            " ",
+            "..",
+            ".",
+            "a/b",
+            "a\0b",
+            "\u{FFFD}",
+            "\u{202E}1001",
+            "10\u{200B}01",
+        ] {
+            assert_eq!(
+                check_device_id(bad).map_err(|e| e.status),
+                Err(StatusCode::BAD_REQUEST),
+                "{bad:?}"
+            );
+        }
+        assert!(check_device_id("860123456789012").is_ok());
     }
 
     #[test]
