@@ -292,6 +292,10 @@ fn malformed_paths_get_json_4xx() {
         let a = raw(&server, "GET", query, None, b"");
         assert_json_4xx(&format!("GET {query}"), &a);
     }
+    for path in ["/nope", "/static/../../etc/passwd", "/%FF", "/api", "/api/"] {
+        let a = raw(&server, "GET", path, None, b"");
+        assert_json_4xx(&format!("GET {path}"), &a);
+    }
     let a = raw(&server, "GET", "/api/events?limit=1000000000", None, b"");
     assert_eq!(a.status, 200, "a big limit is capped: {}", a.body);
     health_ok(&server);

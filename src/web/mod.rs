@@ -51,6 +51,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .limit(MAX_BODY)
                     .error_handler(|e, _| json_payload_rejection(e)),
             )
+            .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
             .configure(console::routes)
@@ -66,11 +67,15 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(tokens::routes)
                     .configure(stream::routes)
                     .configure(openapi::routes)
-                    .default_service(web::to(|| async {
-                        Err::<HttpResponse, _>(ApiError::not_found("no such route"))
-                    })),
-            );
+                    .default_service(web::to(no_such_route)),
+            )
+            // Outside /api too: a JSON 404 rather than an empty body.
+            .default_service(web::to(no_such_route));
     }
+}
+
+async fn no_such_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no such route"))
 }
 
 async fn health() -> HttpResponse {
