@@ -177,6 +177,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = t.await;
     }
     close_devices(&supervisor).await;
+    web::stream::stop_all();
     http_handle.stop(true).await;
     let _ = http_task.await;
     match storage.send(FlushAll::default()).await {

@@ -319,3 +319,31 @@ fn a_client_that_never_reads_is_dropped_while_devices_keep_being_polled() {
         e["event"] == "telemetry"
     });
 }
+
+#[test]
+fn open_streams_are_closed_when_the_server_stops() {
+    let mut server = TestServer::start();
+    let mut ws = open(&server, "", Some(ADMIN_TOKEN)).expect("stream");
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    let start = Instant::now();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, CloseCode::Away);
+                assert_eq!(frame.reason.as_str(), "server stopping");
+                break;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+        assert!(start.elapsed() < DEADLINE, "no close frame");
+    }
+    eprintln!("stopped in {:?}", started.elapsed());
+}

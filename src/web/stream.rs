@@ -10,6 +10,7 @@
 //! token's reach; `events=` (names, comma-separated) narrows by kind.
 
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -31,6 +32,18 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Largest message a client may send (it has nothing to say but pings and close).
 const MAX_FRAME: usize = 4 * 1024;
+
+/// Set once when the server stops, so that every stream closes with 1001 at once instead of
+/// holding the HTTP server's graceful shutdown until its timeout.
+fn stopping() -> &'static tokio::sync::watch::Sender<bool> {
+    static STOPPING: OnceLock<tokio::sync::watch::Sender<bool>> = OnceLock::new();
+    STOPPING.get_or_init(|| tokio::sync::watch::channel(false).0)
+}
+
+/// Closes every open stream (`1001 server stopping`); called when the server stops.
+pub fn stop_all() {
+    stopping().send_replace(true);
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/stream", web::get().to(stream));
@@ -162,7 +175,7 @@ enum End {
     Client,
     /// The client did not keep up; `n` events were dropped.
     TooSlow(u64),
-    /// The bus is gone: the server is stopping.
+    /// The server is stopping.
     ServerStopping,
 }
 
@@ -174,6 +187,7 @@ async fn run(
     bus: actix::Addr<EventBus>,
     peer: String,
 ) {
+    let mut stop = stopping().subscribe();
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
@@ -181,7 +195,11 @@ async fn run(
         if dropped > 0 {
             break End::TooSlow(dropped);
         }
+        if *stop.borrow_and_update() {
+            break End::ServerStopping;
+        }
         tokio::select! {
+            _ = stop.changed() => {}
             event = sub.events.recv() => {
                 let Some(event) = event else { break End::ServerStopping };
                 // The filter already holds the token's reach; this guards it twice.
