@@ -1155,6 +1155,33 @@ require = { point = "door", equals = 0 }
     }
 
     #[test]
+    fn web_stream_queue_and_metrics_token() {
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", "")]);
+        let web = load_ok(dir.path(), no_env()).server.web;
+        assert_eq!((web.stream_queue, web.metrics_token), (256, false));
+        let dir = dir_with(&[
+            ("data.toml", DATA_TOML),
+            (
+                "server.toml",
+                "[web]\nbind = \"127.0.0.1:0\"\nstream_queue = 8\nmetrics_token = true\n",
+            ),
+        ]);
+        let web = load_ok(dir.path(), no_env()).server.web;
+        assert_eq!((web.stream_queue, web.metrics_token), (8, true));
+        for (bad, key) in [
+            ("[web]\nstream_queue = 0\n", "web.stream_queue"),
+            (
+                "[web]\nmetrics_token = \"yes please\"\n",
+                "web.metrics_token",
+            ),
+        ] {
+            let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);
+            let errors = load_err(dir.path(), no_env());
+            assert!(errors.iter().any(|e| e.key == key), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn retention_and_spool_settings() {
         let server = "[storage]\nretention_telemetry = \"7d\"\nretention_packets = \"forever\"\nspool_path = \"/var/spool/dtu.jsonl\"\n";
         let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", server)]);
