@@ -206,15 +206,15 @@ async fn run(
                 if !caller.can_see(&event.device_id) {
                     continue;
                 }
-                match send(&mut session, &event.body, &sub, &mut check).await {
-                    Ok(()) => {}
-                    Err(end) => break end,
+                let sending = session.text(event.body.to_string());
+                if let Err(end) = watched(sending, &sub, &mut check).await {
+                    break end;
                 }
             }
             message = messages.recv() => match message {
                 Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        break End::Client;
+                    if let Err(end) = watched(session.pong(&bytes), &sub, &mut check).await {
+                        break end;
                     }
                 }
                 Some(Ok(Message::Close(reason))) => {
@@ -263,15 +263,13 @@ async fn run(
     drop(messages);
 }
 
-/// Sends one event; while the client does not take it, watches the subscription's drop count
-/// so that a stuck client is noticed even though no further send completes.
-async fn send(
-    session: &mut Session,
-    body: &str,
+/// Runs one send to the client; while the client does not take it, watches the
+/// subscription's drop count, so that a stuck client is noticed even though no send completes.
+async fn watched(
+    sending: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
     sub: &Subscription,
     check: &mut tokio::time::Interval,
 ) -> Result<(), End> {
-    let sending = session.text(body.to_string());
     tokio::pin!(sending);
     loop {
         tokio::select! {
