@@ -144,6 +144,8 @@ pub struct Metrics {
     /// From a poll's first transmission to its decoded answer.
     pub poll_latency: Histogram,
     pub events_published: Counter,
+    /// `/api/stream` clients disconnected because they read too slowly.
+    pub streams_dropped: Counter,
     /// Webhook delivery attempts by `outcome` (`ok`, `http_error`, `connect_error`,
     /// `timeout`, `overflow`).
     pub webhook_deliveries: Labelled,
@@ -245,6 +247,12 @@ impl Metrics {
             "counter",
             "Events raised (online, offline, telemetry, rules, commands, poll failures).",
             self.events_published.get(),
+        );
+        one(
+            "dtu_stream_clients_dropped_total",
+            "counter",
+            "WebSocket stream clients disconnected for reading too slowly.",
+            self.streams_dropped.get(),
         );
         one(
             "dtu_event_subscribers",

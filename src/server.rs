@@ -177,12 +177,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokens,
         events: events.clone(),
     };
-    let http = HttpServer::new(move || App::new().configure(web::configure(state.clone())))
-        .workers(threads)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind(settings.server.web.bind)
-        .with_context(|| format!("web: cannot listen on {}", settings.server.web.bind))?;
+    let http = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(web::metrics::count_requests))
+            .configure(web::configure(state.clone()))
+    })
+    .workers(threads)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(settings.server.web.bind)
+    .with_context(|| format!("web: cannot listen on {}", settings.server.web.bind))?;
     for addr in http.addrs() {
         log::info!("web: API and console on http://{addr}");
     }
@@ -198,6 +202,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     close_devices(&supervisor).await;
     relay_drained(&relay_in_flight).await;
+    web::stream::stop_all();
     http_handle.stop(true).await;
     let _ = http_task.await;
     match storage.send(FlushAll::default()).await {
@@ -340,6 +345,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        crate::metrics::METRICS.connections_total.inc();
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("listener {}: {peer}: set_nodelay: {e}", ctx.name());
         }

@@ -619,6 +619,41 @@ impl Handler<OnlineCount> for Supervisor {
     }
 }
 
+/// How many devices are registered (online) now and how many the server knows, for `/metrics`.
+#[derive(Message)]
+#[rtype(result = "DeviceCounts")]
+pub struct CountDevices;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    pub registered: usize,
+    pub known: usize,
+}
+
+impl Handler<CountDevices> for Supervisor {
+    type Result = MessageResult<CountDevices>;
+
+    fn handle(&mut self, _: CountDevices, _: &mut Self::Context) -> Self::Result {
+        MessageResult(DeviceCounts {
+            registered: self.devices.values().filter(|e| e.conn.is_some()).count(),
+            known: self.devices.len(),
+        })
+    }
+}
+
+/// Whether the server knows a device id (online now, seen earlier, or stored).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsKnown(pub String);
+
+impl Handler<IsKnown> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: IsKnown, _: &mut Self::Context) -> bool {
+        self.devices.contains_key(&msg.0)
+    }
+}
+
 /// Takes or extends the control lock of a known device for `ttl`: refused (`Locked`) while
 /// another token holds it; the holder taking it again moves its expiry to now + `ttl`.
 #[derive(Message)]

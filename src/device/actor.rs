@@ -30,6 +30,7 @@ use crate::device::link::Link;
 use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::{decode_block, decode_registers, BlockData, Decoded, Point};
 use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::metrics::METRICS;
 use crate::settings::IdFormat;
 use crate::settings::{
     LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,
@@ -178,6 +179,9 @@ pub struct DeviceActor {
     poll_pending: Vec<bool>,
     register_timer: Option<SpawnHandle>,
     connected_at: DateTime<Utc>,
+    /// When the poll in flight was first transmitted (its retries keep it), for the poll
+    /// latency metric.
+    poll_sent_at: Option<Instant>,
 }
 
 impl DeviceActor {
@@ -212,6 +216,7 @@ impl DeviceActor {
                 poll_pending: vec![false; polls],
                 register_timer: None,
                 connected_at: Utc::now(),
+                poll_sent_at: None,
             }
         });
     }
@@ -504,6 +509,10 @@ impl DeviceActor {
             attempt + 1,
             modbus::to_hex(&adu)
         );
+        if matches!(job, Job::Poll(_)) && attempt == 0 {
+            METRICS.polls_sent.inc();
+            self.poll_sent_at = Some(Instant::now());
+        }
         self.codec.set_expect(Some(wire.expect()));
         self.link()
             .store_packet(Direction::Out, PacketKind::Modbus, &adu);
@@ -681,6 +690,17 @@ impl DeviceActor {
                 if let Some(p) = self.poll_pending.get_mut(index) {
                     *p = false;
                 }
+                match &result {
+                    Ok(_) => {
+                        METRICS.polls_answered.inc();
+                        if let Some(sent) = self.poll_sent_at.take() {
+                            METRICS.poll_latency.observe(sent.elapsed());
+                        }
+                    }
+                    Err(CommandError::Timeout(_)) => METRICS.polls_timeout.inc(),
+                    Err(_) => METRICS.polls_failed.inc(),
+                }
+                self.poll_sent_at = None;
                 let name = self
                     .ctx
                     .profile
@@ -872,6 +892,7 @@ impl Actor for DeviceActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAX_QUEUED_COMMANDS * 2);
+        METRICS.connections.inc();
         log::debug!(
             "connection from {} on listener {}",
             self.peer,
@@ -895,6 +916,7 @@ impl Actor for DeviceActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        METRICS.connections.dec();
         self.link().went_offline(self.close_reason);
         // Commands still waiting were never written to the device: they end as `Offline` (the
         // offline queue puts such a command back). The one in flight, if any, may have reached

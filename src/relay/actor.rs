@@ -648,6 +648,7 @@ impl Actor for RelayActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAX_HELD * 4);
+        crate::metrics::METRICS.connections.inc();
         log::debug!(
             "ttms connection from {} on listener {}",
             self.peer,
@@ -671,6 +672,7 @@ impl Actor for RelayActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        crate::metrics::METRICS.connections.dec();
         // Live frames held behind a delivery go back to the queue.
         let ctx = self.ctx.clone();
         for msg in self.held.drain(..) {

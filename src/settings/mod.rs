@@ -84,6 +84,12 @@ pub struct RelaySettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSettings {
     pub bind: SocketAddr,
+    /// Whether `GET /metrics` needs a token (any role) like the API. Off by default:
+    /// Prometheus scrapers usually send none, and the numbers name no device.
+    pub metrics_token: bool,
+    /// Events held for one `/api/stream` client that reads too slowly; when its queue
+    /// overflows the client is disconnected. At least 1.
+    pub stream_queue: usize,
 }
 
 /// One TCP port for one device protocol.
@@ -209,6 +215,8 @@ impl Default for ServerSettings {
         ServerSettings {
             web: WebSettings {
                 bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+                metrics_token: false,
+                stream_queue: 256,
             },
             listeners: vec![ListenerSettings {
                 name: "framed".into(),
@@ -250,6 +258,8 @@ webhooks = []
 
 [web]
 bind = "127.0.0.1:8080"
+metrics_token = false
+stream_queue = 256
 
 [[listeners]]
 name = "framed"
@@ -1141,6 +1151,33 @@ require = { point = "door", equals = 0 }
                 errors.iter().any(|e| e.key.starts_with("relay.")),
                 "{bad}: {errors:?}"
             );
+        }
+    }
+
+    #[test]
+    fn web_stream_queue_and_metrics_token() {
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", "")]);
+        let web = load_ok(dir.path(), no_env()).server.web;
+        assert_eq!((web.stream_queue, web.metrics_token), (256, false));
+        let dir = dir_with(&[
+            ("data.toml", DATA_TOML),
+            (
+                "server.toml",
+                "[web]\nbind = \"127.0.0.1:0\"\nstream_queue = 8\nmetrics_token = true\n",
+            ),
+        ]);
+        let web = load_ok(dir.path(), no_env()).server.web;
+        assert_eq!((web.stream_queue, web.metrics_token), (8, true));
+        for (bad, key) in [
+            ("[web]\nstream_queue = 0\n", "web.stream_queue"),
+            (
+                "[web]\nmetrics_token = \"yes please\"\n",
+                "web.metrics_token",
+            ),
+        ] {
+            let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);
+            let errors = load_err(dir.path(), no_env());
+            assert!(errors.iter().any(|e| e.key == key), "{bad}: {errors:?}");
         }
     }
 

@@ -54,7 +54,7 @@ pub(super) fn validate(
 
     let web = top
         .get("web")
-        .and_then(|v| Section::new(ctx, "web", v, &["bind"]));
+        .and_then(|v| Section::new(ctx, "web", v, &["bind", "metrics_token", "stream_queue"]));
     let web_bind = match &web {
         Some(s) => s.field(ctx, "bind", socket_addr).or(d.web.bind),
         None => None,
@@ -201,6 +201,20 @@ pub(super) fn validate(
     ServerSettings {
         web: WebSettings {
             bind: web_bind.unwrap_or(d.web.bind),
+            metrics_token: web
+                .as_ref()
+                .and_then(|s| {
+                    s.field(ctx, "metrics_token", boolean)
+                        .or(d.web.metrics_token)
+                })
+                .unwrap_or(d.web.metrics_token),
+            stream_queue: web
+                .as_ref()
+                .and_then(|s| {
+                    s.field(ctx, "stream_queue", uint(1, 1_000_000))
+                        .or(d.web.stream_queue)
+                })
+                .unwrap_or(d.web.stream_queue),
         },
         listeners: listeners.into_iter().filter_map(|(l, _, _, _)| l).collect(),
         liveness: liveness.unwrap_or(d.liveness),

@@ -116,10 +116,23 @@ impl Caller {
     }
 }
 
-/// 400 for an empty device id or one longer than the database stores.
+/// 400 for an empty device id, one longer than the database stores, or one no device can
+/// register with: control characters, invisible formatting characters (bidi overrides,
+/// zero-width ones) or U+FFFD, which is what a percent escape of invalid UTF-8 decodes to.
 pub fn check_device_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() {
+    if id.trim().is_empty() {
         return Err(ApiError::bad_request("empty device id"));
+    }
+    if id.trim_matches('.').is_empty() || id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "{id:?} cannot be a device id (no '/', not only dots)"
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| unprintable(*c)) {
+        return Err(ApiError::bad_request(format!(
+            "a device id cannot contain {:?} (U+{:04X})",
+            c, c as u32
+        )));
     }
     if id.chars().count() > DEVICE_ID_MAX {
         return Err(ApiError::bad_request(format!(
@@ -127,6 +140,18 @@ pub fn check_device_id(id: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{FFFD}'
+                | '\u{FEFF}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+        )
 }
 
 impl FromRequest for Caller {
@@ -143,7 +168,7 @@ impl FromRequest for Caller {
     }
 }
 
-fn unauthorized() -> ApiError {
+pub fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "missing or invalid token: send Authorization: Bearer <token>",
@@ -289,18 +314,27 @@ impl Tokens {
     }
 }
 
-/// The token of a request: `Authorization: Bearer <token>`, or for `GET /api/export` only
-/// (download links cannot set headers) a `token` query parameter.
+/// The bearer token of an `Authorization` header; None when there is none or it is not a
+/// usable bearer token.
+pub fn bearer(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+/// Routes that also take the token as a `token` query parameter, because what calls them
+/// cannot set headers: download links (`GET /api/export`) and browser WebSockets
+/// (`GET /api/stream`).
+const QUERY_TOKEN_PATHS: [&str; 2] = ["/api/export", "/api/stream"];
+
+/// The token of a request: `Authorization: Bearer <token>`, or for the GET routes of
+/// [`QUERY_TOKEN_PATHS`] only a `token` query parameter.
 fn presented_token(req: &ServiceRequest) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string())
-            .filter(|t| !t.is_empty());
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return bearer(req.headers());
     }
-    if req.method() == Method::GET && req.path() == "/api/export" {
+    if req.method() == Method::GET && QUERY_TOKEN_PATHS.contains(&req.path()) {
         let query =
             web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
                 .ok()?;
@@ -372,6 +406,24 @@ mod tests {
             c.device("9").map_err(|e| e.status),
             Err(StatusCode::FORBIDDEN)
         );
+        for bad in [
+            "",
+            " ",
+            "..",
+            ".",
+            "a/b",
+            "a\0b",
+            "\u{FFFD}",
+            "\u{202E}1001",
+            "10\u{200B}01",
+        ] {
+            assert_eq!(
+                check_device_id(bad).map_err(|e| e.status),
+                Err(StatusCode::BAD_REQUEST),
+                "{bad:?}"
+            );
+        }
+        assert!(check_device_id("860123456789012").is_ok());
     }
 
     #[test]

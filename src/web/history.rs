@@ -96,6 +96,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// 404 for a device the server has never seen (every device with stored history is known:
+/// the supervisor starts with the stored device list).
+async fn known_device(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state
+        .supervisor
+        .send(crate::supervisor::IsKnown(id.to_string()))
+        .await
+        .map_err(super::mailbox_error)?
+        .then_some(())
+        .ok_or_else(|| ApiError::not_found(format!("unknown device {id}")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TelemetryParams {
@@ -112,6 +124,7 @@ async fn telemetry(
     q: web::Query<TelemetryParams>,
 ) -> Result<HttpResponse, ApiError> {
     caller.device(&id)?;
+    known_device(&state, &id).await?;
     let (from, to) = (opt_time("from", &q.from)?, opt_time("to", &q.to)?);
     check_range(from, to)?;
     let query = TelemetryQuery {
@@ -143,6 +156,7 @@ async fn packets(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     caller.device(&id)?;
+    known_device(&state, &id).await?;
     let limit = limit(q.limit)?;
     let rows = blocking(&state.db, move |db| db.packets(&id, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))

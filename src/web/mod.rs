@@ -8,7 +8,10 @@ pub mod devices;
 pub mod error;
 pub mod history;
 pub mod lock;
+pub mod metrics;
+pub mod openapi;
 pub mod relay;
+pub mod stream;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -49,9 +52,11 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .limit(MAX_BODY)
                     .error_handler(|e, _| json_payload_rejection(e)),
             )
+            .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(web::PathConfig::default().error_handler(|e, _| json_rejection(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_rejection(e)))
             .configure(console::routes)
+            .configure(metrics::routes)
             .service(
                 web::scope("/api")
                     .wrap(actix_web::middleware::from_fn(auth::authenticate))
@@ -62,11 +67,17 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(history::routes)
                     .configure(relay::routes)
                     .configure(tokens::routes)
-                    .default_service(web::to(|| async {
-                        Err::<HttpResponse, _>(ApiError::not_found("no such route"))
-                    })),
-            );
+                    .configure(stream::routes)
+                    .configure(openapi::routes)
+                    .default_service(web::to(no_such_route)),
+            )
+            // Outside /api too: a JSON 404 rather than an empty body.
+            .default_service(web::to(no_such_route));
     }
+}
+
+async fn no_such_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no such route"))
 }
 
 async fn health() -> HttpResponse {

@@ -142,6 +142,8 @@ pub struct TestServer {
     pub log: PathBuf,
     /// What `get`/`post` send as `Authorization: Bearer`; None sends nothing.
     pub token: Option<String>,
+    /// Extra environment of the server process (kept for restarts).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Options {
@@ -156,6 +158,9 @@ pub struct Options {
     pub database_url: Option<String>,
     /// `[auth] admin_token`; None leaves it empty, so the server generates one.
     pub admin_token: Option<String>,
+    /// Environment variables for the server process, e.g. `DTU__WEB__STREAM_QUEUE` to set a
+    /// key of a section the harness writes itself.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -168,6 +173,7 @@ impl Default for Options {
             extra_server_toml: String::new(),
             database_url: None,
             admin_token: Some(ADMIN_TOKEN.to_string()),
+            env: Vec::new(),
         }
     }
 }
@@ -233,7 +239,7 @@ flush_interval = "200ms"
         std::fs::write(dir.path().join("server.toml"), server_toml).expect("write server.toml");
         std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
         let log = dir.path().join("server.log");
-        let child = spawn_server(dir.path(), &log);
+        let child = spawn_server(dir.path(), &log, &opts.env);
         let mut server = TestServer {
             child,
             dir,
@@ -243,6 +249,7 @@ flush_interval = "200ms"
             ttms: 0,
             log,
             token: opts.admin_token.clone(),
+            env: opts.env.clone(),
         };
         server.read_ports();
         server.wait_healthy();
@@ -295,7 +302,7 @@ flush_interval = "200ms"
     /// gets new ports.
     pub fn restart(&mut self) {
         let log = self.dir.path().join("server-restarted.log");
-        self.child = spawn_server(self.dir.path(), &log);
+        self.child = spawn_server(self.dir.path(), &log, &self.env);
         self.log = log;
         self.read_ports();
         self.wait_healthy();
@@ -403,7 +410,7 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_dtu-supervisor")
 }
 
-fn spawn_server(settings: &Path, log: &Path) -> Child {
+fn spawn_server(settings: &Path, log: &Path, env: &[(String, String)]) -> Child {
     let out = std::fs::File::create(log).expect("create log");
     let err = out.try_clone().expect("clone log");
     Command::new(binary())
@@ -414,6 +421,7 @@ fn spawn_server(settings: &Path, log: &Path) -> Child {
             "debug,actix_server=info,actix_web=info,mio=info",
         )
         .env_remove("DTU_SETTINGS")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
