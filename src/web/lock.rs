@@ -33,15 +33,6 @@ pub struct LockBody {
 }
 
 impl LockBody {
-    /// The body: empty (every default) or a JSON object.
-    pub fn parse(body: &[u8]) -> Result<LockBody, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(LockBody::default());
-        }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("bad lock body: {e}")))
-    }
-
     pub fn ttl(&self) -> Result<chrono::Duration, ApiError> {
         let s = self.ttl_s.unwrap_or(DEFAULT_LOCK_TTL_S);
         if !(1..=MAX_LOCK_TTL_S).contains(&s) {
@@ -59,12 +50,14 @@ async fn acquire(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
-    body: web::Bytes,
+    // A JSON object like every other body (`{}` takes the default ttl): an empty or non-JSON
+    // body is a client error, not a request for defaults.
+    body: web::Json<LockBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     caller.require(Role::Operator)?;
     caller.device(&id)?;
-    let ttl = LockBody::parse(&body)?.ttl()?;
+    let ttl = body.ttl()?;
     let lock = state
         .supervisor
         .send(AcquireLock {
@@ -139,15 +132,12 @@ mod tests {
     fn lock_ttl_bounds() {
         let ttl = |s| LockBody { ttl_s: s }.ttl().map(|d| d.num_seconds());
         assert_eq!(ttl(None).ok(), Some(300));
-        assert_eq!(LockBody::parse(b"").ok().and_then(|b| b.ttl_s), None);
-        assert_eq!(
-            LockBody::parse(br#"{"ttl_s":5}"#)
-                .ok()
-                .and_then(|b| b.ttl_s),
-            Some(5)
-        );
-        assert!(LockBody::parse(br#"{"ttl":5}"#).is_err());
-        assert!(LockBody::parse(br#"{"ttl_s":"5"}"#).is_err());
+        let parse = |b: &str| serde_json::from_str::<LockBody>(b);
+        assert_eq!(parse("{}").ok().and_then(|b| b.ttl_s), None);
+        assert_eq!(parse(r#"{"ttl_s":5}"#).ok().and_then(|b| b.ttl_s), Some(5));
+        assert!(parse(r#"{"ttl":5}"#).is_err());
+        assert!(parse(r#"{"ttl_s":"5"}"#).is_err());
+        assert!(parse("").is_err());
         assert_eq!(ttl(Some(1)).ok(), Some(1));
         assert_eq!(ttl(Some(86_400)).ok(), Some(86_400));
         assert_eq!(ttl(Some(0)).map_err(|e| e.status.as_u16()).err(), Some(400));
