@@ -144,7 +144,9 @@ impl EventFilter {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        self.kinds.as_ref().map_or(true, |k| k.contains(&event.kind))
+        self.kinds
+            .as_ref()
+            .map_or(true, |k| k.contains(&event.kind))
             && self
                 .devices
                 .as_ref()

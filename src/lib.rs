@@ -11,3 +11,4 @@ pub mod sim;
 pub mod storage;
 pub mod supervisor;
 pub mod web;
+pub mod webhooks;

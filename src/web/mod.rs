@@ -9,6 +9,7 @@ pub mod error;
 pub mod history;
 pub mod relay;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub tokens: auth::Tokens,
     /// Where command events are raised and WebSocket clients subscribe.
     pub events: Addr<EventBus>,
+    /// The webhook subscribers and their senders.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.
@@ -60,6 +63,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(history::routes)
                     .configure(relay::routes)
                     .configure(tokens::routes)
+                    .configure(webhooks::routes)
                     .default_service(web::to(|| async {
                         Err::<HttpResponse, _>(ApiError::not_found("no such route"))
                     })),
