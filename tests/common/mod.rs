@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod receiver;
 
 use std::io::Read;
 use std::net::TcpListener;
