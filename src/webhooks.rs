@@ -215,6 +215,32 @@ pub async fn attempt(
     timeout: Duration,
     storage: &Addr<Storage>,
 ) -> Attempt {
+    let done = post(client, sub, payload, timeout).await;
+    METRICS
+        .webhook_deliveries
+        .inc(vec![("outcome", done.outcome.to_string())]);
+    storage.do_send(Store(Row::Delivery(DeliveryRow {
+        webhook_id: sub.id.clone(),
+        delivery: payload.delivery.clone(),
+        event: payload.event.to_string(),
+        events: u32::try_from(payload.count).unwrap_or(u32::MAX),
+        attempt: number,
+        outcome: done.outcome.to_string(),
+        status_code: done.status_code,
+        error: done.error.clone(),
+        latency_ms: u64::try_from(done.latency.as_millis()).unwrap_or(u64::MAX),
+        at: Utc::now(),
+    })));
+    done
+}
+
+/// The POST itself, with the contract's headers.
+pub async fn post(
+    client: &awc::Client,
+    sub: &Subscriber,
+    payload: &Payload,
+    timeout: Duration,
+) -> Attempt {
     let start = Instant::now();
     let mut req = client
         .post(&sub.url)
@@ -227,7 +253,7 @@ pub async fn attempt(
     if let Some(secret) = &sub.secret {
         req = req.insert_header(("X-DTU-Signature", signature(secret, &payload.body)));
     }
-    let result = match req.send_body(payload.body.clone()).await {
+    let (outcome, status_code, error) = match req.send_body(payload.body.clone()).await {
         Ok(mut resp) => {
             let status = resp.status();
             // Read (a bounded part of) the answer so that the connection can be reused.
@@ -250,29 +276,12 @@ pub async fn attempt(
         ),
         Err(e) => ("connect_error", None, Some(e.to_string())),
     };
-    let (outcome, status_code, error) = result;
-    let done = Attempt {
+    Attempt {
         outcome,
         status_code,
         error,
         latency: start.elapsed(),
-    };
-    METRICS
-        .webhook_deliveries
-        .inc(vec![("outcome", outcome.to_string())]);
-    storage.do_send(Store(Row::Delivery(DeliveryRow {
-        webhook_id: sub.id.clone(),
-        delivery: payload.delivery.clone(),
-        event: payload.event.to_string(),
-        events: u32::try_from(payload.count).unwrap_or(u32::MAX),
-        attempt: number,
-        outcome: outcome.to_string(),
-        status_code: done.status_code,
-        error: done.error.clone(),
-        latency_ms: u64::try_from(done.latency.as_millis()).unwrap_or(u64::MAX),
-        at: Utc::now(),
-    })));
-    done
+    }
 }
 
 /// Delivers to one subscriber. Its work runs as a future in the actor's context, so stopping
@@ -378,7 +387,9 @@ async fn deliver_loop(
                 a.error.as_deref().unwrap_or(a.outcome)
             );
             if n < cfg.max_attempts {
-                tokio::time::sleep(backoff(&cfg, n)).await;
+                overflow
+                    .rest(backoff(&cfg, n), &sub, &status, &storage)
+                    .await;
             }
         }
         if delivered {
@@ -410,7 +421,7 @@ async fn deliver_loop(
                     cfg.queue
                 );
             }
-            tokio::time::sleep(cfg.pause_for).await;
+            overflow.rest(cfg.pause_for, &sub, &status, &storage).await;
         }
     }
 }
@@ -422,6 +433,25 @@ struct Overflow {
 }
 
 impl Overflow {
+    /// Sleeps for `d`, reporting overflow every second meanwhile.
+    async fn rest(
+        &mut self,
+        d: Duration,
+        sub: &Subscriber,
+        status: &Status,
+        storage: &Addr<Storage>,
+    ) {
+        let end = tokio::time::Instant::now() + d;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                return;
+            }
+            tokio::time::sleep((end - now).min(OVERFLOW_CHECK)).await;
+            self.report(sub, status, storage);
+        }
+    }
+
     fn report(&mut self, sub: &Subscriber, status: &Status, storage: &Addr<Storage>) {
         let dropped = status.dropped.load(Ordering::Relaxed);
         if dropped <= self.reported {
@@ -630,6 +660,40 @@ mod tests {
             assert!(b9 >= Duration::from_millis(175) && b9 <= Duration::from_millis(350));
             assert!(backoff(&c, u32::MAX) <= Duration::from_millis(350));
         }
+    }
+
+    fn subscriber(url: String) -> Subscriber {
+        Subscriber {
+            id: "w1".into(),
+            url,
+            events: vec!["*".into()],
+            devices: None,
+            secret: Some("k".into()),
+            source: Source::Api,
+            created_at: None,
+            filter: EventFilter::default(),
+        }
+    }
+
+    /// HTTPS is compiled in: against a server that does not speak TLS, the handshake itself
+    /// fails (not "SSL is not supported", which awc answers without a TLS feature).
+    #[actix_rt::test]
+    async fn https_urls_attempt_a_tls_handshake() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let payload = Payload::of(&[Arc::new(Event::new(EventKind::Telemetry, "1", json!({})))])
+            .expect("payload");
+        let sub = subscriber(format!("https://127.0.0.1:{port}/hook"));
+        let a = post(&client(&cfg()), &sub, &payload, Duration::from_secs(5)).await;
+        assert_eq!(a.outcome, "connect_error", "{a:?}");
+        let error = a.error.unwrap_or_default();
+        assert!(!error.contains("SSL is not supported"), "{error}");
     }
 
     #[test]

@@ -538,6 +538,31 @@ mod tests {
     }
 
     #[test]
+    fn webhook_urls() {
+        for good in [
+            "http://127.0.0.1:9000/hook",
+            "https://example.com",
+            "HTTPS://user:pw@example.com:8443/a?b=c",
+            "http://[::1]:80/x",
+        ] {
+            assert_eq!(check_webhook_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://example.com/",
+            "http://",
+            "http:///path",
+            "http://host:99999/",
+            "http://host:port/",
+            "http://exa mple.com/",
+            "http://[::1/x",
+            "example.com/hook",
+        ] {
+            assert!(check_webhook_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn socket_clashes() {
         assert!(same_socket(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
         assert!(same_socket(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
