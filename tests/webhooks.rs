@@ -188,7 +188,17 @@ fn a_failing_receiver_gets_retries_and_every_attempt_is_logged() {
         3
     );
 
-    // Once it answers 2xx again, the next delivery goes through at the first attempt.
+    // A second delivery given up on (pause_after = 2) pauses the subscriber...
+    let _dev3 = online(&server, 8203);
+    let entry = |server: &TestServer| {
+        let (_, list) = server.get("/api/webhooks");
+        list.as_array()
+            .and_then(|l| l.iter().find(|w| w["id"] == wid.as_str()).cloned())
+    };
+    wait_for("the subscriber to be paused", || {
+        entry(&server).filter(|w| w["paused"] == true && w["failed"] == 2)
+    });
+    // ...and once it answers 2xx again, the next delivery goes through and resumes it.
     rx.set_status(204);
     let _dev2 = online(&server, 8202);
     wait_for("a delivered device.online of 8202", || {
@@ -197,6 +207,9 @@ fn a_failing_receiver_gets_retries_and_every_attempt_is_logged() {
             .iter()
             .find(|d| d["outcome"] == "ok" && d["status_code"] == 204)
             .cloned()
+    });
+    wait_for("the subscriber to be resumed", || {
+        entry(&server).filter(|w| w["paused"] == false && w["delivered"] == 1)
     });
 }
 
@@ -364,7 +377,7 @@ fn dead_and_slow_receivers_do_not_hold_up_devices_or_healthy_receivers() {
             .iter()
             .find(|d| d["outcome"] == "overflow")
             .cloned()?;
-        (dead["dropped"].as_u64()? > 0).then_some((dead, overflow))
+        (dead["dropped"].as_u64()? > 0 && dead["paused"] == true).then_some((dead, overflow))
     });
     let (_, list) = server.get("/api/webhooks");
     let healthy_entry = list
