@@ -429,3 +429,42 @@ fn settings_reject_bad_webhooks_with_file_and_key() {
         assert!(text.contains(key), "{key} not in {text}");
     }
 }
+
+#[test]
+fn telemetry_waiting_for_a_slow_receiver_comes_in_batches() {
+    let rx = Receiver::start(200, Duration::from_millis(1500));
+    let toml = format!(
+        "\n[webhook_delivery]\ntimeout = \"20s\"\nbatch_max = 50\n{}",
+        webhook(&rx.url(), r#"["telemetry"]"#, "b")
+    );
+    let server = server_with(toml);
+    let _a = online(&server, 8601);
+    let _b = online(&server, 8602);
+    let batch = wait_for("a batched POST", || {
+        rx.received().into_iter().find(|r| r.envelopes().len() > 1)
+    });
+    let envelopes = batch.envelopes();
+    assert!(batch.signed_with("b"), "{:?}", batch.headers);
+    assert_eq!(batch.header("x-dtu-event"), Some("telemetry"));
+    assert_eq!(
+        batch.header("x-dtu-batch"),
+        Some(envelopes.len().to_string().as_str())
+    );
+    assert_eq!(
+        batch.header("x-dtu-delivery").map(|d| d.to_string()),
+        envelopes[0]["id"].as_str().map(|id| format!("b{id}"))
+    );
+    assert!(envelopes.iter().all(|e| e["event"] == "telemetry"));
+    // Events of each device stay in order across requests.
+    for dev in ["8601", "8602"] {
+        let times: Vec<String> = rx
+            .envelopes()
+            .iter()
+            .filter(|(_, e)| e["device_id"] == dev)
+            .filter_map(|(_, e)| e["at"].as_str().map(str::to_string))
+            .collect();
+        let mut sorted = times.clone();
+        sorted.sort();
+        assert_eq!(times, sorted, "{dev}");
+    }
+}
