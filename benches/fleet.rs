@@ -4,8 +4,16 @@
 //! against the offered rate, and the server's CPU and memory.
 //!
 //! `cargo bench --bench fleet` (env: DTU_BENCH_DEVICES=1000, DTU_BENCH_SECONDS=20).
+//!
+//! Webhooks: `DTU_BENCH_WEBHOOK=1` subscribes a receiver in this process (std TcpListener,
+//! answers 200 at once) to every event and reports envelopes and POSTs received per second;
+//! `DTU_BENCH_DEAD_WEBHOOK=1` also subscribes a URL where nothing listens, to show that a dead
+//! subscriber does not lower the poll rate.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dtu_supervisor::sim::{spawn_fleet, SimConfig, SimProtocol};
@@ -52,6 +60,70 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// Envelopes and POSTs a webhook receiver took.
+#[derive(Default)]
+struct Received {
+    envelopes: AtomicU64,
+    posts: AtomicU64,
+}
+
+/// A keep-alive HTTP/1.1 receiver answering 200 at once, on a thread per connection.
+fn start_receiver() -> (u16, Arc<Received>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let port = listener.local_addr().expect("addr").port();
+    let counts = Arc::new(Received::default());
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let Ok(mut out) = conn.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let n = match serde_json::from_slice::<serde_json::Value>(&body) {
+                        Ok(serde_json::Value::Array(a)) => a.len() as u64,
+                        Ok(_) => 1,
+                        Err(_) => 0,
+                    };
+                    c.envelopes.fetch_add(n, Ordering::Relaxed);
+                    c.posts.fetch_add(1, Ordering::Relaxed);
+                    if out
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, counts)
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -64,6 +136,21 @@ impl Drop for Server {
 fn main() {
     let devices: usize = env_or("DTU_BENCH_DEVICES", 1000);
     let seconds: u64 = env_or("DTU_BENCH_SECONDS", 20);
+    let webhook = env_or("DTU_BENCH_WEBHOOK", 0u8) == 1;
+    let dead_webhook = env_or("DTU_BENCH_DEAD_WEBHOOK", 0u8) == 1;
+    let receiver = webhook.then(start_receiver);
+    let mut hooks = String::new();
+    if let Some((port, _)) = &receiver {
+        hooks += &format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"*\"]\nsecret = \"bench\"\n"
+        );
+    }
+    if dead_webhook {
+        hooks += &format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{}/hook\"\nevents = [\"*\"]\nsecret = \"bench\"\n",
+            free_port()
+        );
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (web, framed) = (free_port(), free_port());
     std::fs::write(
@@ -83,6 +170,7 @@ heartbeat_interval = "10s"
 url = "sqlite://{db}"
 [storage]
 spool_path = "{spool}"
+{hooks}
 "#,
             db = dir.path().join("bench.db").display(),
             spool = dir.path().join("spool.jsonl").display(),
@@ -182,12 +270,24 @@ type = "u16"
         let (cpu0, _) = usage(pid);
         let polls0 = fleet.stats().polls_answered;
         let rows0 = stored();
+        let hook0 = receiver.as_ref().map(|(_, c)| {
+            (
+                c.envelopes.load(Ordering::Relaxed),
+                c.posts.load(Ordering::Relaxed),
+            )
+        });
         let w0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let window = w0.elapsed().as_secs_f64();
         let polls = fleet.stats().polls_answered - polls0;
         let (cpu1, rss) = usage(pid);
         let rows = stored() - rows0;
+        let hooks = receiver.as_ref().zip(hook0).map(|((_, c), (e0, p0))| {
+            (
+                c.envelopes.load(Ordering::Relaxed) - e0,
+                c.posts.load(Ordering::Relaxed) - p0,
+            )
+        });
         let offered = devices as f64 * (1.0 + 0.1); // 1 timer poll/s + 1 heartbeat poll per 10 s
         println!(
             "devices: {devices}, registered in {:.2} s",
@@ -208,6 +308,20 @@ type = "u16"
             100.0 * (cpu1 - cpu0) / window,
             rss as f64 / 1024.0
         );
+        if let Some((envelopes, posts)) = hooks {
+            println!(
+                "webhook events delivered: {:.0}/s in {:.0} POSTs/s (every event subscribed{})",
+                envelopes as f64 / window,
+                posts as f64 / window,
+                if dead_webhook {
+                    "; a dead subscriber as well"
+                } else {
+                    ""
+                }
+            );
+        } else if dead_webhook {
+            println!("webhooks: one dead subscriber (nothing listening) to every event");
+        }
         fleet.stop().await;
     });
     drop(server);

@@ -14,3 +14,4 @@ pub mod sim_ttms;
 pub mod storage;
 pub mod supervisor;
 pub mod web;
+pub mod webhooks;

@@ -101,8 +101,12 @@ pub struct Labelled(Mutex<BTreeMap<Vec<(&'static str, String)>, u64>>);
 
 impl Labelled {
     pub fn inc(&self, labels: Vec<(&'static str, String)>) {
+        self.add(labels, 1);
+    }
+
+    pub fn add(&self, labels: Vec<(&'static str, String)>, n: u64) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(labels).or_default() += 1;
+        *map.entry(labels).or_default() += n;
     }
 
     pub fn get(&self, labels: &[(&'static str, String)]) -> u64 {

@@ -21,6 +21,7 @@ use crate::storage::{FlushAll, Storage};
 use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
 use crate::web::auth::Tokens;
 use crate::web::{self, AppState};
+use crate::webhooks::{Subscriber, Webhooks};
 
 /// Round-robin over the device arbiters.
 struct Arbiters {
@@ -95,6 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     actix_rt::spawn(retention(db.clone(), settings.clone()));
     let events = EventBus::default().start();
+    let (webhooks, webhook_arbiter) = start_webhooks(&settings, &db, &events, &storage).await?;
     // Queued commands that were being delivered when the server last stopped without their
     // answer: whether the device got them is unknown, so they end `failed`, never sent twice.
     {
@@ -176,6 +178,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         storage: storage.clone(),
         tokens,
         events: events.clone(),
+        webhooks,
     };
     let http = HttpServer::new(move || {
         App::new()
@@ -220,8 +223,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for a in arbiters {
         a.stop();
     }
+    webhook_arbiter.stop();
     log::info!("stopped");
     Ok(())
+}
+
+/// Starts one sender per webhook subscriber (settings first, then the stored ones) on an
+/// arbiter of their own.
+async fn start_webhooks(
+    settings: &Settings,
+    db: &Db,
+    events: &Addr<EventBus>,
+    storage: &Addr<Storage>,
+) -> anyhow::Result<(Webhooks, Arbiter)> {
+    let stored = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.webhooks())
+            .await
+            .context("webhook list task failed")?
+            .context("cannot read the webhook subscribers")?
+    };
+    let arbiter = Arbiter::new();
+    let webhooks = Webhooks::new(
+        events.clone(),
+        storage.clone(),
+        settings.server.webhook_delivery.clone(),
+        arbiter.handle(),
+    );
+    for (i, w) in settings.server.webhooks.iter().enumerate() {
+        let sub =
+            Subscriber::from_settings(i, w).map_err(|e| anyhow::anyhow!("webhooks[{i}]: {e}"))?;
+        webhooks.add(sub).await.context("event bus gone")?;
+    }
+    for r in &stored {
+        match Subscriber::from_record(r) {
+            Ok(sub) => webhooks.add(sub).await.context("event bus gone")?,
+            Err(e) => log::error!("webhook {}: not started: {e}", r.id),
+        }
+    }
+    Ok((webhooks, arbiter))
 }
 
 /// Closes every device connection and waits (a few seconds at most) until each has reported

@@ -15,11 +15,11 @@ use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use diesel::prelude::*;
 use dtu_supervisor::storage::db::{
     Backend, Db, ExportCursor, PrunableTable, QueuedCommand, StorageError, TelemetryQuery,
-    TokenRecord,
+    TokenRecord, WebhookRecord,
 };
 use dtu_supervisor::storage::rows::{
-    CommandRow, ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
-    TelemetryRow,
+    CommandRow, ConnEvent, ConnEventRow, DeliveryRow, DeviceRow, Direction, PacketKind, PacketRow,
+    Row, TelemetryRow,
 };
 
 diesel::table! {
@@ -201,6 +201,7 @@ suite!(
     events_among_device_patterns,
     command_queue_in_order_claimed_once_and_expired,
     concurrent_enqueues_get_distinct_sequence_numbers,
+    webhooks_and_their_delivery_log,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -482,6 +483,94 @@ fn tokens_insert_list_revoke(url: &str, backend: Backend) {
     assert!(!db.revoke_token("t1").expect("revoke twice"));
     assert!(db.tokens().expect("list")[0].revoked);
     assert!(db.insert_token(&t).is_err(), "ids are unique");
+}
+
+fn delivery(
+    webhook: &str,
+    delivery: &str,
+    attempt: u32,
+    status: Option<u16>,
+    at: DateTime<Utc>,
+) -> Row {
+    Row::Delivery(DeliveryRow {
+        webhook_id: webhook.into(),
+        delivery: delivery.into(),
+        event: "device.online".into(),
+        events: 1,
+        attempt,
+        outcome: if status == Some(200) {
+            "ok"
+        } else {
+            "connect_error"
+        }
+        .into(),
+        status_code: status,
+        error: status.is_none().then(|| "connection refused".to_string()),
+        latency_ms: 12,
+        at,
+    })
+}
+
+fn webhooks_and_their_delivery_log(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let w = WebhookRecord {
+        id: "w1".into(),
+        url: "https://example.com/hook?x=1".into(),
+        events: r#"["device.online","telemetry"]"#.into(),
+        secret: Some("k".into()),
+        devices: None,
+        created_at: secs(3),
+    };
+    let w2 = WebhookRecord {
+        id: "w2".into(),
+        secret: None,
+        devices: Some(r#"["10*"]"#.into()),
+        created_at: secs(4),
+        ..w.clone()
+    };
+    db.insert_webhook(&w).expect("insert");
+    db.insert_webhook(&w2).expect("insert");
+    assert!(db.insert_webhook(&w).is_err(), "ids are unique");
+    assert_eq!(db.webhooks().expect("list"), vec![w.clone(), w2.clone()]);
+
+    let rows = vec![
+        delivery("w1", "e1", 1, None, secs(10)),
+        delivery("w1", "e1", 2, Some(200), secs(11)),
+        delivery("w2", "e1", 1, Some(200), secs(12)),
+        Row::Delivery(DeliveryRow {
+            webhook_id: "w1".into(),
+            delivery: String::new(),
+            event: "overflow".into(),
+            events: 7,
+            attempt: 0,
+            outcome: "overflow".into(),
+            status_code: None,
+            error: Some("queue full".into()),
+            latency_ms: 0,
+            at: secs(13),
+        }),
+    ];
+    assert_eq!(db.write(&rows).expect("write"), 4);
+    let log = db.deliveries("w1", 10).expect("log");
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0].outcome, "overflow", "newest first");
+    assert_eq!((log[0].events, log[0].attempt), (7, 0));
+    assert_eq!(
+        (log[1].attempt, log[1].status_code, log[1].error.as_deref()),
+        (2, Some(200), None)
+    );
+    assert_eq!(
+        (log[2].attempt, log[2].status_code, log[2].error.as_deref()),
+        (1, None, Some("connection refused"))
+    );
+    assert_eq!((log[2].latency_ms, log[2].at), (12, secs(10)));
+    assert_eq!(db.deliveries("w1", 1).expect("log").len(), 1);
+    assert_eq!(db.deliveries("w2", 10).expect("log").len(), 1);
+
+    assert!(db.delete_webhook("w1").expect("delete"));
+    assert!(!db.delete_webhook("w1").expect("delete twice"));
+    assert_eq!(db.webhooks().expect("list"), vec![w2]);
+    assert_eq!(db.deliveries("w1", 10).expect("log kept").len(), 3);
 }
 
 fn telemetry_filters_and_orders(url: &str, backend: Backend) {

@@ -27,6 +27,7 @@ use config::{Config, ConfigError, Environment, File, FileFormat, Map, Source, Va
 
 use crate::device::points::Point;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
+pub use server::check_webhook_url;
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
 
 /// Both settings files, validated.
@@ -70,7 +71,29 @@ pub struct ServerSettings {
     pub storage: StorageSettings,
     pub auth: AuthSettings,
     pub webhooks: Vec<WebhookSettings>,
+    pub webhook_delivery: WebhookDeliverySettings,
     pub relay: RelaySettings,
+}
+
+/// How webhooks are delivered (`[webhook_delivery]`), for every subscriber alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDeliverySettings {
+    /// Longest one POST may take, connecting included.
+    pub timeout: Duration,
+    /// Attempts per delivery (the first one included); at least 1.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one, up to `backoff_max`,
+    /// and jittered (a random 50–100 % of it).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A subscriber whose deliveries failed (all attempts) this many times in a row is paused.
+    pub pause_after: u32,
+    /// How long a paused subscriber rests before the next delivery is tried.
+    pub pause_for: Duration,
+    /// Events held per subscriber; when full, further events are dropped and counted (overflow).
+    pub queue: usize,
+    /// Most telemetry envelopes one batched POST carries.
+    pub batch_max: usize,
 }
 
 /// The `$TTMS` relay (listeners with protocol `ttms`).
@@ -196,6 +219,8 @@ pub struct WebhookSettings {
     pub events: Vec<String>,
     /// HMAC-SHA256 key; an empty string in the file counts as none.
     pub secret: Option<String>,
+    /// Device ids and `prefix*` patterns; None for every device.
+    pub devices: Option<Vec<String>>,
 }
 
 /// The event names a webhook may subscribe to (besides "*").
@@ -246,6 +271,16 @@ impl Default for ServerSettings {
                 admin_token: String::new(),
             },
             webhooks: Vec::new(),
+            webhook_delivery: WebhookDeliverySettings {
+                timeout: Duration::from_secs(10),
+                max_attempts: 5,
+                backoff_initial: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(60),
+                pause_after: 3,
+                pause_for: Duration::from_secs(60),
+                queue: 10_000,
+                batch_max: 100,
+            },
             relay: RelaySettings { max_queue: 10_000 },
         }
     }
@@ -287,6 +322,16 @@ retention_packets = "30d"
 
 [auth]
 admin_token = ""
+
+[webhook_delivery]
+timeout = "10s"
+max_attempts = 5
+backoff_initial = "1s"
+backoff_max = "60s"
+pause_after = 3
+pause_for = "60s"
+queue = 10000
+batch_max = 100
 
 [relay]
 max_queue = 10000

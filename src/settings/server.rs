@@ -13,7 +13,8 @@ use super::tree::{
 };
 use super::{
     AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, RelaySettings,
-    ServerSettings, StorageSettings, WebSettings, WebhookSettings, WEBHOOK_EVENTS,
+    ServerSettings, StorageSettings, WebSettings, WebhookDeliverySettings, WebhookSettings,
+    WEBHOOK_EVENTS,
 };
 
 /// Database URL schemes the storage layer can open.
@@ -46,6 +47,7 @@ pub(super) fn validate(
             "storage",
             "auth",
             "webhooks",
+            "webhook_delivery",
             "relay",
         ],
     ) else {
@@ -187,6 +189,10 @@ pub(super) fn validate(
     };
 
     let webhooks = webhooks(ctx, &top);
+    let webhook_delivery = match top.get("webhook_delivery") {
+        Some(v) => webhook_delivery(ctx, v, &d.webhook_delivery),
+        None => None,
+    };
 
     let relay = match top.get("relay") {
         Some(v) => Section::new(ctx, "relay", v, &["max_queue"]).map(|s| RelaySettings {
@@ -222,6 +228,7 @@ pub(super) fn validate(
         storage: storage.unwrap_or(d.storage),
         auth: auth.unwrap_or(d.auth),
         webhooks,
+        webhook_delivery: webhook_delivery.unwrap_or(d.webhook_delivery),
         relay: relay.unwrap_or(d.relay),
     }
 }
@@ -368,7 +375,8 @@ fn webhooks(ctx: &mut Ctx<'_>, top: &Section<'_>) -> Vec<WebhookSettings> {
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = index_path("webhooks", i);
-        let Some(s) = Section::new(ctx, &path, item, &["url", "events", "secret"]) else {
+        let Some(s) = Section::new(ctx, &path, item, &["url", "events", "secret", "devices"])
+        else {
             continue;
         };
         let url = s.required(ctx, "url", webhook_url);
@@ -381,40 +389,140 @@ fn webhooks(ctx: &mut Ctx<'_>, top: &Section<'_>) -> Vec<WebhookSettings> {
             );
         }
         let secret = s.field(ctx, "secret", string).optional();
-        if let (Some(url), Some(events), Some(secret)) = (url, events, secret) {
+        let devices = s.field(ctx, "devices", array_of(device_pattern)).optional();
+        if let (Some(url), Some(events), Some(secret), Some(devices)) =
+            (url, events, secret, devices)
+        {
             out.push(WebhookSettings {
                 url,
                 events,
                 secret: secret.filter(|s| !s.is_empty()),
+                devices,
             });
         }
     }
     out
 }
 
+fn webhook_delivery(
+    ctx: &mut Ctx<'_>,
+    v: &Value,
+    d: &WebhookDeliverySettings,
+) -> Option<WebhookDeliverySettings> {
+    let s = Section::new(
+        ctx,
+        "webhook_delivery",
+        v,
+        &[
+            "timeout",
+            "max_attempts",
+            "backoff_initial",
+            "backoff_max",
+            "pause_after",
+            "pause_for",
+            "queue",
+            "batch_max",
+        ],
+    )?;
+    let dur = |ctx: &mut Ctx<'_>, key: &str, default: Duration| {
+        s.field(ctx, key, duration).or(default).unwrap_or(default)
+    };
+    let timeout = dur(ctx, "timeout", d.timeout);
+    if timeout.is_zero() {
+        ctx.err(&s.key("timeout"), s.get("timeout"), "must be more than 0");
+    }
+    let out = WebhookDeliverySettings {
+        timeout,
+        max_attempts: s
+            .field(ctx, "max_attempts", uint(1, 100))
+            .or(d.max_attempts)
+            .unwrap_or(d.max_attempts),
+        backoff_initial: dur(ctx, "backoff_initial", d.backoff_initial),
+        backoff_max: dur(ctx, "backoff_max", d.backoff_max),
+        pause_after: s
+            .field(ctx, "pause_after", uint(1, u32::MAX.into()))
+            .or(d.pause_after)
+            .unwrap_or(d.pause_after),
+        pause_for: dur(ctx, "pause_for", d.pause_for),
+        queue: s
+            .field(ctx, "queue", uint(1, 10_000_000))
+            .or(d.queue)
+            .unwrap_or(d.queue),
+        batch_max: s
+            .field(ctx, "batch_max", uint(1, 10_000))
+            .or(d.batch_max)
+            .unwrap_or(d.batch_max),
+    };
+    if out.backoff_max < out.backoff_initial {
+        ctx.err(
+            &s.key("backoff_max"),
+            s.get("backoff_max"),
+            "must not be shorter than backoff_initial",
+        );
+    }
+    Some(out)
+}
+
+/// Whether `url` is an http:// or https:// URL with a host; the reason otherwise. Shared with
+/// the API's `POST /api/webhooks`.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let bad = || Err(format!("{url:?} is not an http:// or https:// URL"));
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad();
+    }
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    else {
+        return bad();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return bad(),
+        },
+        None => match host.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        },
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return bad();
+    }
+    // Let the HTTP client judge the rest, as it will when delivering.
+    match url.parse::<actix_web::http::Uri>() {
+        Ok(_) => Ok(()),
+        Err(_) => bad(),
+    }
+}
+
 fn webhook_url(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
     let url = string(ctx, path, v)?;
-    let lower = url.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("http://")
-        .or_else(|| lower.strip_prefix("https://"));
-    match rest {
-        Some(rest)
-            if !rest.is_empty()
-                && !rest.starts_with('/')
-                && !url.chars().any(char::is_whitespace) =>
-        {
-            Some(url)
-        }
-        _ => {
-            ctx.err(
-                path,
-                Some(v),
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
+    match check_webhook_url(&url) {
+        Ok(()) => Some(url),
+        Err(e) => {
+            ctx.err(path, Some(v), e);
             None
         }
     }
+}
+
+/// A device id or a `prefix*` pattern (a webhook's device filter).
+fn device_pattern(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
+    let p = string(ctx, path, v)?;
+    let id = p.strip_suffix('*').unwrap_or(&p);
+    if p.is_empty() || id.contains('*') || id.chars().count() > 64 {
+        ctx.err(
+            path,
+            Some(v),
+            format!("{p:?} is neither a device id nor a prefix ending in *"),
+        );
+        return None;
+    }
+    Some(p)
 }
 
 fn event_name(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
@@ -441,6 +549,31 @@ mod tests {
     fn addr(s: &str) -> SocketAddr {
         s.parse()
             .unwrap_or_else(|_| SocketAddr::from(([1, 1, 1, 1], 1)))
+    }
+
+    #[test]
+    fn webhook_urls() {
+        for good in [
+            "http://127.0.0.1:9000/hook",
+            "https://example.com",
+            "HTTPS://user:pw@example.com:8443/a?b=c",
+            "http://[::1]:80/x",
+        ] {
+            assert_eq!(check_webhook_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://example.com/",
+            "http://",
+            "http:///path",
+            "http://host:99999/",
+            "http://host:port/",
+            "http://exa mple.com/",
+            "http://[::1/x",
+            "example.com/hook",
+        ] {
+            assert!(check_webhook_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,8 +28,9 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use super::queries::{
-    CommandRecord, Enqueued, EventRecord, ExportCursor, PacketRecord, PrunableTable, QueuedCommand,
-    RelayRecord, TelemetryQuery, TelemetryRecord, TokenRecord,
+    CommandRecord, DeliveryRecord, Enqueued, EventRecord, ExportCursor, PacketRecord,
+    PrunableTable, QueuedCommand, RelayRecord, TelemetryQuery, TelemetryRecord, TokenRecord,
+    WebhookRecord,
 };
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through

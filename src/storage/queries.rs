@@ -13,9 +13,10 @@ use diesel::upsert::excluded;
 use serde::Serialize;
 
 use super::db::{AnyConnection, Backend, Db, MultiBackend, StorageError};
-use super::rows::{CommandRow, ConnEventRow, DeviceRow, PacketRow, Row, TelemetryRow};
+use super::rows::{CommandRow, ConnEventRow, DeliveryRow, DeviceRow, PacketRow, Row, TelemetryRow};
 use super::schema::{
     commands, connection_events, devices, raw_packets, relay_queue, telemetry, tokens,
+    webhook_deliveries, webhooks,
 };
 
 /// Runs a statement on whichever inner connection `AnyConnection` holds (what
@@ -233,11 +234,28 @@ struct NewCommand<'a> {
     updated_at: NaiveDateTime,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = webhook_deliveries)]
+#[diesel(treat_none_as_default_value = false)]
+struct NewDelivery<'a> {
+    webhook_id: &'a str,
+    delivery: &'a str,
+    event: &'a str,
+    events: i32,
+    attempt: i32,
+    outcome: &'a str,
+    status_code: Option<i32>,
+    error: Option<&'a str>,
+    latency_ms: i64,
+    at: NaiveDateTime,
+}
+
 /// One write, sorted by table and checked.
 #[derive(Default)]
 struct Batch<'a> {
     devices: Vec<NewDevice<'a>>,
     commands: Vec<NewCommand<'a>>,
+    deliveries: Vec<NewDelivery<'a>>,
     events: Vec<NewEvent<'a>>,
     packets: Vec<NewPacket<'a>>,
     telemetry: Vec<NewTelemetry<'a>>,
@@ -265,6 +283,7 @@ impl<'a> Batch<'a> {
                 Row::Event(e) => b.event_row(e),
                 Row::Device(d) => b.device_row(d),
                 Row::Command(c) => b.command_row(c),
+                Row::Delivery(d) => b.delivery_row(d),
             }
         }
         // Likewise for commands: the latest state of each wins.
@@ -400,6 +419,29 @@ impl<'a> Batch<'a> {
         });
     }
 
+    fn delivery_row(&mut self, d: &'a DeliveryRow) {
+        if too_long("webhook id", &d.webhook_id, 40)
+            || too_long("delivery id", &d.delivery, 64)
+            || too_long("event", &d.event, 32)
+            || too_long("outcome", &d.outcome, 16)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.deliveries.push(NewDelivery {
+            webhook_id: &d.webhook_id,
+            delivery: &d.delivery,
+            event: &d.event,
+            events: i32::try_from(d.events).unwrap_or(i32::MAX),
+            attempt: i32::try_from(d.attempt).unwrap_or(i32::MAX),
+            outcome: &d.outcome,
+            status_code: d.status_code.map(i32::from),
+            error: d.error.as_deref(),
+            latency_ms: i64::try_from(d.latency_ms).unwrap_or(i64::MAX),
+            at: naive(d.at),
+        });
+    }
+
     /// Runs inside the caller's transaction.
     fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
         let binds = max_binds(backend);
@@ -410,6 +452,12 @@ impl<'a> Batch<'a> {
         for chunk in self.commands.chunks(rows_per_insert(binds, 9)) {
             on_inner!(conn, c => upsert_commands(c, chunk),
                       mysql c => mysql::upsert_commands(c, chunk))?;
+        }
+        for chunk in self.deliveries.chunks(rows_per_insert(binds, 10)) {
+            on_inner!(conn, c => diesel::insert_into(webhook_deliveries::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::deliveries(c, chunk))?;
         }
         for chunk in self.events.chunks(rows_per_insert(binds, 5)) {
             on_inner!(conn, c => diesel::insert_into(connection_events::table)
@@ -548,7 +596,8 @@ mod mysql {
     use diesel::MysqlConnection;
 
     use super::{
-        NewCommand, NewDevice, NewEvent, NewPacket, NewQueued, NewRelay, NewTelemetry, NewToken,
+        NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewQueued, NewRelay, NewTelemetry,
+        NewToken, NewWebhook,
     };
 
     mod tables {
@@ -608,6 +657,31 @@ mod mysql {
                 devices -> Nullable<Text>,
                 created_at -> Datetime,
                 revoked -> SmallInt,
+            }
+        }
+        diesel::table! {
+            webhooks (id) {
+                id -> Text,
+                url -> Text,
+                events -> Text,
+                secret -> Nullable<Text>,
+                devices -> Nullable<Text>,
+                created_at -> Datetime,
+            }
+        }
+        diesel::table! {
+            webhook_deliveries (id) {
+                id -> BigInt,
+                webhook_id -> Text,
+                delivery -> Text,
+                event -> Text,
+                events -> Integer,
+                attempt -> Integer,
+                outcome -> Text,
+                status_code -> Nullable<Integer>,
+                error -> Nullable<Text>,
+                latency_ms -> BigInt,
+                at -> Datetime,
             }
         }
         diesel::table! {
@@ -778,6 +852,50 @@ mod mysql {
                 t::created_at.eq(r.created_at),
                 t::revoked.eq(r.revoked),
             ))
+            .execute(c)
+    }
+
+    pub(super) fn insert_webhook(
+        c: &mut MysqlConnection,
+        r: &NewWebhook<'_>,
+    ) -> QueryResult<usize> {
+        use tables::webhooks::dsl as t;
+        diesel::insert_into(t::webhooks)
+            .values((
+                t::id.eq(r.id),
+                t::url.eq(r.url),
+                t::events.eq(r.events),
+                t::secret.eq(r.secret),
+                t::devices.eq(r.devices),
+                t::created_at.eq(r.created_at),
+            ))
+            .execute(c)
+    }
+
+    pub(super) fn deliveries(
+        c: &mut MysqlConnection,
+        rows: &[NewDelivery<'_>],
+    ) -> QueryResult<usize> {
+        use tables::webhook_deliveries::dsl as t;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    t::webhook_id.eq(r.webhook_id),
+                    t::delivery.eq(r.delivery),
+                    t::event.eq(r.event),
+                    t::events.eq(r.events),
+                    t::attempt.eq(r.attempt),
+                    t::outcome.eq(r.outcome),
+                    t::status_code.eq(r.status_code),
+                    t::error.eq(r.error),
+                    t::latency_ms.eq(r.latency_ms),
+                    t::at.eq(r.at),
+                )
+            })
+            .collect();
+        diesel::insert_into(t::webhook_deliveries)
+            .values(&values)
             .execute(c)
     }
 
@@ -1666,5 +1784,159 @@ mod tests {
         assert!(rows_per_insert(max_binds(Backend::Sqlite), 7) * 7 <= 32_766);
         assert!(rows_per_insert(max_binds(Backend::Postgres), 5) * 5 <= 65_535);
         assert_eq!(rows_per_insert(10, 20), 1);
+    }
+}
+
+/// A webhook subscriber added through the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    /// JSON list of event names, or `["*"]`.
+    pub events: String,
+    pub secret: Option<String>,
+    /// JSON list of device ids and `prefix*` patterns; None for every device.
+    pub devices: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One stored delivery attempt, as `GET /api/webhooks/{wid}/deliveries` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub delivery: String,
+    pub event: String,
+    pub events: i32,
+    pub attempt: i32,
+    pub outcome: String,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = webhooks)]
+#[diesel(treat_none_as_default_value = false)]
+struct NewWebhook<'a> {
+    id: &'a str,
+    url: &'a str,
+    events: &'a str,
+    secret: Option<&'a str>,
+    devices: Option<&'a str>,
+    created_at: NaiveDateTime,
+}
+
+type WebhookTuple = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    NaiveDateTime,
+);
+
+type DeliveryTuple = (
+    i64,
+    String,
+    String,
+    i32,
+    i32,
+    String,
+    Option<i32>,
+    Option<String>,
+    i64,
+    NaiveDateTime,
+);
+
+impl Db {
+    /// The API-created webhook subscribers, oldest first.
+    pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, StorageError> {
+        use super::schema::webhooks::dsl::*;
+        let rows: Vec<WebhookTuple> = webhooks
+            .select((id, url, events, secret, devices, created_at))
+            .order((created_at.asc(), id.asc()))
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, u, e, s, d, c)| WebhookRecord {
+                id: i,
+                url: u,
+                events: e,
+                secret: s,
+                devices: d,
+                created_at: utc(c),
+            })
+            .collect())
+    }
+
+    /// Stores a new webhook subscriber.
+    pub fn insert_webhook(&self, w: &WebhookRecord) -> Result<(), StorageError> {
+        if w.id.chars().count() > 40 {
+            return Err(StorageError::Query(
+                "webhook id longer than 40 characters".into(),
+            ));
+        }
+        let row = NewWebhook {
+            id: &w.id,
+            url: &w.url,
+            events: &w.events,
+            secret: w.secret.as_deref(),
+            devices: w.devices.as_deref(),
+            created_at: naive(w.created_at),
+        };
+        let mut conn = self.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        on_inner!(conn, c => diesel::insert_into(webhooks::table).values(&row).execute(c),
+                  mysql c => mysql::insert_webhook(c, &row))?;
+        Ok(())
+    }
+
+    /// Deletes a webhook subscriber (its delivery log stays); false when there was none.
+    pub fn delete_webhook(&self, webhook_id: &str) -> Result<bool, StorageError> {
+        use super::schema::webhooks::dsl::*;
+        let n = diesel::delete(webhooks.filter(id.eq(webhook_id))).execute(&mut *self.conn()?)?;
+        Ok(n > 0)
+    }
+
+    /// The latest `limit` delivery attempts of a subscriber, newest first.
+    pub fn deliveries(
+        &self,
+        webhook: &str,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRecord>, StorageError> {
+        use super::schema::webhook_deliveries::dsl::*;
+        let rows: Vec<DeliveryTuple> = webhook_deliveries
+            .filter(webhook_id.eq(webhook))
+            .select((
+                id,
+                delivery,
+                event,
+                events,
+                attempt,
+                outcome,
+                status_code,
+                error,
+                latency_ms,
+                at,
+            ))
+            .order(id.desc())
+            .limit(limit)
+            .load(&mut *self.conn()?)?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, dl, ev, n, a, o, sc, er, l, t)| DeliveryRecord {
+                id: i,
+                delivery: dl,
+                event: ev,
+                events: n,
+                attempt: a,
+                outcome: o,
+                status_code: sc,
+                error: er,
+                latency_ms: l,
+                at: utc(t),
+            })
+            .collect())
     }
 }

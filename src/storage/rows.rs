@@ -128,6 +128,26 @@ pub struct CommandRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One webhook delivery attempt (or an overflow report) of one subscriber.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    pub webhook_id: String,
+    /// The `X-DTU-Delivery` id: the event's id, or a batch id for a batch of envelopes.
+    pub delivery: String,
+    /// The event name (`X-DTU-Event`); `overflow` rows name the subscriber's dropped events.
+    pub event: String,
+    /// Envelopes in the body (1 unless batched); for `overflow`, how many were dropped.
+    pub events: u32,
+    /// 1 for the first attempt; 0 for an overflow report.
+    pub attempt: u32,
+    /// `ok`, `http_error`, `connect_error`, `timeout` or `overflow`.
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Row {
@@ -136,4 +156,5 @@ pub enum Row {
     Event(ConnEventRow),
     Device(DeviceRow),
     Command(CommandRow),
+    Delivery(DeliveryRow),
 }

@@ -85,6 +85,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        webhook_id -> Text,
+        delivery -> Text,
+        event -> Text,
+        events -> Integer,
+        attempt -> Integer,
+        outcome -> Text,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        latency_ms -> BigInt,
+        at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        url -> Text,
+        events -> Text,
+        secret -> Nullable<Text>,
+        devices -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     commands,
     connection_events,
@@ -93,4 +120,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     relay_queue,
     telemetry,
     tokens,
+    webhook_deliveries,
+    webhooks,
 );

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod relay;
 pub mod stream;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub tokens: auth::Tokens,
     /// Where command events are raised and WebSocket clients subscribe.
     pub events: Addr<EventBus>,
+    /// The webhook subscribers and their senders.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.
@@ -67,6 +70,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(history::routes)
                     .configure(relay::routes)
                     .configure(tokens::routes)
+                    .configure(webhooks::routes)
                     .configure(stream::routes)
                     .configure(openapi::routes)
                     .default_service(web::to(no_such_route)),

@@ -1,0 +1,248 @@
+//! Webhook subscribers (admin only): `GET/POST /api/webhooks`, `DELETE /api/webhooks/{wid}`,
+//! `POST /api/webhooks/{wid}/test`, `GET /api/webhooks/{wid}/deliveries`.
+//!
+//! Subscribers of `server.toml` are listed with ids `settings-N` and `"source":"settings"`;
+//! DELETE answers 409 for them (remove them from the file). API ones live in the `webhooks`
+//! table and are started again at every start.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{new_id, Caller, Role, DEVICE_ID_MAX};
+use super::error::ApiError;
+use super::history::blocking;
+use super::{mailbox_error, AppState};
+use crate::events::EventFilter;
+use crate::settings::check_webhook_url;
+use crate::storage::db::WebhookRecord;
+use crate::webhooks::{self, Payload, Source, Subscriber};
+
+const URL_MAX: usize = 2048;
+const SECRET_MAX: usize = 256;
+const DEVICES_MAX: usize = 1_000;
+const DELIVERIES_DEFAULT: i64 = 100;
+const DELIVERIES_MAX: i64 = 1_000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/webhooks", web::get().to(list))
+        .route("/webhooks", web::post().to(create))
+        .route("/webhooks/{wid}", web::delete().to(remove))
+        .route("/webhooks/{wid}/test", web::post().to(test))
+        .route("/webhooks/{wid}/deliveries", web::get().to(deliveries));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    url: String,
+    events: Vec<String>,
+    secret: Option<String>,
+    devices: Option<Vec<String>>,
+}
+
+fn validate(body: &NewWebhook) -> Result<EventFilter, ApiError> {
+    if body.url.len() > URL_MAX {
+        return Err(ApiError::bad_request(format!(
+            "url is longer than {URL_MAX} bytes"
+        )));
+    }
+    check_webhook_url(&body.url).map_err(|e| ApiError::bad_request(format!("url: {e}")))?;
+    if body.events.is_empty() {
+        return Err(ApiError::bad_request(
+            "events must not be empty (use [\"*\"] for all events)",
+        ));
+    }
+    if let Some(secret) = &body.secret {
+        if secret.is_empty() || secret.len() > SECRET_MAX {
+            return Err(ApiError::bad_request(format!(
+                "secret must be 1..={SECRET_MAX} bytes (leave it out for unsigned deliveries)"
+            )));
+        }
+    }
+    if let Some(devices) = &body.devices {
+        if devices.len() > DEVICES_MAX {
+            return Err(ApiError::bad_request(format!(
+                "devices lists at most {DEVICES_MAX} entries"
+            )));
+        }
+        for d in devices {
+            let id = d.strip_suffix('*').unwrap_or(d);
+            if d.is_empty() || id.contains('*') || id.chars().count() > DEVICE_ID_MAX {
+                return Err(ApiError::bad_request(format!(
+                    "devices: {d:?} is neither a device id nor a prefix ending in *"
+                )));
+            }
+        }
+    }
+    EventFilter::parse(&body.events, body.devices.clone())
+        .map_err(|e| ApiError::bad_request(format!("events: {e}")))
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<NewWebhook>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let filter = validate(&body)?;
+    let body = body.into_inner();
+    let record = WebhookRecord {
+        id: new_id('w'),
+        url: body.url.clone(),
+        events: serde_json::to_string(&body.events)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        secret: body.secret.clone(),
+        devices: body
+            .devices
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        created_at: Utc::now(),
+    };
+    let stored = record.clone();
+    blocking(&state.db, move |db| db.insert_webhook(&stored)).await?;
+    let sub = Subscriber {
+        id: record.id.clone(),
+        url: body.url,
+        events: body.events,
+        devices: body.devices,
+        secret: body.secret,
+        source: Source::Api,
+        created_at: Some(record.created_at),
+        filter,
+    };
+    state.webhooks.add(sub).await.map_err(mailbox_error)?;
+    log::info!(
+        "webhook {} ({}) added by {:?}",
+        record.id,
+        record.url,
+        caller.name
+    );
+    let shown = state
+        .webhooks
+        .describe(&record.id)
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "webhook removed meanwhile"))?;
+    Ok(HttpResponse::Created().json(shown))
+}
+
+async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(HttpResponse::Ok().json(state.webhooks.list()))
+}
+
+fn check_id(wid: &str) -> Result<(), ApiError> {
+    if wid.chars().count() > 40 {
+        return Err(ApiError::bad_request(
+            "a webhook id has at most 40 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn unknown(wid: &str) -> ApiError {
+    ApiError::not_found(format!("no webhook {wid}"))
+}
+
+async fn remove(
+    state: web::Data<AppState>,
+    caller: Caller,
+    wid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let wid = wid.into_inner();
+    check_id(&wid)?;
+    let sub = state.webhooks.get(&wid).ok_or_else(|| unknown(&wid))?;
+    if sub.source == Source::Settings {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("webhook {wid} is defined in server.toml; remove it there"),
+        ));
+    }
+    let id = wid.clone();
+    blocking(&state.db, move |db| db.delete_webhook(&id)).await?;
+    if !state.webhooks.remove(&wid) {
+        return Err(unknown(&wid));
+    }
+    log::info!("webhook {wid} deleted by {:?}", caller.name);
+    Ok(HttpResponse::Ok().json(json!({"id": wid, "deleted": true})))
+}
+
+/// Sends one `webhook.test` envelope now (one attempt, recorded like any other) and answers
+/// what came of it; 200 either way, `"ok"` says whether the receiver took it.
+async fn test(
+    state: web::Data<AppState>,
+    caller: Caller,
+    wid: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let wid = wid.into_inner();
+    check_id(&wid)?;
+    let sub = state.webhooks.get(&wid).ok_or_else(|| unknown(&wid))?;
+    let id = new_id('e');
+    let at = Utc::now();
+    let body = json!({
+        "id": id,
+        "event": "webhook.test",
+        "device_id": "",
+        "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {"webhook": wid, "requested_by": caller.name},
+    })
+    .to_string();
+    let payload = Payload {
+        delivery: id,
+        event: "webhook.test",
+        count: 1,
+        body: body.into(),
+    };
+    let cfg = &state.webhooks.cfg;
+    let client = webhooks::client(cfg);
+    let done = webhooks::attempt(
+        &client,
+        &sub,
+        &payload,
+        1,
+        cfg.timeout,
+        state.webhooks.storage(),
+    )
+    .await;
+    Ok(HttpResponse::Ok().json(json!({
+        "delivery": payload.delivery,
+        "ok": done.ok(),
+        "outcome": done.outcome,
+        "status_code": done.status_code,
+        "error": done.error,
+        "latency_ms": done.latency.as_millis() as u64,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryParams {
+    limit: Option<i64>,
+}
+
+async fn deliveries(
+    state: web::Data<AppState>,
+    caller: Caller,
+    wid: web::Path<String>,
+    params: web::Query<DeliveryParams>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let wid = wid.into_inner();
+    check_id(&wid)?;
+    if state.webhooks.get(&wid).is_none() {
+        return Err(unknown(&wid));
+    }
+    let limit = params.limit.unwrap_or(DELIVERIES_DEFAULT);
+    if !(1..=DELIVERIES_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={DELIVERIES_MAX}"
+        )));
+    }
+    let rows = blocking(&state.db, move |db| db.deliveries(&wid, limit)).await?;
+    Ok(HttpResponse::Ok().json(rows))
+}
