@@ -155,3 +155,40 @@ fn metrics_can_require_a_token() {
     let (status, text, _) = scrape(&server, Some(ADMIN_TOKEN));
     assert_eq!(status, 200, "{text}");
 }
+
+/// Webhook attempts are counted by outcome: a healthy receiver's `ok`, a dead port's
+/// `connect_error`; `dtu_event_subscribers` counts both senders.
+#[test]
+fn webhook_deliveries_are_counted_by_outcome() {
+    let rx = common::receiver::Receiver::ok();
+    let dead = common::free_port();
+    let server = TestServer::start_with(Options {
+        extra_server_toml: format!(
+            r#"
+[webhook_delivery]
+max_attempts = 2
+backoff_initial = "50ms"
+backoff_max = "100ms"
+
+[[webhooks]]
+url = "{}"
+events = ["device.online"]
+
+[[webhooks]]
+url = "http://127.0.0.1:{dead}/hook"
+events = ["device.online"]
+"#,
+            rx.url()
+        ),
+        ..Options::default()
+    });
+    let _dev = FakeDevice::framed(server.framed, 1001);
+    wait_for("a delivered and a refused attempt", || {
+        let (_, _, samples) = scrape(&server, None);
+        let ok = samples.get(r#"dtu_webhook_deliveries_total{outcome="ok"}"#)?;
+        let refused = samples.get(r#"dtu_webhook_deliveries_total{outcome="connect_error"}"#)?;
+        (*ok >= 1.0 && *refused >= 1.0).then_some(())
+    });
+    assert!(value(&server, "dtu_event_subscribers") >= 2.0);
+    assert_eq!(rx.count(), 1);
+}

@@ -22,12 +22,13 @@ fn seen(rx: &Receiver) -> Vec<(String, f64)> {
     rx.envelopes()
         .into_iter()
         .filter(|(_, e)| e["device_id"] == "1001")
-        .filter_map(|(_, e)| {
+        .filter_map(|(r, e)| {
             let event = e["event"].as_str()?.to_string();
             let value = match event.as_str() {
                 "telemetry" => e["data"]["values"]["temperature"].as_f64()?,
                 _ => {
                     assert_eq!(e["data"]["rule"], "overheat", "{e}");
+                    assert!(r.signed_with("s"), "bad signature on {e}");
                     e["data"]["value"].as_f64()?
                 }
             };
