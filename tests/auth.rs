@@ -57,6 +57,12 @@ fn each_role_against_read_command_and_admin_routes() {
         "/api/export?device=7101",
         "/api/tokens",
         "/api/commands/cffff",
+        "/api/webhooks",
+        "/api/webhooks/wnone/deliveries",
+        "/api/relay",
+        "/api/openapi.json",
+        "/api/devices/7101/lock",
+        "/api/stream",
         "/api/no/such/route",
     ] {
         for bad in [None, Some("wrong"), Some("")] {
@@ -79,11 +85,40 @@ fn each_role_against_read_command_and_admin_routes() {
             "/api/devices/7101/telemetry",
             "/api/devices/7101/packets",
             "/api/events",
+            "/api/relay",
+            "/api/openapi.json",
+            "/api/devices/7101/lock",
         ] {
             let (status, body) = server.get_as(Some(t), path);
             assert_eq!(status, 200, "{path}: {body}");
         }
     }
+    // The control lock: operator and admin.
+    let lock = "/api/devices/7101/lock";
+    let (status, body) = server.post_as(Some(&viewer), lock, &json!({"ttl_s": 5}));
+    assert_eq!((status, is_json_error(&body)), (403, true), "{body}");
+    assert_eq!(server.delete_as(Some(&viewer), lock).0, 403);
+    for t in [&operator, &admin] {
+        let (status, body) = server.post_as(Some(t), lock, &json!({"ttl_s": 5}));
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = server.delete_as(Some(t), lock);
+        assert_eq!(status, 200, "{body}");
+    }
+    // Webhooks: admin only, every route.
+    for t in [&viewer, &operator] {
+        assert_eq!(server.get_as(Some(t), "/api/webhooks").0, 403);
+        let hook = json!({"url": "http://127.0.0.1:9/h", "events": ["*"]});
+        let (status, body) = server.post_as(Some(t), "/api/webhooks", &hook);
+        assert_eq!((status, is_json_error(&body)), (403, true), "{body}");
+        assert_eq!(server.delete_as(Some(t), "/api/webhooks/wnone").0, 403);
+        assert_eq!(
+            server.get_as(Some(t), "/api/webhooks/wnone/deliveries").0,
+            403
+        );
+        let (status, _) = server.post_as(Some(t), "/api/webhooks/wnone/test", &json!({}));
+        assert_eq!(status, 403);
+    }
+    assert_eq!(server.get_as(Some(&admin), "/api/webhooks").0, 200);
     // Commands: operator and admin.
     let (status, body) = server.post_as(Some(&viewer), cmd, &write);
     assert_eq!((status, is_json_error(&body)), (403, true), "{body}");
