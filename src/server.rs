@@ -325,6 +325,11 @@ async fn retention(db: Db, settings: Arc<Settings>) {
             "delivered relay frames",
             storage.retention_packets,
         ),
+        (
+            PrunableTable::WebhookDeliveries,
+            "webhook delivery attempts",
+            storage.retention_deliveries,
+        ),
     ];
     if jobs.iter().all(|(_, _, keep)| keep.is_none()) {
         return;

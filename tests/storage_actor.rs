@@ -105,6 +105,7 @@ fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> S
         spool_path: PathBuf::from("unused.jsonl"), // Storage::start takes the path
         retention_telemetry: None,
         retention_packets: None,
+        retention_deliveries: None,
     }
 }
 

@@ -571,6 +571,17 @@ fn webhooks_and_their_delivery_log(url: &str, backend: Backend) {
     assert!(!db.delete_webhook("w1").expect("delete twice"));
     assert_eq!(db.webhooks().expect("list"), vec![w2]);
     assert_eq!(db.deliveries("w1", 10).expect("log kept").len(), 3);
+
+    // Retention: attempts before the cutoff go, whichever subscriber they belong to.
+    assert_eq!(
+        db.prune(PrunableTable::WebhookDeliveries, secs(12))
+            .expect("prune"),
+        2
+    );
+    let left = db.deliveries("w1", 10).expect("log");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].outcome, "overflow");
+    assert_eq!(db.deliveries("w2", 10).expect("log").len(), 1);
 }
 
 fn telemetry_filters_and_orders(url: &str, backend: Backend) {

@@ -202,6 +202,8 @@ pub struct StorageSettings {
     pub retention_telemetry: Option<Duration>,
     /// Raw packets older than this are deleted; None keeps them for good.
     pub retention_packets: Option<Duration>,
+    /// Webhook delivery attempts older than this are deleted; None keeps them for good.
+    pub retention_deliveries: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -266,6 +268,7 @@ impl Default for ServerSettings {
                 spool_path: PathBuf::from("data/spool.jsonl"),
                 retention_telemetry: None,
                 retention_packets: Some(Duration::from_secs(30 * 86_400)),
+                retention_deliveries: Some(Duration::from_secs(7 * 86_400)),
             },
             auth: AuthSettings {
                 admin_token: String::new(),
@@ -319,6 +322,7 @@ store_heartbeats = true
 spool_path = "data/spool.jsonl"
 retention_telemetry = "forever"
 retention_packets = "30d"
+retention_deliveries = "7d"
 
 [auth]
 admin_token = ""
@@ -1228,11 +1232,12 @@ require = { point = "door", equals = 0 }
 
     #[test]
     fn retention_and_spool_settings() {
-        let server = "[storage]\nretention_telemetry = \"7d\"\nretention_packets = \"forever\"\nspool_path = \"/var/spool/dtu.jsonl\"\n";
+        let server = "[storage]\nretention_telemetry = \"7d\"\nretention_packets = \"forever\"\nretention_deliveries = \"12h\"\nspool_path = \"/var/spool/dtu.jsonl\"\n";
         let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", server)]);
         let s = load_ok(dir.path(), no_env()).server.storage;
         assert_eq!(s.retention_telemetry, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(s.retention_packets, None);
+        assert_eq!(s.retention_deliveries, Some(Duration::from_secs(12 * 3600)));
         assert_eq!(s.spool_path, PathBuf::from("/var/spool/dtu.jsonl"));
         let bad = "[storage]\nretention_packets = \"soon\"\n";
         let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", bad)]);

@@ -143,6 +143,7 @@ pub(super) fn validate(
                 "spool_path",
                 "retention_telemetry",
                 "retention_packets",
+                "retention_deliveries",
             ],
         )
         .map(|s| StorageSettings {
@@ -174,6 +175,10 @@ pub(super) fn validate(
                 .field(ctx, "retention_packets", retention)
                 .or(d.storage.retention_packets)
                 .unwrap_or(d.storage.retention_packets),
+            retention_deliveries: s
+                .field(ctx, "retention_deliveries", retention)
+                .or(d.storage.retention_deliveries)
+                .unwrap_or(d.storage.retention_deliveries),
         }),
         None => None,
     };

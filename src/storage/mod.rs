@@ -879,6 +879,7 @@ mod tests {
             spool_path: PathBuf::from("unused.jsonl"), // Storage::start takes the path
             retention_telemetry: None,
             retention_packets: None,
+            retention_deliveries: None,
         }
     }
 

@@ -138,6 +138,8 @@ pub enum PrunableTable {
     RawPackets,
     /// `$TTMS` frames delivered before the time (frames still waiting are never pruned).
     DeliveredRelay,
+    /// Webhook delivery attempts.
+    WebhookDeliveries,
 }
 
 fn naive(t: DateTime<Utc>) -> NaiveDateTime {
@@ -1206,6 +1208,9 @@ impl Db {
         let deleted = match table {
             PrunableTable::Telemetry => prune_table!(conn, self.backend, telemetry, before),
             PrunableTable::RawPackets => prune_table!(conn, self.backend, raw_packets, before),
+            PrunableTable::WebhookDeliveries => {
+                prune_table!(conn, self.backend, webhook_deliveries, before)
+            }
             PrunableTable::DeliveredRelay => {
                 use super::schema::relay_queue::dsl as t;
                 diesel::delete(
