@@ -474,11 +474,22 @@ fn the_control_lock_is_taken_shown_and_released_in_the_console() {
 }
 
 /// "queue if offline": a command for an offline device answers 202; the page follows it from
-/// `queued` to `ok` once the device is back, and the device got the write.
+/// `queued` to `sent` (the device is back but holds its answer) to `ok`, and the device got
+/// the write.
 #[test]
 #[ignore = "needs chromium and chromedriver; .ci/run installs them"]
 fn a_command_queued_for_an_offline_device_shows_queued_then_ok() {
-    let server = TestServer::start();
+    // A slave that may take its time (the test holds its answer back, for as long as a wait
+    // may last) without retries.
+    let server = TestServer::start_with(Options {
+        data_toml: common::DATA_TOML
+            .replace(
+                "response_timeout = \"400ms\"",
+                "response_timeout = \"120s\"",
+            )
+            .replace("retries = 1", "retries = 0"),
+        ..Options::default()
+    });
     let dev = FakeDevice::framed(server.framed, 6401);
     wait_for("device online", || server.online("6401").then_some(()));
     dev.close();
@@ -496,6 +507,7 @@ fn a_command_queued_for_an_offline_device_shows_queued_then_ok() {
     b.wait_text("#cmd-status", "the refusal", |t| t.starts_with("409"));
     b.click("#cmd-queue");
     b.type_into("#cmd-queue-ttl", "600");
+    b.type_into("#cmd-timeout", "150000");
     b.click("#cmd-send");
     b.wait_text("#cmd-status", "the 202", |t| t == "202 queued");
     b.wait_text("#cmd-track-status", "queued", |t| t == "queued");
@@ -505,13 +517,19 @@ fn a_command_queued_for_an_offline_device_shows_queued_then_ok() {
     assert_eq!(record["status"], "queued");
     assert_eq!(record["request"]["queue_if_offline"], json!(true));
     assert_eq!(record["request"]["ttl_s"], json!(600));
+    assert_eq!(record["request"]["timeout_ms"], json!(150_000));
 
-    let dev = FakeDevice::framed(server.framed, 6401);
+    // The device registers but holds its answers: the command is claimed (`sent`) and waits.
+    let mut dev = FakeDevice::connect(server.framed, common::device::Proto::Framed);
+    dev.hold(true);
+    dev.send(&6401u32.to_be_bytes());
+    b.wait_text("#cmd-track-status", "sent", |t| t == "sent");
+    assert_eq!(b.text("#cmd-track-trail").as_deref(), Some("queued → sent"));
+    dev.hold(false);
     b.wait_text("#cmd-track-status", "ok", |t| t == "ok");
-    let trail = b.text("#cmd-track-trail").unwrap_or_default();
-    assert!(
-        trail.starts_with("queued →") && trail.ends_with("→ ok"),
-        "{trail}"
+    assert_eq!(
+        b.text("#cmd-track-trail").as_deref(),
+        Some("queued → sent → ok")
     );
     b.wait_text("#cmd-status", "the end", |t| t == "queued command ok");
     let result = b.text("#cmd-result").unwrap_or_default();
