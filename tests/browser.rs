@@ -336,6 +336,26 @@ fn stream_envelopes_update_the_list_and_the_device_page() {
         b.text(&format!("{temp} td:nth-child(3)")).as_deref(),
         Some("°C")
     );
+
+    // A followed (queued) command ends on its command.completed event, without polling.
+    b.eval(
+        "trackCommand('c-streamed', 'queued'); clearInterval(state.track.timer);",
+        vec![],
+    );
+    b.wait_text("#cmd-track-status", "queued", |t| t == "queued");
+    inject(
+        json!({"id": "e5", "event": "command.completed", "device_id": "8001", "at": at,
+                  "data": {"command_id": "c-other", "status": "failed", "error": "not this one"}}),
+    );
+    inject(
+        json!({"id": "e6", "event": "command.completed", "device_id": "8001", "at": at,
+                  "data": {"command_id": "c-streamed", "status": "ok",
+                           "result": {"address": 2100, "value": 3}, "error": null}}),
+    );
+    b.wait_text("#cmd-track-status", "ok", |t| t == "ok");
+    assert_eq!(b.text("#cmd-track-trail").as_deref(), Some("queued → ok"));
+    let result = b.text("#cmd-result").unwrap_or_default();
+    assert!(result.contains("2100"), "{result}");
 }
 
 /// The webhook view is the admin's, and only where the server has the webhook API: with it,
