@@ -10,6 +10,8 @@ const PAGE_MS = 5000; // device page panels (packets, events, chart)
 const RECONNECT_MIN_MS = 2000;
 const RECONNECT_MAX_MS = 60000;
 const MAX_ROWS = 500; // device rows drawn at once; the filter narrows a bigger fleet
+const TRACK_MS = 2000; // a queued command's status is re-read this often until it is final
+const FINAL = ["ok", "failed", "timeout", "expired"]; // a command's final statuses
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
@@ -28,6 +30,8 @@ const state = {
   renderTimer: null,
   refetch: null,
   generation: 0, // bumped on logout so late answers of an old session are ignored
+  track: null, // the queued command followed on the device page: {id, device, trail, timer, done}
+  deliveriesOf: null, // webhook whose deliveries are shown
 };
 
 // ---------- HTTP ----------
@@ -188,6 +192,7 @@ function logout(message) {
   clearInterval(state.pollTimer);
   clearInterval(state.pageTimer);
   state.pollTimer = state.pageTimer = null;
+  stopTracking();
   $("#device-table tbody").replaceChildren();
   $("#login-error").textContent = message || "";
   history.replaceState(null, "", location.pathname);
@@ -319,6 +324,9 @@ function handleEvent(ev) {
       break;
     case "command.completed":
       d.lastEvent = "command " + (data.status || "completed");
+      if (state.track && !state.track.done && data.command_id === state.track.id && typeof data.status === "string") {
+        noteTrack(state.track, data.status, data);
+      }
       break;
     default:
       d.lastEvent = String(ev.event || "");
@@ -425,6 +433,12 @@ function openDevice(id) {
     $("#cmd-status").className = "";
     $("#cmd-result").textContent = "";
     $("#cmd-values-table").hidden = true;
+    stopTracking();
+    $("#cmd-track").hidden = true;
+    $("#lock-state").textContent = "";
+    $("#lock-state").className = "";
+    delete $("#lock-state").dataset.locked;
+    $("#lock-error").textContent = "";
     for (const t of ["#values", "#events", "#packets"]) $(t + " tbody").replaceChildren();
     const enc = encodeURIComponent(id);
     const tok = encodeURIComponent(state.token);
@@ -468,7 +482,7 @@ async function refreshDevice() {
     state.values = Object.assign({}, one.body.values || {});
     renderValues();
   }
-  const jobs = [refreshChart(), refreshEvents(enc), refreshPackets(enc)];
+  const jobs = [refreshLock(), refreshChart(), refreshEvents(enc), refreshPackets(enc)];
   await Promise.all(jobs.map((p) => p.catch((e) => { if (e instanceof Unauthorized) throw e; console.warn(e); })));
 }
 
@@ -593,6 +607,78 @@ async function refreshPackets(enc) {
   $("#packets tbody").replaceChildren(...rows);
 }
 
+// ---------- control lock ----------
+
+// "locked by X until Y" of a lock answer or a 423 body, "" when it names no holder.
+function heldBy(body) {
+  if (!body || typeof body !== "object" || body.holder == null) return "";
+  return `locked by ${body.holder}` + (body.expires_at ? ` until ${when(body.expires_at)}` : "");
+}
+
+function renderLock(status, body) {
+  const p = $("#lock-state");
+  if (status !== 200 || !body || typeof body !== "object") {
+    delete p.dataset.locked;
+    p.className = "error";
+    p.textContent = "Lock state unavailable: " + errorText(body, status);
+    return;
+  }
+  p.dataset.locked = String(body.locked === true);
+  if (body.locked === true) {
+    p.className = "locked";
+    p.textContent = "Locked by " + String(body.holder) + (body.expires_at ? " until " + when(body.expires_at) : "");
+  } else {
+    p.className = "unlocked";
+    p.textContent = "Not locked: any operator may send commands.";
+  }
+}
+
+async function refreshLock() {
+  const id = state.device;
+  if (!id) return;
+  const { status, body } = await api(`/api/devices/${encodeURIComponent(id)}/lock`);
+  if (state.device !== id) return;
+  renderLock(status, body);
+}
+
+// Takes (or extends) the lock with the ttl of the form, or releases it; then shows the state.
+async function lockAction(take) {
+  const id = state.device;
+  if (!id) return;
+  const err = $("#lock-error");
+  err.textContent = "";
+  let body = {};
+  if (take && $("#lock-ttl").value.trim()) {
+    try {
+      body = { ttl_s: int("#lock-ttl", "lock time (s)", 1, 86400) };
+    } catch (e) {
+      err.textContent = e.message;
+      return;
+    }
+  }
+  const path = `/api/devices/${encodeURIComponent(id)}/lock`;
+  const buttons = [$("#lock-take"), $("#lock-release")];
+  for (const b of buttons) b.disabled = true;
+  let res;
+  try {
+    res = await api(path, take
+      ? { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }
+      : { method: "DELETE" });
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) err.textContent = "Request failed: " + e.message;
+    return;
+  } finally {
+    for (const b of buttons) b.disabled = false;
+  }
+  if (state.device !== id) return;
+  if (res.status !== 200) {
+    err.textContent = res.status === 423 && heldBy(res.body)
+      ? `423 refused: ${heldBy(res.body)}`
+      : `${res.status} ${errorText(res.body, res.status)}`;
+  }
+  await refreshLock();
+}
+
 // ---------- commands ----------
 
 function showCommandFields() {
@@ -648,7 +734,12 @@ function commandBody() {
     }
   }
   if ($("#cmd-timeout").value.trim()) body.timeout_ms = int("#cmd-timeout", "timeout ms", 1, 600000);
-  if ($("#cmd-queue").checked) body.queue_if_offline = true;
+  if ($("#cmd-queue").checked) {
+    body.queue_if_offline = true;
+    if ($("#cmd-queue-ttl").value.trim()) body.ttl_s = int("#cmd-queue-ttl", "queue time (s)", 1, 2592000);
+  } else if ($("#cmd-queue-ttl").value.trim()) {
+    throw new InputError("queue time applies only with \"queue if offline\"");
+  }
   return body;
 }
 
@@ -667,6 +758,8 @@ async function sendCommand() {
     return;
   }
   const id = state.device;
+  stopTracking();
+  $("#cmd-track").hidden = true;
   status.className = "";
   status.textContent = "sending…";
   result.textContent = JSON.stringify(body);
@@ -692,8 +785,14 @@ async function sendCommand() {
   status.className = ok ? "ok" : "error";
   status.textContent = ok
     ? `${res.status} ${res.status === 202 ? "queued" : (res.body && res.body.status) || "ok"}`
-    : `${res.status} ${errorText(res.body, res.status)}`;
+    : res.status === 423 && heldBy(res.body)
+      ? `423 refused: ${heldBy(res.body)}`
+      : `${res.status} ${errorText(res.body, res.status)}`;
   result.textContent = typeof res.body === "string" ? res.body : JSON.stringify(res.body, null, 2);
+  if (res.status === 423) quiet(refreshLock());
+  if (res.status === 202 && res.body && typeof res.body.id === "string") {
+    trackCommand(res.body.id, typeof res.body.status === "string" ? res.body.status : "queued");
+  }
   const values = ok && res.body && res.body.result && res.body.result.values;
   if (values && typeof values === "object") {
     const rows = [];
@@ -710,25 +809,107 @@ async function sendCommand() {
   }
 }
 
+// A queued command (202): its status is shown and re-read every TRACK_MS until it is final;
+// a command.completed stream event for it ends the wait at once.
+function trackCommand(cid, status) {
+  stopTracking();
+  const t = { id: cid, device: state.device, trail: [], timer: null, done: false };
+  state.track = t;
+  $("#cmd-track-id").textContent = cid;
+  $("#cmd-track").hidden = false;
+  noteTrack(t, status);
+  if (!t.done) t.timer = setInterval(() => { if (!document.hidden) quiet(pollTrack(t)); }, TRACK_MS);
+}
+
+function stopTracking() {
+  const t = state.track;
+  if (t) {
+    t.done = true;
+    clearInterval(t.timer);
+  }
+  state.track = null;
+}
+
+async function pollTrack(t) {
+  const { status, body } = await api(`/api/commands/${encodeURIComponent(t.id)}`);
+  if (t.done || state.track !== t) return;
+  if (status === 200 && body && typeof body.status === "string") {
+    noteTrack(t, body.status, body);
+  } else {
+    $("#cmd-track-trail").textContent = "status unavailable: " + errorText(body, status);
+  }
+}
+
+// Shows status `s` of the tracked command (and `record`, the stored record or the event's
+// data, once it is final).
+function noteTrack(t, s, record) {
+  if (t.done || state.track !== t) return;
+  if (t.trail[t.trail.length - 1] !== s) t.trail.push(s);
+  const final = FINAL.includes(s);
+  const shown = $("#cmd-track-status");
+  shown.textContent = s;
+  shown.className = s === "ok" ? "ok" : final ? "error" : "";
+  $("#cmd-track-trail").textContent = t.trail.length > 1 ? t.trail.join(" → ") : "";
+  if (final) {
+    t.done = true;
+    clearInterval(t.timer);
+    if (record && typeof record === "object") $("#cmd-result").textContent = JSON.stringify(record, null, 2);
+    const st = $("#cmd-status");
+    st.className = s === "ok" ? "ok" : "error";
+    st.textContent = `queued command ${s}` + (record && record.error ? ": " + record.error : "");
+  }
+}
+
 // ---------- webhooks (admin; the tab shows only when /api/webhooks answers) ----------
 
-function genericTable(table, items, onRow) {
-  const keys = [];
-  for (const it of items) for (const k of Object.keys(it || {})) if (!keys.includes(k)) keys.push(k);
-  const head = el("tr");
-  for (const k of keys) head.appendChild(el("th", k));
-  if (onRow) head.appendChild(el("th", ""));
-  table.querySelector("thead").replaceChildren(head);
-  const rows = items.map((it) => {
-    const tr = el("tr");
-    for (const k of keys) {
-      const v = it ? it[k] : undefined;
-      cell(tr, k === "at" || k.endsWith("_at") ? when(v) : Array.isArray(v) ? v.join(", ") : formatValue(v));
-    }
-    if (onRow) onRow(tr, it);
-    return tr;
-  });
-  table.querySelector("tbody").replaceChildren(...rows);
+function listText(v, none) {
+  if (Array.isArray(v)) return v.length ? v.map(String).join(", ") : none;
+  return v == null || v === "" ? none : String(v);
+}
+
+function words(sel) {
+  return $(sel).value.split(/[\s,;]+/).filter(Boolean);
+}
+
+function button(text, cls, onClick) {
+  const b = el("button", text, cls);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function webhookRow(h) {
+  const wid = String(h.id);
+  const tr = el("tr");
+  tr.dataset.id = wid;
+  cell(tr, wid);
+  cell(tr, h.url, "url");
+  cell(tr, listText(h.events, ""));
+  cell(tr, listText(h.devices, "all"));
+  cell(tr, h.source);
+  cell(tr, h.has_secret ? "yes" : "no");
+  cell(tr, h.paused ? "paused" : "active", h.paused ? "error" : "ok");
+  cell(tr, formatValue(h.delivered), "num");
+  cell(tr, formatValue(h.failed), "num");
+  cell(tr, formatValue(h.dropped), "num");
+  cell(tr, when(h.created_at));
+  const td = el("td", null, "actions");
+  td.append(button("deliveries", "deliveries", () => quiet(showDeliveries(wid))), " ",
+    button("send test", "test", () => quiet(testWebhook(wid))));
+  if (h.source !== "settings") {
+    // Two clicks: the first arms the button, the second deletes.
+    const del = button("delete", "delete", () => {
+      if (del.dataset.armed !== "1") {
+        del.dataset.armed = "1";
+        del.textContent = "really delete?";
+        return;
+      }
+      quiet(deleteWebhook(wid));
+    });
+    td.append(" ", del);
+  }
+  tr.appendChild(td);
+  return tr;
 }
 
 async function refreshWebhooks() {
@@ -737,42 +918,120 @@ async function refreshWebhooks() {
     $("#webhooks-error").textContent = status === 404
       ? "This server has no webhook API."
       : "Webhooks unavailable: " + errorText(body, status);
-    genericTable($("#webhook-table"), []);
+    $("#webhook-table tbody").replaceChildren();
     return;
   }
   $("#webhooks-error").textContent = "";
-  const list = Array.isArray(body) ? body : [];
-  genericTable($("#webhook-table"), list, (tr, hook) => {
-    const td = el("td");
-    const wid = hook && hook.id != null ? String(hook.id) : null;
-    if (wid) {
-      const show = el("button", "deliveries");
-      show.type = "button";
-      show.addEventListener("click", () => quiet(showDeliveries(wid)));
-      const test = el("button", "send test");
-      test.type = "button";
-      test.addEventListener("click", () => quiet(testWebhook(wid)));
-      td.append(show, " ", test);
-    }
-    tr.appendChild(td);
-  });
+  const list = Array.isArray(body) ? body.filter((h) => h && typeof h === "object" && h.id != null) : [];
+  $("#webhook-table tbody").replaceChildren(...list.map(webhookRow));
+  $("#no-webhooks").hidden = list.length > 0;
 }
 
 async function showDeliveries(wid) {
-  const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}/deliveries`);
+  state.deliveriesOf = wid;
+  const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}/deliveries?limit=100`);
+  if (state.deliveriesOf !== wid) return;
   $("#deliveries-title").hidden = false;
-  $("#deliveries-title").textContent = "Deliveries of webhook " + wid;
+  $("#deliveries-title").textContent = "Deliveries of webhook " + wid + " (newest first)";
   if (status !== 200) {
     $("#webhooks-error").textContent = "Deliveries unavailable: " + errorText(body, status);
     return;
   }
-  genericTable($("#delivery-table"), Array.isArray(body) ? body : []);
+  const rows = (Array.isArray(body) ? body : []).map((d) => {
+    const tr = el("tr", null, d.outcome === "ok" ? "ok" : "error");
+    cell(tr, when(d.at));
+    cell(tr, d.event);
+    cell(tr, d.delivery, "hex");
+    cell(tr, formatValue(d.events), "num");
+    cell(tr, formatValue(d.attempt), "num");
+    cell(tr, d.outcome, "outcome");
+    cell(tr, [d.status_code != null ? String(d.status_code) : "", d.error || ""].filter(Boolean).join(" "), "code");
+    cell(tr, d.latency_ms != null ? formatValue(d.latency_ms) + " ms" : "", "num");
+    return tr;
+  });
+  $("#delivery-table tbody").replaceChildren(...rows);
+  $("#delivery-table").hidden = rows.length === 0;
+  $("#no-deliveries").hidden = rows.length > 0;
+  return Array.isArray(body) ? body : [];
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 async function testWebhook(wid) {
+  const note = $("#webhooks-note");
+  note.className = "";
+  note.textContent = "sending a test to " + wid + "…";
   const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}/test`, { method: "POST" });
-  $("#webhooks-error").textContent = status < 300 ? "" : "Test failed: " + errorText(body, status);
-  await showDeliveries(wid);
+  if (status === 200 && body && typeof body === "object") {
+    const how = [body.status_code != null ? "HTTP " + body.status_code : "", body.error || "",
+      body.latency_ms != null ? "in " + body.latency_ms + " ms" : ""].filter(Boolean).join(", ");
+    note.className = body.ok ? "ok" : "error";
+    note.textContent = `Test of ${wid}: ${body.ok ? "delivered" : "failed"} (${how})`;
+  } else {
+    note.className = "error";
+    note.textContent = "Test failed: " + errorText(body, status);
+  }
+  // The attempt is written to the delivery log just after it is answered: re-read the log
+  // (for up to ~10 s) until it lists this delivery.
+  const delivery = body && typeof body === "object" ? body.delivery : null;
+  for (let i = 0; i < 10; i++) {
+    const rows = await showDeliveries(wid);
+    if (state.deliveriesOf !== wid || state.view !== "webhooks") break;
+    if (!delivery || (rows || []).some((d) => d && d.delivery === delivery)) break;
+    await sleep(1000);
+  }
+  await refreshWebhooks();
+}
+
+async function addWebhook() {
+  const note = $("#webhooks-note");
+  const url = $("#wh-url").value.trim();
+  const events = words("#wh-events");
+  const devices = words("#wh-devices");
+  const secret = $("#wh-secret").value;
+  const body = { url, events: events.length ? events : ["*"] };
+  if (devices.length) body.devices = devices;
+  if (secret) body.secret = secret;
+  $("#wh-add").disabled = true;
+  let res;
+  try {
+    res = await api("/api/webhooks", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } finally {
+    $("#wh-add").disabled = false;
+  }
+  if (res.status === 201 || res.status === 200) {
+    note.className = "ok";
+    note.textContent = "Added webhook " + String(res.body && res.body.id) + ".";
+    $("#wh-url").value = "";
+    $("#wh-secret").value = "";
+  } else {
+    note.className = "error";
+    note.textContent = `Not added: ${res.status} ${errorText(res.body, res.status)}`;
+  }
+  await refreshWebhooks();
+}
+
+async function deleteWebhook(wid) {
+  const note = $("#webhooks-note");
+  const { status, body } = await api(`/api/webhooks/${encodeURIComponent(wid)}`, { method: "DELETE" });
+  if (status === 200) {
+    note.className = "ok";
+    note.textContent = "Deleted webhook " + wid + ".";
+    if (state.deliveriesOf === wid) {
+      state.deliveriesOf = null;
+      $("#deliveries-title").hidden = true;
+      $("#delivery-table").hidden = true;
+      $("#no-deliveries").hidden = true;
+    }
+  } else {
+    note.className = "error";
+    note.textContent = `Not deleted: ${status} ${errorText(body, status)}`;
+  }
+  await refreshWebhooks();
 }
 
 // ---------- wiring ----------
@@ -791,6 +1050,15 @@ $("#cmd-type").addEventListener("change", showCommandFields);
 $("#command-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   quiet(sendCommand());
+});
+$("#lock-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  quiet(lockAction(true));
+});
+$("#lock-release").addEventListener("click", () => quiet(lockAction(false)));
+$("#webhook-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  quiet(addWebhook());
 });
 window.addEventListener("hashchange", () => { if (state.token) route(); });
 // A hidden tab stops polling; when it shows again, catch up at once.

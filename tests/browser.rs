@@ -336,6 +336,26 @@ fn stream_envelopes_update_the_list_and_the_device_page() {
         b.text(&format!("{temp} td:nth-child(3)")).as_deref(),
         Some("°C")
     );
+
+    // A followed (queued) command ends on its command.completed event, without polling.
+    b.eval(
+        "trackCommand('c-streamed', 'queued'); clearInterval(state.track.timer);",
+        vec![],
+    );
+    b.wait_text("#cmd-track-status", "queued", |t| t == "queued");
+    inject(
+        json!({"id": "e5", "event": "command.completed", "device_id": "8001", "at": at,
+                  "data": {"command_id": "c-other", "status": "failed", "error": "not this one"}}),
+    );
+    inject(
+        json!({"id": "e6", "event": "command.completed", "device_id": "8001", "at": at,
+                  "data": {"command_id": "c-streamed", "status": "ok",
+                           "result": {"address": 2100, "value": 3}, "error": null}}),
+    );
+    b.wait_text("#cmd-track-status", "ok", |t| t == "ok");
+    assert_eq!(b.text("#cmd-track-trail").as_deref(), Some("queued → ok"));
+    let result = b.text("#cmd-result").unwrap_or_default();
+    assert!(result.contains("2100"), "{result}");
 }
 
 /// The webhook view is the admin's, and only where the server has the webhook API: with it,
@@ -379,6 +399,282 @@ fn webhooks_are_listed_for_admins_where_the_api_exists() {
     b.wait_text("#deliveries-title", "the deliveries", |t| {
         t.starts_with("Deliveries of webhook")
     });
+}
+
+/// A new operator token's secret.
+fn operator_token(server: &TestServer, name: &str) -> String {
+    let (status, body) = server.post("/api/tokens", &json!({"name": name, "role": "operator"}));
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().expect("token").to_string()
+}
+
+/// Seconds from now until the RFC 3339 time `at`.
+fn seconds_until(at: &Value) -> i64 {
+    let at = at.as_str().expect("a time");
+    let t = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
+    (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds()
+}
+
+/// The control lock on the device page: taken in the console (with its ttl), it shows the
+/// holder and locks another token's commands out (423) until "Release"; taken by another
+/// token, the console's own "Take control" and commands are refused with the holder shown,
+/// and the admin's "Release" breaks it.
+#[test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+fn the_control_lock_is_taken_shown_and_released_in_the_console() {
+    let server = TestServer::start();
+    let _dev = FakeDevice::framed(server.framed, 6301);
+    wait_for("device online", || server.online("6301").then_some(()));
+    let ops = operator_token(&server, "ops");
+    let commands = "/api/devices/6301/commands";
+    let write = json!({"type": "write_register", "address": 2100, "value": 5});
+
+    let b = admin_console(&server);
+    b.click("#device-table tr[data-id=\"6301\"] a");
+    b.wait_text("#device-state", "online", |t| t == "online");
+    b.wait_text("#lock-state", "no lock", |t| t.starts_with("Not locked"));
+
+    b.type_into("#lock-ttl", "600");
+    b.click("#lock-take");
+    b.wait_text("#lock-state", "the holder", |t| {
+        t.starts_with("Locked by admin until ")
+    });
+    let (status, lock) = server.get("/api/devices/6301/lock");
+    assert_eq!(status, 200, "{lock}");
+    assert_eq!(
+        (&lock["locked"], &lock["holder"]),
+        (&json!(true), &json!("admin"))
+    );
+    let left = seconds_until(&lock["expires_at"]);
+    assert!(
+        (500..=600).contains(&left),
+        "the ttl of the form: {left} s left"
+    );
+
+    // Another token's command is refused while the console shows the lock.
+    let (status, body) = server.post_as(Some(&ops), commands, &write);
+    assert_eq!((status, &body["holder"]), (423, &json!("admin")), "{body}");
+    assert!(b
+        .text("#lock-state")
+        .is_some_and(|t| t.starts_with("Locked by admin")));
+
+    b.click("#lock-release");
+    b.wait_text("#lock-state", "no lock", |t| t.starts_with("Not locked"));
+    let (status, body) = server.get("/api/devices/6301/lock");
+    assert_eq!((status, &body["locked"]), (200, &json!(false)), "{body}");
+    let (status, body) = server.post_as(Some(&ops), commands, &write);
+    assert_eq!(
+        status, 200,
+        "released, the other token commands again: {body}"
+    );
+
+    // The other way round: "ops" holds it; the page picks that up by itself.
+    let (status, body) =
+        server.post_as(Some(&ops), "/api/devices/6301/lock", &json!({"ttl_s": 600}));
+    assert_eq!(status, 200, "{body}");
+    b.wait_text("#lock-state", "the other holder", |t| {
+        t.starts_with("Locked by ops until ")
+    });
+    b.type_into("#lock-ttl", "60");
+    b.click("#lock-take");
+    let msg = b.wait_text("#lock-error", "the refusal", |t| t.starts_with("423"));
+    assert!(msg.contains("locked by ops"), "{msg}");
+    b.type_into("#cmd-start", "2000");
+    b.click("#cmd-send");
+    let msg = b.wait_text("#cmd-status", "the refused command", |t| {
+        t.starts_with("423")
+    });
+    assert!(msg.contains("locked by ops"), "{msg}");
+    // An admin's release breaks anyone's lock.
+    b.click("#lock-release");
+    b.wait_text("#lock-state", "no lock", |t| t.starts_with("Not locked"));
+    assert_eq!(b.text("#lock-error").unwrap_or_default(), "");
+    let (_, body) = server.get("/api/devices/6301/lock");
+    assert_eq!(body["locked"], json!(false), "{body}");
+}
+
+/// "queue if offline": a command for an offline device answers 202; the page follows it from
+/// `queued` to `sent` (the device is back but holds its answer) to `ok`, and the device got
+/// the write.
+#[test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+fn a_command_queued_for_an_offline_device_shows_queued_then_ok() {
+    // A slave that may take its time (the test holds its answer back, for as long as a wait
+    // may last) without retries.
+    let server = TestServer::start_with(Options {
+        data_toml: common::DATA_TOML
+            .replace(
+                "response_timeout = \"400ms\"",
+                "response_timeout = \"120s\"",
+            )
+            .replace("retries = 1", "retries = 0"),
+        ..Options::default()
+    });
+    let dev = FakeDevice::framed(server.framed, 6401);
+    wait_for("device online", || server.online("6401").then_some(()));
+    dev.close();
+    wait_for("device offline", || (!server.online("6401")).then_some(()));
+
+    let b = admin_console(&server);
+    b.click("#device-table tr[data-id=\"6401\"] a");
+    b.wait_text("#device-state", "offline", |t| t == "offline");
+    b.select("#cmd-type", "write_register");
+    b.wait_visible("#cmd-address");
+    b.type_into("#cmd-address", "2100");
+    b.type_into("#cmd-value", "7");
+    // Without the box an offline device refuses.
+    b.click("#cmd-send");
+    b.wait_text("#cmd-status", "the refusal", |t| t.starts_with("409"));
+    b.click("#cmd-queue");
+    b.type_into("#cmd-queue-ttl", "600");
+    b.type_into("#cmd-timeout", "150000");
+    b.click("#cmd-send");
+    b.wait_text("#cmd-status", "the 202", |t| t == "202 queued");
+    b.wait_text("#cmd-track-status", "queued", |t| t == "queued");
+    let cid = b.text("#cmd-track-id").unwrap_or_default();
+    let (status, record) = server.get(&format!("/api/commands/{cid}"));
+    assert_eq!(status, 200, "{cid}: {record}");
+    assert_eq!(record["status"], "queued");
+    assert_eq!(record["request"]["queue_if_offline"], json!(true));
+    assert_eq!(record["request"]["ttl_s"], json!(600));
+    assert_eq!(record["request"]["timeout_ms"], json!(150_000));
+
+    // The device registers but holds its answers: the command is claimed (`sent`) and waits.
+    let mut dev = FakeDevice::connect(server.framed, common::device::Proto::Framed);
+    dev.hold(true);
+    dev.send(&6401u32.to_be_bytes());
+    b.wait_text("#cmd-track-status", "sent", |t| t == "sent");
+    assert_eq!(b.text("#cmd-track-trail").as_deref(), Some("queued → sent"));
+    dev.hold(false);
+    b.wait_text("#cmd-track-status", "ok", |t| t == "ok");
+    assert_eq!(
+        b.text("#cmd-track-trail").as_deref(),
+        Some("queued → sent → ok")
+    );
+    b.wait_text("#cmd-status", "the end", |t| t == "queued command ok");
+    let result = b.text("#cmd-result").unwrap_or_default();
+    assert!(result.contains("2100"), "{result}");
+    assert_eq!(dev.register(2100), 7);
+    // The record is stored just after the event that may have told the page.
+    wait_for("the stored record to be ok", || {
+        let (_, record) = server.get(&format!("/api/commands/{cid}"));
+        (record["status"] == "ok").then_some(())
+    });
+}
+
+/// The webhook view against the real API and a real receiver: a subscriber made through the
+/// API is listed; "send test" reaches the receiver and its delivery (attempt, status code,
+/// latency) is listed; a subscriber added in the form is stored with its filters and deleted
+/// again with two clicks.
+#[test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+fn the_webhooks_view_tests_adds_and_deletes_subscribers() {
+    let server = TestServer::start();
+    let receiver = common::receiver::Receiver::ok();
+    let (status, hook) = server.post(
+        "/api/webhooks",
+        &json!({"url": receiver.url(), "events": ["device.online"], "secret": "s3cret"}),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let wid = hook["id"].as_str().expect("webhook id").to_string();
+
+    let b = admin_console(&server);
+    b.wait_visible("#nav-webhooks");
+    b.click("#nav-webhooks");
+    let row = format!("#webhook-table tr[data-id=\"{wid}\"]");
+    let text = b.wait_text(&row, "the subscriber", |t| t.contains(&receiver.url()));
+    assert!(
+        text.contains("device.online") && text.contains("active"),
+        "{text}"
+    );
+    assert_eq!(
+        b.text(&format!("{row} td:nth-child(6)")).as_deref(),
+        Some("yes")
+    );
+
+    b.click(&format!("{row} button.test"));
+    let note = b.wait_text("#webhooks-note", "the test's outcome", |t| {
+        t.starts_with("Test of")
+    });
+    assert!(
+        note.contains("delivered") && note.contains("HTTP 200"),
+        "{note}"
+    );
+    let first = "#delivery-table tbody tr:first-child";
+    b.wait_text(first, "the test delivery", |t| t.contains("webhook.test"));
+    let cells: Vec<String> = (1..=8)
+        .map(|i| {
+            b.text(&format!("{first} td:nth-child({i})"))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        (cells[4].as_str(), cells[5].as_str(), cells[6].as_str()),
+        ("1", "ok", "200"),
+        "{cells:?}"
+    );
+    assert!(cells[7].ends_with(" ms"), "{cells:?}");
+    let got = receiver.received();
+    assert!(
+        got.iter()
+            .any(|r| r.json()["event"] == "webhook.test" && r.signed_with("s3cret")),
+        "the receiver got no signed test"
+    );
+
+    // A second subscriber from the form.
+    let second = format!("http://127.0.0.1:{}/second", receiver.port);
+    b.type_into("#wh-url", &second);
+    b.type_into("#wh-events", "device.offline, telemetry");
+    b.type_into("#wh-devices", "64*");
+    b.click("#wh-add");
+    let note = b.wait_text("#webhooks-note", "the new id", |t| {
+        t.starts_with("Added webhook ")
+    });
+    let new_id = note
+        .trim_start_matches("Added webhook ")
+        .trim_end_matches('.')
+        .to_string();
+    let (_, list) = server.get("/api/webhooks");
+    let added = list
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == json!(new_id)))
+        .cloned()
+        .unwrap_or_else(|| panic!("{new_id} not in {list}"));
+    assert_eq!(added["url"], json!(second));
+    assert_eq!(added["events"], json!(["device.offline", "telemetry"]));
+    assert_eq!(added["devices"], json!(["64*"]));
+    assert_eq!(added["has_secret"], json!(false));
+    let new_row = format!("#webhook-table tr[data-id=\"{new_id}\"]");
+    b.wait_text(&new_row, "the new row", |t| t.contains("/second"));
+
+    // Delete: the first click arms the button, the second deletes.
+    b.click(&format!("{new_row} button.delete"));
+    b.wait_text(&format!("{new_row} button.delete"), "armed", |t| {
+        t == "really delete?"
+    });
+    let (_, list) = server.get("/api/webhooks");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(2),
+        "one click deletes nothing"
+    );
+    b.click(&format!("{new_row} button.delete"));
+    b.wait_text("#webhooks-note", "the deletion", |t| {
+        t == format!("Deleted webhook {new_id}.")
+    });
+    wait_for("the row to go", || {
+        let gone = b.eval(
+            "return document.querySelector(arguments[0]) === null;",
+            vec![json!(new_row)],
+        );
+        (gone == json!(true)).then_some(())
+    });
+    let (_, list) = server.get("/api/webhooks");
+    let ids: Vec<&Value> = list
+        .as_array()
+        .map(|l| l.iter().map(|h| &h["id"]).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [&json!(wid)]);
 }
 
 /// Without a browser: the console's files come from the server itself, with their types,
