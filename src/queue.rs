@@ -27,8 +27,8 @@ use tokio::sync::oneshot;
 use crate::device::command::{self, CommandError, CommandOutcome, DeviceCommand};
 use crate::events::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
-use crate::storage::rows::{CommandRow, Row};
-use crate::storage::{Storage, Store};
+use crate::storage::rows::CommandRow;
+use crate::storage::Storage;
 use crate::supervisor::{KickQueue, RouteCommand, Supervisor};
 use crate::web::commands::CommandBody;
 
@@ -133,7 +133,7 @@ async fn deliver_next(
                 "device {device}: queued command {} cannot be read back: {e}",
                 cmd.id
             );
-            finish(ctx, &cmd, Err(CommandError::Invalid(e)));
+            finish(ctx, &cmd, Err(CommandError::Invalid(e))).await;
             return Ok(Step::Next);
         }
     };
@@ -162,14 +162,17 @@ async fn deliver_next(
             Ok(Ok(result)) => result,
         },
     };
-    finish(ctx, &cmd, result);
+    finish(ctx, &cmd, result).await;
     Ok(Step::Next)
 }
 
 /// Records the end of a delivered command and raises `command.completed`.
-fn finish(ctx: &QueueContext, cmd: &QueuedCommand, result: Result<CommandOutcome, CommandError>) {
-    let mut record = record_of(cmd);
-    command::complete(&mut record, &result, &ctx.events);
+async fn finish(
+    ctx: &QueueContext,
+    cmd: &QueuedCommand,
+    result: Result<CommandOutcome, CommandError>,
+) {
+    let record = command::finish(record_of(cmd), &result, &ctx.db, &ctx.storage, &ctx.events).await;
     log::info!(
         "device {}: queued command {} (#{}, by {}) {}",
         cmd.device_id,
@@ -181,7 +184,6 @@ fn finish(ctx: &QueueContext, cmd: &QueuedCommand, result: Result<CommandOutcome
             None => record.status.clone(),
         }
     );
-    ctx.storage.do_send(Store(Row::Command(record)));
 }
 
 /// Gives a claimed command back to the queue: it was not written to the device.

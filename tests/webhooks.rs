@@ -95,6 +95,18 @@ fn every_event_type_arrives_signed() {
     assert!(req.signed_with("s3cret"));
     assert_eq!(req.header("x-dtu-event"), Some("command.completed"));
     assert!(env["data"].is_object(), "{env}");
+    assert_eq!(env["data"]["command_id"], body["id"], "{env}");
+    assert_eq!(env["data"]["status"], "ok", "{env}");
+    // Whoever reacts to the event finds the command's final state already stored.
+    let (status, record) = server.get(&format!(
+        "/api/commands/{}",
+        env["data"]["command_id"].as_str().expect("command id")
+    ));
+    assert_eq!(
+        (status, record["status"].as_str()),
+        (200, Some("ok")),
+        "{record}"
+    );
 
     dev.mute(true);
     let (req, _) = wait_event(&rx, "poll.failed", "8101");

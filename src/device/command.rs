@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
-use crate::storage::rows::CommandRow;
+use crate::storage::rows::{CommandRow, Row};
+use crate::storage::{store_now, Db, Storage};
 
 /// What an operator asked a device to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,13 +115,9 @@ pub fn status_of(result: &Result<CommandOutcome, CommandError>) -> &'static str 
 }
 
 /// How every command ends, whether an API caller waited for it or it came from the offline
-/// queue: the record gets its final status, result or error and time, and `command.completed`
-/// is raised. The caller stores the record.
-pub fn complete(
-    record: &mut CommandRow,
-    result: &Result<CommandOutcome, CommandError>,
-    events: &Addr<EventBus>,
-) {
+/// queue: the record gets its final status, result or error and time; then the caller stores
+/// it and raises `command.completed` (see [`finish`]).
+pub fn complete(record: &mut CommandRow, result: &Result<CommandOutcome, CommandError>) {
     record.updated_at = Utc::now();
     record.status = status_of(result).into();
     match result {
@@ -133,7 +130,22 @@ pub fn complete(
             record.error = Some(e.to_string());
         }
     }
-    publish_completed(events, record, result.as_ref().ok().map(outcome_json));
+}
+
+/// Ends a command: `complete`s the record, writes it at once (so that a client reading
+/// `GET /api/commands/{id}` after the event finds the final state), then raises
+/// `command.completed`. Answers the record as stored.
+pub async fn finish(
+    mut record: CommandRow,
+    result: &Result<CommandOutcome, CommandError>,
+    db: &Db,
+    storage: &Addr<Storage>,
+    events: &Addr<EventBus>,
+) -> CommandRow {
+    complete(&mut record, result);
+    store_now(db, storage, Row::Command(record.clone())).await;
+    publish_completed(events, &record, result.as_ref().ok().map(outcome_json));
+    record
 }
 
 /// Raises `command.completed` for a record in its final state (also `expired`).
@@ -174,7 +186,14 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn complete_records_the_end_and_raises_command_completed() {
+    async fn finish_stores_the_end_before_raising_command_completed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::connect(&format!("sqlite://{}/c.db", dir.path().display()), 2).expect("db");
+        let storage = Storage::start(
+            db.clone(),
+            crate::settings::ServerSettings::default().storage,
+            dir.path().join("spool.jsonl"),
+        );
         let bus = EventBus::default().start();
         let mut sub = bus
             .send(Subscribe {
@@ -183,16 +202,17 @@ mod tests {
             })
             .await
             .expect("bus answers");
-        let mut ok = row();
-        complete(&mut ok, &Ok(CommandOutcome::Raw(vec![1, 3])), &bus);
+        let ok = finish(
+            row(),
+            &Ok(CommandOutcome::Raw(vec![1, 3])),
+            &db,
+            &storage,
+            &bus,
+        )
+        .await;
         assert_eq!(ok.status, "ok");
         assert_eq!(ok.result.as_deref(), Some(r#"{"hex":"01 03"}"#));
         assert_eq!(ok.error, None);
-        let mut late = row();
-        complete(&mut late, &Err(CommandError::Timeout(400)), &bus);
-        assert_eq!(late.status, "timeout");
-        assert_eq!(late.result, None);
-        assert!(late.error.as_deref().is_some_and(|e| e.contains("400 ms")));
 
         let first = sub.events.recv().await.expect("event");
         let body: Value = serde_json::from_str(&first.body).expect("json");
@@ -202,10 +222,24 @@ mod tests {
         assert_eq!(body["data"]["status"], "ok");
         assert_eq!(body["data"]["result"], json!({"hex": "01 03"}));
         assert_eq!(body["data"]["requested_by"], "alice");
+        // Whoever reacts to the event finds the final state stored, not "sent".
+        let stored = db.command("c1").expect("read").expect("stored");
+        assert_eq!(stored.status, "ok");
+
+        let late = CommandRow {
+            id: "c2".into(),
+            ..row()
+        };
+        let late = finish(late, &Err(CommandError::Timeout(400)), &db, &storage, &bus).await;
+        assert_eq!(late.status, "timeout");
+        assert_eq!(late.result, None);
+        assert!(late.error.as_deref().is_some_and(|e| e.contains("400 ms")));
         let second = sub.events.recv().await.expect("event");
         let body: Value = serde_json::from_str(&second.body).expect("json");
         assert_eq!(body["data"]["status"], "timeout");
         assert_eq!(body["data"]["result"], Value::Null);
+        let stored = db.command("c2").expect("read").expect("stored");
+        assert_eq!(stored.status, "timeout");
     }
 
     #[test]

@@ -54,6 +54,27 @@ const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const SPOOL_RETRY: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(60);
 
+/// Writes a row at once, on a blocking thread, for records a client may read right after an
+/// event about them (a command's state after `command.completed`): the batched path could
+/// leave the old state visible for up to `flush_interval`. If the database cannot take it, the
+/// row goes to the Storage actor instead, which retries and spools it: nothing is lost, it is
+/// only later. Rows for one id written this way are written in the order of the calls.
+pub async fn store_now(db: &Db, storage: &Addr<Storage>, row: Row) {
+    let db = db.clone();
+    let attempt = row.clone();
+    match tokio::task::spawn_blocking(move || db.write(std::slice::from_ref(&attempt))).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!("storage: direct write failed ({e}); the row goes through the buffer");
+            storage.do_send(Store(row));
+        }
+        Err(e) => {
+            warn!("storage: direct write task failed ({e}); the row goes through the buffer");
+            storage.do_send(Store(row));
+        }
+    }
+}
+
 /// Stores one row. Never waits, never fails: `do_send` it.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]

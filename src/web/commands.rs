@@ -15,11 +15,11 @@ use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::history::blocking;
 use super::{mailbox_error, AppState};
-use crate::device::command::{complete, CommandError, DeviceCommand};
+use crate::device::command::{finish, CommandError, DeviceCommand};
 use crate::device::modbus::{self, Request};
 use crate::storage::db::QueuedCommand;
 use crate::storage::rows::{CommandRow, Row};
-use crate::storage::Store;
+use crate::storage::store_now;
 use crate::supervisor::{KickQueue, RouteCommand};
 
 /// How long a caller waits for a device when the body names no `timeout_ms`: long enough for
@@ -215,7 +215,7 @@ async fn send(
         (Err(e), _) => return Err(e.into()),
     }
     let now = Utc::now();
-    let mut record = CommandRow {
+    let record = CommandRow {
         id: cid.clone(),
         device_id: id.clone(),
         request: serde_json::to_string(&*body).unwrap_or_default(),
@@ -226,14 +226,29 @@ async fn send(
         created_at: now,
         updated_at: now,
     };
-    state.storage.do_send(Store(Row::Command(record.clone())));
+    // Written at once (not batched), like the final state: the final write waits for this one,
+    // so the two reach the database in order; neither delays the device or the answer.
+    let sent = {
+        let (db, storage, row) = (state.db.clone(), state.storage.clone(), record.clone());
+        actix_rt::spawn(async move { store_now(&db, &storage, Row::Command(row)).await })
+    };
     let result = match tokio::time::timeout(wait, answer).await {
         Err(_) => Err(CommandError::Timeout(wait.as_millis() as u64)),
         Ok(Err(_)) => Err(CommandError::Disconnected),
         Ok(Ok(result)) => result,
     };
-    complete(&mut record, &result, &state.events);
-    state.storage.do_send(Store(Row::Command(record)));
+    {
+        let (db, storage, events) = (
+            state.db.clone(),
+            state.storage.clone(),
+            state.events.clone(),
+        );
+        let result = result.clone();
+        actix_rt::spawn(async move {
+            let _ = sent.await;
+            finish(record, &result, &db, &storage, &events).await;
+        });
+    }
     let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
     Ok(HttpResponse::Ok().json(json!({
         "id": cid,
