@@ -172,7 +172,15 @@ async fn finish(
     cmd: &QueuedCommand,
     result: Result<CommandOutcome, CommandError>,
 ) {
-    let record = command::finish(record_of(cmd), &result, &ctx.db, &ctx.storage, &ctx.events).await;
+    let record = command::finish(
+        record_of(cmd),
+        &result,
+        false,
+        &ctx.db,
+        &ctx.storage,
+        &ctx.events,
+    )
+    .await;
     log::info!(
         "device {}: queued command {} (#{}, by {}) {}",
         cmd.device_id,

@@ -14,7 +14,7 @@ use crate::device::modbus::{self, ModbusError, Request, Response};
 use crate::device::points::Decoded;
 use crate::events::{Event, EventBus, EventKind, Publish};
 use crate::storage::rows::{CommandRow, Row};
-use crate::storage::{store_now, Db, Storage};
+use crate::storage::{store_now, Db, Storage, Store};
 
 /// What an operator asked a device to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,16 +134,23 @@ pub fn complete(record: &mut CommandRow, result: &Result<CommandOutcome, Command
 
 /// Ends a command: `complete`s the record, writes it at once (so that a client reading
 /// `GET /api/commands/{id}` after the event finds the final state), then raises
-/// `command.completed`. Answers the record as stored.
+/// `command.completed`. With `buffered` (an earlier state of the record went through the
+/// storage buffer because the database was away), the final state follows it there instead,
+/// so it cannot be overtaken. Answers the record as stored.
 pub async fn finish(
     mut record: CommandRow,
     result: &Result<CommandOutcome, CommandError>,
+    buffered: bool,
     db: &Db,
     storage: &Addr<Storage>,
     events: &Addr<EventBus>,
 ) -> CommandRow {
     complete(&mut record, result);
-    store_now(db, storage, Row::Command(record.clone())).await;
+    if buffered {
+        storage.do_send(Store(Row::Command(record.clone())));
+    } else {
+        store_now(db, storage, Row::Command(record.clone())).await;
+    }
     publish_completed(events, &record, result.as_ref().ok().map(outcome_json));
     record
 }
@@ -205,6 +212,7 @@ mod tests {
         let ok = finish(
             row(),
             &Ok(CommandOutcome::Raw(vec![1, 3])),
+            false,
             &db,
             &storage,
             &bus,
@@ -230,7 +238,15 @@ mod tests {
             id: "c2".into(),
             ..row()
         };
-        let late = finish(late, &Err(CommandError::Timeout(400)), &db, &storage, &bus).await;
+        let late = finish(
+            late,
+            &Err(CommandError::Timeout(400)),
+            false,
+            &db,
+            &storage,
+            &bus,
+        )
+        .await;
         assert_eq!(late.status, "timeout");
         assert_eq!(late.result, None);
         assert!(late.error.as_deref().is_some_and(|e| e.contains("400 ms")));
@@ -240,6 +256,37 @@ mod tests {
         assert_eq!(body["data"]["result"], Value::Null);
         let stored = db.command("c2").expect("read").expect("stored");
         assert_eq!(stored.status, "timeout");
+
+        // After an earlier state went through the buffer, the final one follows it there.
+        let buffered = CommandRow {
+            id: "c3".into(),
+            ..row()
+        };
+        let done = finish(
+            buffered,
+            &Ok(CommandOutcome::Raw(vec![2])),
+            true,
+            &db,
+            &storage,
+            &bus,
+        )
+        .await;
+        assert_eq!(done.status, "ok");
+        let third = sub.events.recv().await.expect("event");
+        assert!(
+            third.body.contains(r#""command_id":"c3""#),
+            "{}",
+            third.body
+        );
+        storage
+            .send(crate::storage::FlushAll::default())
+            .await
+            .expect("storage answers");
+        let stored = db
+            .command("c3")
+            .expect("read")
+            .expect("stored after the flush");
+        assert_eq!(stored.status, "ok");
     }
 
     #[test]

@@ -58,21 +58,18 @@ const STATS_EVERY: Duration = Duration::from_secs(60);
 /// event about them (a command's state after `command.completed`): the batched path could
 /// leave the old state visible for up to `flush_interval`. If the database cannot take it, the
 /// row goes to the Storage actor instead, which retries and spools it: nothing is lost, it is
-/// only later. Rows for one id written this way are written in the order of the calls.
-pub async fn store_now(db: &Db, storage: &Addr<Storage>, row: Row) {
+/// only later. True when the row was written now; after a false, later states of the same
+/// record must go through the buffer too ([`Store`]), so that they cannot overtake this one.
+pub async fn store_now(db: &Db, storage: &Addr<Storage>, row: Row) -> bool {
     let db = db.clone();
     let attempt = row.clone();
     match tokio::task::spawn_blocking(move || db.write(std::slice::from_ref(&attempt))).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!("storage: direct write failed ({e}); the row goes through the buffer");
-            storage.do_send(Store(row));
-        }
-        Err(e) => {
-            warn!("storage: direct write task failed ({e}); the row goes through the buffer");
-            storage.do_send(Store(row));
-        }
+        Ok(Ok(_)) => return true,
+        Ok(Err(e)) => warn!("storage: direct write failed ({e}); the row goes through the buffer"),
+        Err(e) => warn!("storage: direct write task failed ({e}); the row goes through the buffer"),
     }
+    storage.do_send(Store(row));
+    false
 }
 
 /// Stores one row. Never waits, never fails: `do_send` it.

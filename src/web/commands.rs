@@ -245,8 +245,8 @@ async fn send(
         );
         let result = result.clone();
         actix_rt::spawn(async move {
-            let _ = sent.await;
-            finish(record, &result, &db, &storage, &events).await;
+            let buffered = !sent.await.unwrap_or(false);
+            finish(record, &result, buffered, &db, &storage, &events).await;
         });
     }
     let outcome = result.map_err(|e| ApiError::from(e).with("id", json!(cid)))?;
