@@ -77,14 +77,7 @@ impl Event {
         data: serde_json::Value,
     ) -> Event {
         let id = new_event_id();
-        let body = json!({
-            "id": id,
-            "event": kind.as_str(),
-            "device_id": device_id,
-            "at": at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "data": data,
-        })
-        .to_string();
+        let body = envelope(&id, kind.as_str(), device_id, at, data);
         Event {
             id,
             kind,
@@ -95,8 +88,27 @@ impl Event {
     }
 }
 
+/// The contract's JSON envelope `{"id","event","device_id","at","data"}`, as webhook bodies
+/// and stream messages carry it (also for the `webhook.test` event, which is no `EventKind`).
+pub fn envelope(
+    id: &str,
+    event: &str,
+    device_id: &str,
+    at: DateTime<Utc>,
+    data: serde_json::Value,
+) -> String {
+    json!({
+        "id": id,
+        "event": event,
+        "device_id": device_id,
+        "at": at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "data": data,
+    })
+    .to_string()
+}
+
 /// Unique across restarts: a random per-process prefix and a counter.
-fn new_event_id() -> String {
+pub fn new_event_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
@@ -110,6 +122,21 @@ pub fn device_matches(patterns: &[String], device: &str) -> bool {
         Some(prefix) => device.starts_with(prefix),
         None => p == device,
     })
+}
+
+/// Longest device id (the column width of `devices.id`), also for a pattern's prefix.
+pub const DEVICE_ID_MAX: usize = 64;
+
+/// Checks one entry of a device list (a token's reach, a webhook's filter): an id, or a
+/// prefix ending in `*`; the message says what is wrong.
+pub fn check_device_pattern(p: &str) -> Result<(), String> {
+    let id = p.strip_suffix('*').unwrap_or(p);
+    if p.is_empty() || id.contains('*') || id.chars().count() > DEVICE_ID_MAX {
+        return Err(format!(
+            "{p:?} is neither a device id nor a prefix ending in *"
+        ));
+    }
+    Ok(())
 }
 
 /// Which events a subscriber wants.

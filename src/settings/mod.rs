@@ -217,24 +217,13 @@ pub struct AuthSettings {
 pub struct WebhookSettings {
     /// http:// or https://.
     pub url: String,
-    /// Event names from [`WEBHOOK_EVENTS`], or "*" for all; never empty.
+    /// Event names (`crate::events::EventKind`), or "*" for all; never empty.
     pub events: Vec<String>,
     /// HMAC-SHA256 key; an empty string in the file counts as none.
     pub secret: Option<String>,
     /// Device ids and `prefix*` patterns; None for every device.
     pub devices: Option<Vec<String>>,
 }
-
-/// The event names a webhook may subscribe to (besides "*").
-pub const WEBHOOK_EVENTS: [&str; 7] = [
-    "device.online",
-    "device.offline",
-    "telemetry",
-    "rule.triggered",
-    "rule.cleared",
-    "command.completed",
-    "poll.failed",
-];
 
 impl Default for ServerSettings {
     /// The contract's defaults, the same as [`DEFAULT_SERVER_TOML`].

@@ -14,8 +14,8 @@ use super::tree::{
 use super::{
     AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, RelaySettings,
     ServerSettings, StorageSettings, WebSettings, WebhookDeliverySettings, WebhookSettings,
-    WEBHOOK_EVENTS,
 };
+use crate::events::EventKind;
 
 /// Database URL schemes the storage layer can open.
 const DATABASE_SCHEMES: [&str; 5] = [
@@ -518,13 +518,8 @@ fn webhook_url(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
 /// A device id or a `prefix*` pattern (a webhook's device filter).
 fn device_pattern(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
     let p = string(ctx, path, v)?;
-    let id = p.strip_suffix('*').unwrap_or(&p);
-    if p.is_empty() || id.contains('*') || id.chars().count() > 64 {
-        ctx.err(
-            path,
-            Some(v),
-            format!("{p:?} is neither a device id nor a prefix ending in *"),
-        );
+    if let Err(e) = crate::events::check_device_pattern(&p) {
+        ctx.err(path, Some(v), e);
         return None;
     }
     Some(p)
@@ -532,7 +527,7 @@ fn device_pattern(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
 
 fn event_name(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
     let event = string(ctx, path, v)?;
-    if event == "*" || WEBHOOK_EVENTS.contains(&event.as_str()) {
+    if event == "*" || EventKind::parse(&event).is_some() {
         Some(event)
     } else {
         ctx.err(
@@ -540,7 +535,7 @@ fn event_name(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
             Some(v),
             format!(
                 "unknown event {event:?} (expected \"*\" or one of {})",
-                WEBHOOK_EVENTS.join(", ")
+                EventKind::ALL.map(EventKind::as_str).join(", ")
             ),
         );
         None

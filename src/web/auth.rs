@@ -28,8 +28,9 @@ use super::error::ApiError;
 use super::AppState;
 use crate::storage::db::{Db, StorageError, TokenRecord};
 
-/// Longest device id the API accepts in a path (the column width of `devices.id`).
-pub const DEVICE_ID_MAX: usize = 64;
+pub use crate::events::DEVICE_ID_MAX;
+/// Most entries a token's or a webhook's device list may have.
+pub const DEVICE_LIST_MAX: usize = 1_000;
 /// The id the settings' admin token goes by (it is not a row of `tokens`).
 pub const SETTINGS_TOKEN_ID: &str = "settings";
 
@@ -114,6 +115,21 @@ impl Caller {
             ))
         }
     }
+}
+
+/// 400 for a device list (token reach, webhook filter) that is too long or holds something
+/// that is neither an id nor a `prefix*`.
+pub fn check_device_list(devices: &[String]) -> Result<(), ApiError> {
+    if devices.len() > DEVICE_LIST_MAX {
+        return Err(ApiError::bad_request(format!(
+            "devices lists at most {DEVICE_LIST_MAX} entries"
+        )));
+    }
+    for d in devices {
+        crate::events::check_device_pattern(d)
+            .map_err(|e| ApiError::bad_request(format!("devices: {e}")))?;
+    }
+    Ok(())
 }
 
 /// 400 for an empty device id, one longer than the database stores, or one no device can

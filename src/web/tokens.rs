@@ -6,14 +6,13 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{hash_hex, new_id, new_secret, parse_devices, Caller, Role, DEVICE_ID_MAX};
+use super::auth::{check_device_list, hash_hex, new_id, new_secret, parse_devices, Caller, Role};
 use super::error::ApiError;
 use super::history::blocking;
 use super::AppState;
 use crate::storage::db::TokenRecord;
 
 const NAME_MAX: usize = 64;
-const DEVICES_MAX: usize = 1_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/tokens", web::get().to(list))
@@ -43,19 +42,7 @@ fn validate(body: &NewToken) -> Result<Role, ApiError> {
         ))
     })?;
     if let Some(devices) = &body.devices {
-        if devices.len() > DEVICES_MAX {
-            return Err(ApiError::bad_request(format!(
-                "devices lists at most {DEVICES_MAX} entries"
-            )));
-        }
-        for d in devices {
-            let id = d.strip_suffix('*').unwrap_or(d);
-            if id.contains('*') || id.chars().count() > DEVICE_ID_MAX || d.is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "devices: {d:?} is neither a device id nor a prefix ending in *"
-                )));
-            }
-        }
+        check_device_list(devices)?;
     }
     Ok(role)
 }

@@ -11,18 +11,17 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{new_id, Caller, Role, DEVICE_ID_MAX};
+use super::auth::{check_device_list, new_id, Caller, Role};
 use super::error::ApiError;
 use super::history::blocking;
 use super::{mailbox_error, AppState};
-use crate::events::EventFilter;
+use crate::events::{envelope, new_event_id, EventFilter};
 use crate::settings::check_webhook_url;
 use crate::storage::db::WebhookRecord;
 use crate::webhooks::{self, Payload, Source, Subscriber};
 
 const URL_MAX: usize = 2048;
 const SECRET_MAX: usize = 256;
-const DEVICES_MAX: usize = 1_000;
 const DELIVERIES_DEFAULT: i64 = 100;
 const DELIVERIES_MAX: i64 = 1_000;
 
@@ -63,19 +62,7 @@ fn validate(body: &NewWebhook) -> Result<EventFilter, ApiError> {
         }
     }
     if let Some(devices) = &body.devices {
-        if devices.len() > DEVICES_MAX {
-            return Err(ApiError::bad_request(format!(
-                "devices lists at most {DEVICES_MAX} entries"
-            )));
-        }
-        for d in devices {
-            let id = d.strip_suffix('*').unwrap_or(d);
-            if d.is_empty() || id.contains('*') || id.chars().count() > DEVICE_ID_MAX {
-                return Err(ApiError::bad_request(format!(
-                    "devices: {d:?} is neither a device id nor a prefix ending in *"
-                )));
-            }
-        }
+        check_device_list(devices)?;
     }
     EventFilter::parse(&body.events, body.devices.clone())
         .map_err(|e| ApiError::bad_request(format!("events: {e}")))
@@ -182,16 +169,14 @@ async fn test(
     let wid = wid.into_inner();
     check_id(&wid)?;
     let sub = state.webhooks.get(&wid).ok_or_else(|| unknown(&wid))?;
-    let id = new_id('e');
-    let at = Utc::now();
-    let body = json!({
-        "id": id,
-        "event": "webhook.test",
-        "device_id": "",
-        "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": {"webhook": wid, "requested_by": caller.name},
-    })
-    .to_string();
+    let id = new_event_id();
+    let body = envelope(
+        &id,
+        "webhook.test",
+        "",
+        Utc::now(),
+        json!({"webhook": wid, "requested_by": caller.name}),
+    );
     let payload = Payload {
         delivery: id,
         event: "webhook.test",
