@@ -9,14 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use log::{info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use tokio_util::codec::Decoder;
+
 use crate::device::codec::ttms::{
-    ccid_id, xor, TtmsFrame, CMD_DATA, CMD_HEARTBEAT, HEADER_IN, HEADER_OUT, MAX_FRAME, MIN_FRAME,
+    ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT, HEADER_IN, HEADER_OUT,
 };
 
 /// How simulated terminals behave.
@@ -110,45 +112,42 @@ enum FromServer {
     Bad(String),
 }
 
-/// Takes one whole frame off `buf`, if one is there.
+/// Takes one whole frame off `buf`, if one is there, decoded by the relay's own codec (its
+/// terminal side, which also takes the `$TTMX` frames the server forwards).
 fn next_frame(buf: &mut BytesMut) -> Option<FromServer> {
-    if buf.len() < 7 {
-        return None;
-    }
-    let header = &buf[..5];
-    if header != HEADER_IN && header != HEADER_OUT {
-        let bad = FromServer::Bad(format!("bad header {}", hex::encode(&buf[..])));
-        buf.clear();
-        return Some(bad);
-    }
-    let len = usize::from(u16::from_be_bytes([buf[5], buf[6]]));
-    if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
-        let bad = FromServer::Bad(format!("bad length {len}"));
-        buf.clear();
-        return Some(bad);
-    }
-    if buf.len() < len {
-        return None;
-    }
-    let frame = buf.split_to(len);
-    if xor(&frame[..len - 1]) != frame[len - 1] {
-        return Some(FromServer::Bad(format!(
-            "bad checksum {}",
-            hex::encode(&frame)
-        )));
-    }
-    let mut rest = &frame[7..len - 1];
-    let addr = rest.get_u32();
-    let cmd = rest.get_u8();
-    Some(match (&frame[..5] == HEADER_OUT, cmd) {
-        (false, CMD_HEARTBEAT) if rest.len() == 4 => FromServer::HeartbeatAnswer {
-            unix_time: rest.get_u32(),
+    let frame = match TtmsCodec::terminal().decode(buf) {
+        Ok(None) => return None,
+        Ok(Some(TtmsItem::Frame(frame))) => frame,
+        Ok(Some(TtmsItem::BadChecksum { raw, .. })) => {
+            return Some(FromServer::Bad(format!(
+                "bad checksum {}",
+                hex::encode(&raw)
+            )))
+        }
+        Err(e) => {
+            // No way to find the next frame in garbage: drop what is buffered.
+            buf.clear();
+            return Some(FromServer::Bad(e.to_string()));
+        }
+    };
+    let forwarded = &frame.header == HEADER_OUT;
+    Some(match (forwarded, frame.cmd) {
+        (false, CMD_HEARTBEAT) if frame.body.len() == 4 => FromServer::HeartbeatAnswer {
+            unix_time: u32::from_be_bytes([
+                frame.body[0],
+                frame.body[1],
+                frame.body[2],
+                frame.body[3],
+            ]),
         },
         (true, CMD_DATA) => FromServer::Forwarded {
-            sender: addr,
-            body: rest.to_vec(),
+            sender: frame.addr,
+            body: frame.body.to_vec(),
         },
-        _ => FromServer::Bad(format!("unexpected frame {}", hex::encode(&frame))),
+        _ => FromServer::Bad(format!(
+            "unexpected frame {}",
+            hex::encode(frame.to_bytes())
+        )),
     })
 }
 
@@ -276,6 +275,7 @@ pub async fn run_terminals(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::codec::ttms::xor;
 
     #[test]
     fn parses_answers_and_forwarded_frames_split_anywhere() {

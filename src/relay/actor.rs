@@ -161,7 +161,7 @@ impl RelayActor {
                 conn: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
                 peer,
                 ctx,
-                codec: TtmsCodec,
+                codec: TtmsCodec::default(),
                 buf: BytesMut::with_capacity(512),
                 out: Some(out_tx),
                 route: None,

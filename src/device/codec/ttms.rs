@@ -91,8 +91,19 @@ pub enum TtmsItem {
     },
 }
 
+/// The server side (the default) takes only `$TTMS` frames; the terminal side
+/// ([`TtmsCodec::terminal`], for simulated terminals) also takes the `$TTMX` frames the server
+/// forwards.
 #[derive(Debug, Default, Clone)]
-pub struct TtmsCodec;
+pub struct TtmsCodec {
+    terminal: bool,
+}
+
+impl TtmsCodec {
+    pub fn terminal() -> TtmsCodec {
+        TtmsCodec { terminal: true }
+    }
+}
 
 impl Decoder for TtmsCodec {
     type Item = TtmsItem;
@@ -101,7 +112,8 @@ impl Decoder for TtmsCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<TtmsItem>, CodecError> {
         // Check the header as soon as its first bytes are there, so garbage closes at once.
         let head = src.len().min(HEADER_IN.len());
-        if src[..head] != HEADER_IN[..head] {
+        let forwarded = self.terminal && src[..head] == HEADER_OUT[..head];
+        if src[..head] != HEADER_IN[..head] && !forwarded {
             return Err(CodecError::protocol("frame does not start with $TTMS", src));
         }
         if src.len() < 7 {
@@ -188,7 +200,7 @@ mod tests {
         assert_eq!(bytes.len(), MIN_FRAME);
         assert_eq!(&bytes[..7], b"$TTMS\x00\x0d");
         let mut buf = BytesMut::from(&bytes[..]);
-        let item = TtmsCodec.decode(&mut buf).ok().flatten();
+        let item = TtmsCodec::default().decode(&mut buf).ok().flatten();
         let Some(TtmsItem::Frame(f)) = item else {
             panic!("no frame: {item:?}")
         };
@@ -225,7 +237,7 @@ mod tests {
         all.extend(frame(2, CMD_DATA, b"abc"));
         all.extend(frame(3, CMD_DATA, b""));
         let mut buf = BytesMut::from(&all[..]);
-        let items = decode_all(&mut TtmsCodec, &mut buf);
+        let items = decode_all(&mut TtmsCodec::default(), &mut buf);
         let addrs: Vec<u32> = items
             .iter()
             .filter_map(|i| match i {
@@ -241,7 +253,7 @@ mod tests {
     fn split_frame_waits_for_the_rest() {
         let bytes = frame(7, CMD_DATA, b"hello world");
         for cut in 0..bytes.len() {
-            let mut codec = TtmsCodec;
+            let mut codec = TtmsCodec::default();
             let mut buf = BytesMut::from(&bytes[..cut]);
             assert!(matches!(codec.decode(&mut buf), Ok(None)), "cut {cut}");
             buf.extend_from_slice(&bytes[cut..]);
@@ -260,7 +272,7 @@ mod tests {
         bad[last] ^= 0xFF;
         bad.extend(frame(2, CMD_HEARTBEAT, &[]));
         let mut buf = BytesMut::from(&bad[..]);
-        let items = decode_all(&mut TtmsCodec, &mut buf);
+        let items = decode_all(&mut TtmsCodec::default(), &mut buf);
         assert!(matches!(items[0], TtmsItem::BadChecksum { .. }));
         assert!(matches!(&items[1], TtmsItem::Frame(f) if f.addr == 2));
     }
@@ -275,11 +287,11 @@ mod tests {
             b"$TTMS\xff\xff",
         ] {
             let mut buf = BytesMut::from(bytes);
-            assert!(TtmsCodec.decode(&mut buf).is_err(), "{bytes:?}");
+            assert!(TtmsCodec::default().decode(&mut buf).is_err(), "{bytes:?}");
         }
         // A partial header that matches so far just waits.
         let mut buf = BytesMut::from(&b"$TT"[..]);
-        assert!(matches!(TtmsCodec.decode(&mut buf), Ok(None)));
+        assert!(matches!(TtmsCodec::default().decode(&mut buf), Ok(None)));
     }
 
     proptest! {
@@ -287,7 +299,7 @@ mod tests {
         fn never_panics_on_any_bytes(
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16)
         ) {
-            let mut codec = TtmsCodec;
+            let mut codec = TtmsCodec::default();
             let mut buf = BytesMut::new();
             for c in chunks {
                 buf.extend_from_slice(&c);
@@ -312,7 +324,7 @@ mod tests {
                 all.extend(frame(*a, *c, b));
             }
             let cut = cut.index(all.len() + 1);
-            let mut codec = TtmsCodec;
+            let mut codec = TtmsCodec::default();
             let mut buf = BytesMut::from(&all[..cut]);
             let mut got = decode_all(&mut codec, &mut buf);
             buf.extend_from_slice(&all[cut..]);
@@ -329,5 +341,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_the_terminal_side_takes_forwarded_frames() {
+        let forwarded = TtmsFrame {
+            header: *HEADER_OUT,
+            addr: 7,
+            cmd: CMD_DATA,
+            body: Bytes::from_static(b"x"),
+        };
+        let mut buf = BytesMut::from(&forwarded.to_bytes()[..]);
+        assert!(TtmsCodec::default().decode(&mut buf.clone()).is_err());
+        let item = TtmsCodec::terminal().decode(&mut buf).ok().flatten();
+        assert_eq!(item, Some(TtmsItem::Frame(forwarded)));
     }
 }
