@@ -63,9 +63,15 @@ fn opt_time(name: &str, s: &Option<String>) -> Result<Option<DateTime<Utc>>, Api
 }
 
 fn limit(l: Option<i64>) -> Result<i64, ApiError> {
+    page_limit(l, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A list's `limit` parameter: `default` when absent, capped at `max` (not refused), 400
+/// below 1. Every paginated route of the API uses it.
+pub fn page_limit(l: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match l {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if n >= 1 => Ok(n.min(MAX_LIMIT)),
+        None => Ok(default),
+        Some(n) if n >= 1 => Ok(n.min(max)),
         Some(n) => Err(ApiError::bad_request(format!(
             "limit must be at least 1, got {n}"
         ))),

@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::history::page_limit;
 use super::AppState;
 use crate::storage::db::StorageError;
 
@@ -34,15 +35,7 @@ async fn waiting(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_ascii_uppercase);
-    let limit = match q.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if n >= 1 => n.min(MAX_LIMIT),
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be at least 1, got {n}"
-            )))
-        }
-    };
+    let limit = page_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let db = state.db.clone();
     let rows = web::block(move || db.relay_pending(target.as_deref(), limit))
         .await

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::auth::{check_device_list, new_id, Caller, Role};
 use super::error::ApiError;
-use super::history::blocking;
+use super::history::{blocking, page_limit};
 use super::{mailbox_error, AppState};
 use crate::events::{envelope, new_event_id, EventFilter};
 use crate::settings::check_webhook_url;
@@ -222,12 +222,7 @@ async fn deliveries(
     if state.webhooks.get(&wid).is_none() {
         return Err(unknown(&wid));
     }
-    let limit = params.limit.unwrap_or(DELIVERIES_DEFAULT);
-    if !(1..=DELIVERIES_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1..={DELIVERIES_MAX}"
-        )));
-    }
+    let limit = page_limit(params.limit, DELIVERIES_DEFAULT, DELIVERIES_MAX)?;
     let rows = blocking(&state.db, move |db| db.deliveries(&wid, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
