@@ -109,11 +109,6 @@ impl Labelled {
         *map.entry(labels).or_default() += n;
     }
 
-    pub fn get(&self, labels: &[(&'static str, String)]) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(labels).copied().unwrap_or(0)
-    }
-
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -78,7 +78,8 @@ impl RuleStates {
         changes
     }
 
-    pub fn is_triggered(&self, rule: &str) -> bool {
+    #[cfg(test)]
+    fn is_triggered(&self, rule: &str) -> bool {
         self.triggered.get(rule).copied().unwrap_or(false)
     }
 }
