@@ -11,17 +11,17 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::device::actor::{DeviceActor, ListenerContext};
-use crate::events::EventBus;
-use crate::queue::QueueContext;
-use crate::relay::actor::{InFlight, RelayActor, RelayContext};
+use crate::command::queue::QueueContext;
+use crate::conn::device::{DeviceActor, ListenerContext};
+use crate::conn::relay::{InFlight, RelayActor, RelayContext};
+use crate::events::bus::EventBus;
+use crate::events::webhooks::{Subscriber, Webhooks};
 use crate::settings::{Protocol, Settings};
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
 use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
 use crate::web::auth::Tokens;
 use crate::web::{self, AppState};
-use crate::webhooks::{Subscriber, Webhooks};
 
 /// Round-robin over the device arbiters.
 struct Arbiters {
@@ -118,7 +118,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let supervisor = Supervisor::with_known(known, events.clone(), settings.data.profiles.clone())
         .with_queue(queue.clone())
         .start();
-    actix_rt::spawn(crate::queue::sweep(queue, supervisor.clone()));
+    actix_rt::spawn(crate::command::queue::sweep(queue, supervisor.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -6,7 +6,7 @@ mod common;
 
 use common::device::FakeDevice;
 use common::{wait_for, Options, TestServer, DATA_TOML};
-use dtu_supervisor::device::modbus::Request;
+use dtu_supervisor::protocol::modbus::Request;
 use serde_json::{json, Value};
 
 fn command(server: &TestServer, id: &str, body: Value) -> (u16, Value) {

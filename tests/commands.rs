@@ -189,7 +189,7 @@ fn failures_map_to_their_status_codes() {
         .filter(|r| {
             matches!(
                 r,
-                dtu_supervisor::device::modbus::Request::WriteSingleRegister { value: 9, .. }
+                dtu_supervisor::protocol::modbus::Request::WriteSingleRegister { value: 9, .. }
             )
         })
         .count();

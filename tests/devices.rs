@@ -5,7 +5,7 @@ mod common;
 
 use common::device::{FakeDevice, Proto};
 use common::{wait_for, Options, TestServer};
-use dtu_supervisor::device::points::{encode_registers, PointType, WordOrder};
+use dtu_supervisor::protocol::points::{encode_registers, PointType, WordOrder};
 use serde_json::Value;
 
 /// Registers for the test profile's points: temperature -12.3 °C (i16 ×0.1), humidity

@@ -225,7 +225,7 @@ fn queued_commands_meet_the_lock_at_delivery() {
         .filter(|r| {
             !matches!(
                 r,
-                dtu_supervisor::device::modbus::Request::ReadHoldingRegisters { .. }
+                dtu_supervisor::protocol::modbus::Request::ReadHoldingRegisters { .. }
             )
         })
         .count();

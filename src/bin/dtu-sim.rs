@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
 use dtu_supervisor::sim::{self, FixedValue, SimConfig, SimProtocol};
-use dtu_supervisor::sim_ttms::{self, TtmsSimConfig};
 
 /// What `--protocol` accepts: the two Modbus DTU protocols and `$TTMS` relay terminals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

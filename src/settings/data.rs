@@ -14,7 +14,7 @@ use super::{
     DataSettings, HeartbeatSpec, IdFormat, IdMatcher, NamedCommand, Poll, PollTrigger, Profile,
     RegistrationSpec, Require, Rule, WriteSpec,
 };
-use crate::device::points::{Point, PointType, WordOrder};
+use crate::protocol::points::{Point, PointType, WordOrder};
 
 /// Most registers one read may ask for (functions 3/4).
 pub const MAX_READ_REGISTERS: u16 = 125;

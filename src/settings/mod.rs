@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use config::{Config, ConfigError, Environment, File, FileFormat, Map, Source, Value};
 
-use crate::device::points::Point;
+use crate::protocol::points::Point;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
 pub use server::check_webhook_url;
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
@@ -217,7 +217,7 @@ pub struct AuthSettings {
 pub struct WebhookSettings {
     /// http:// or https://.
     pub url: String,
-    /// Event names (`crate::events::EventKind`), or "*" for all; never empty.
+    /// Event names (`crate::events::bus::EventKind`), or "*" for all; never empty.
     pub events: Vec<String>,
     /// HMAC-SHA256 key; an empty string in the file counts as none.
     pub secret: Option<String>,
@@ -767,7 +767,7 @@ fn collect_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::points::{PointType, WordOrder};
+    use crate::protocol::points::{PointType, WordOrder};
 
     /// A small valid data file with the profiles the default listener and YAML tests need.
     const DATA_TOML: &str = r#"
@@ -1340,10 +1340,10 @@ require = { point = "door", equals = 0 }
         // Decoding with the shipped points works end to end.
         let mut regs = vec![0u16; 100];
         regs[0] = 235;
-        let values = crate::device::points::decode_block(
+        let values = crate::protocol::points::decode_block(
             &p.points,
             2000,
-            &crate::device::points::BlockData::Registers(&regs),
+            &crate::protocol::points::BlockData::Registers(&regs),
         );
         let temp = values
             .iter()

@@ -15,7 +15,7 @@ use super::{
     AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, RelaySettings,
     ServerSettings, StorageSettings, WebSettings, WebhookDeliverySettings, WebhookSettings,
 };
-use crate::events::EventKind;
+use crate::events::bus::EventKind;
 
 /// Database URL schemes the storage layer can open.
 const DATABASE_SCHEMES: [&str; 5] = [
@@ -518,7 +518,7 @@ fn webhook_url(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
 /// A device id or a `prefix*` pattern (a webhook's device filter).
 fn device_pattern(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {
     let p = string(ctx, path, v)?;
-    if let Err(e) = crate::events::check_device_pattern(&p) {
+    if let Err(e) = crate::events::bus::check_device_pattern(&p) {
         ctx.err(path, Some(v), e);
         return None;
     }

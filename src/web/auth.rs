@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::storage::db::{Db, StorageError, TokenRecord};
 
-pub use crate::events::DEVICE_ID_MAX;
+pub use crate::events::bus::DEVICE_ID_MAX;
 /// Most entries a token's or a webhook's device list may have.
 pub const DEVICE_LIST_MAX: usize = 1_000;
 /// The id the settings' admin token goes by (it is not a row of `tokens`).
@@ -93,7 +93,7 @@ impl Caller {
     pub fn can_see(&self, device: &str) -> bool {
         match &self.devices {
             None => true,
-            Some(list) => crate::events::device_matches(list, device),
+            Some(list) => crate::events::bus::device_matches(list, device),
         }
     }
 
@@ -126,7 +126,7 @@ pub fn check_device_list(devices: &[String]) -> Result<(), ApiError> {
         )));
     }
     for d in devices {
-        crate::events::check_device_pattern(d)
+        crate::events::bus::check_device_pattern(d)
             .map_err(|e| ApiError::bad_request(format!("devices: {e}")))?;
     }
     Ok(())

@@ -15,8 +15,8 @@ use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::history::blocking;
 use super::{mailbox_error, AppState};
-use crate::device::command::{finish, CommandError, DeviceCommand};
-use crate::device::modbus::{self, Request};
+use crate::command::{finish, CommandError, DeviceCommand};
+use crate::protocol::modbus::{self, Request};
 use crate::storage::db::QueuedCommand;
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::store_now;
@@ -176,7 +176,7 @@ impl CommandBody {
     }
 }
 
-pub use crate::device::command::outcome_json;
+pub use crate::command::outcome_json;
 
 /// A new command id: random, so ids stay unique across restarts.
 fn new_command_id() -> String {
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn stored_requests_read_back_as_the_same_command() {
         let stored = serde_json::to_string(&body(Some(true), Some(60))).expect("json");
-        let (command, wait) = crate::queue::parse_request(&stored).expect("parses");
+        let (command, wait) = crate::command::queue::parse_request(&stored).expect("parses");
         assert_eq!(
             command,
             DeviceCommand::Modbus(Request::WriteSingleRegister {
@@ -376,7 +376,7 @@ mod tests {
             })
         );
         assert_eq!(wait, DEFAULT_WAIT);
-        assert!(crate::queue::parse_request("{\"type\":\"bogus\"}").is_err());
-        assert!(crate::queue::parse_request("not json").is_err());
+        assert!(crate::command::queue::parse_request("{\"type\":\"bogus\"}").is_err());
+        assert!(crate::command::queue::parse_request("not json").is_err());
     }
 }

@@ -4,8 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
-use crate::device::command::CommandError;
-use crate::device::modbus::ModbusError;
+use crate::command::CommandError;
+use crate::protocol::modbus::ModbusError;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

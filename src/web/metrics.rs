@@ -12,7 +12,7 @@ use actix_web::{web, HttpResponse};
 use super::auth::{bearer, unauthorized};
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
-use crate::events::SubscriberCount;
+use crate::events::bus::SubscriberCount;
 use crate::metrics::{Snapshot, METRICS};
 use crate::storage::GetStats;
 use crate::supervisor::CountDevices;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
-use crate::events::EventBus;
+use crate::events::bus::EventBus;
 use crate::settings::Settings;
 use crate::storage::db::Db;
 use crate::storage::Storage;
@@ -43,7 +43,7 @@ pub struct AppState {
     /// Where command events are raised and WebSocket clients subscribe.
     pub events: Addr<EventBus>,
     /// The webhook subscribers and their senders.
-    pub webhooks: crate::webhooks::Webhooks,
+    pub webhooks: crate::events::webhooks::Webhooks,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::auth::{check_device_id, Caller};
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
-use crate::events::{EventBus, EventFilter, Subscribe, Subscription, Unsubscribe};
+use crate::events::bus::{EventBus, EventFilter, Subscribe, Subscription, Unsubscribe};
 use crate::metrics::METRICS;
 
 /// Most device patterns one stream may name.

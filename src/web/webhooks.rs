@@ -15,10 +15,10 @@ use super::auth::{check_device_list, new_id, Caller, Role};
 use super::error::ApiError;
 use super::history::{blocking, page_limit};
 use super::{mailbox_error, AppState};
-use crate::events::{envelope, new_event_id, EventFilter};
+use crate::events::bus::{envelope, new_event_id, EventFilter};
+use crate::events::webhooks::{self, Payload, Source, Subscriber};
 use crate::settings::check_webhook_url;
 use crate::storage::db::WebhookRecord;
-use crate::webhooks::{self, Payload, Source, Subscriber};
 
 const URL_MAX: usize = 2048;
 const SECRET_MAX: usize = 256;

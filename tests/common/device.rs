@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dtu_supervisor::device::modbus::{exception_adu, Request, Response};
+use dtu_supervisor::protocol::modbus::{exception_adu, Request, Response};
 
 use super::wait_for;
 

@@ -31,12 +31,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{BytesCodec, Decoder, FramedRead};
 
-use crate::device::actor::Close;
-use crate::device::codec::ttms::{
-    ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT,
-};
-use crate::device::link::Link;
-use crate::device::modbus::to_hex;
+use crate::conn::device::Close;
+use crate::conn::link::Link;
+use crate::protocol::modbus::to_hex;
+use crate::protocol::ttms::{ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT};
 use crate::settings::{LivenessSettings, Protocol};
 use crate::storage::db::{Db, Enqueued, RelayRecord};
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, PacketRow, Row};

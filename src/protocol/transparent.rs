@@ -15,8 +15,8 @@ use bytes::{Buf, BytesMut};
 use regex::Regex;
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{CodecError, Expect, Inbound, Outbound};
-use crate::device::modbus::{self, to_hex, MAX_ADU};
+use crate::protocol::link::{CodecError, Expect, Inbound, Outbound};
+use crate::protocol::modbus::{self, to_hex, MAX_ADU};
 use crate::settings::{HeartbeatSpec, IdFormat, IdMatcher, RegistrationSpec};
 
 /// A registration id is at most this many bytes: a `Pattern` must match within them and a
@@ -253,8 +253,8 @@ impl Encoder<Outbound> for TransparentCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::codec::test_util::{feed, merge_data, splits};
-    use crate::device::modbus::{exception_adu, parse_hex, Response};
+    use crate::protocol::link::test_util::{feed, merge_data, splits};
+    use crate::protocol::modbus::{exception_adu, parse_hex, Response};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -644,7 +644,8 @@ mod tests {
 
     #[test]
     fn device_codec_dispatches() {
-        use crate::device::codec::{DeviceCodec, FramedCodec};
+        use crate::protocol::framed::FramedCodec;
+        use crate::protocol::link::DeviceCodec;
         let mut codec = DeviceCodec::Transparent(usr());
         assert!(!codec.is_registered());
         codec.set_expect(Some(Expect {

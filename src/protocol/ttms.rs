@@ -12,7 +12,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::CodecError;
+use crate::protocol::link::CodecError;
 
 /// Header of frames from terminals.
 pub const HEADER_IN: &[u8; 5] = b"$TTMS";

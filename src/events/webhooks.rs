@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::events::{Event, EventBus, EventFilter, EventKind, Subscribe, Unsubscribe};
+use crate::events::bus::{Event, EventBus, EventFilter, EventKind, Subscribe, Unsubscribe};
 use crate::metrics::METRICS;
 use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 use crate::storage::db::WebhookRecord;

@@ -5,14 +5,16 @@
 //! has answered (or not). Keeping these types apart from the web layer lets tests and other
 //! front ends drive devices the same way.
 
+pub mod queue;
+
 use actix::Addr;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use crate::device::modbus::{self, ModbusError, Request, Response};
-use crate::device::points::Decoded;
-use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::events::bus::{Event, EventBus, EventKind, Publish};
+use crate::protocol::modbus::{self, ModbusError, Request, Response};
+use crate::protocol::points::Decoded;
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::{store_now, Db, Storage, Store};
 
@@ -175,7 +177,7 @@ mod tests {
     use super::*;
     use actix::Actor;
 
-    use crate::events::{EventFilter, Subscribe};
+    use crate::events::bus::{EventFilter, Subscribe};
 
     fn row() -> CommandRow {
         let at = Utc::now();

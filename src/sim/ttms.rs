@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use tokio_util::codec::Decoder;
 
-use crate::device::codec::ttms::{
+use crate::protocol::ttms::{
     ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT, HEADER_IN, HEADER_OUT,
 };
 
@@ -275,7 +275,7 @@ pub async fn run_terminals(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::codec::ttms::xor;
+    use crate::protocol::ttms::xor;
 
     #[test]
     fn parses_answers_and_forwarded_frames_split_anywhere() {

@@ -15,7 +15,7 @@
 //!   [`SWEEP_EVERY`] even if its device never comes back.
 //!
 //! Every end is recorded and raises `command.completed` through the same function as commands
-//! sent at once ([`crate::device::command::complete`]).
+//! sent at once ([`crate::command::complete`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +24,8 @@ use actix::Addr;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::device::command::{self, CommandError, CommandOutcome, DeviceCommand};
-use crate::events::EventBus;
+use crate::command::{self, CommandError, CommandOutcome, DeviceCommand};
+use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::CommandRow;
 use crate::storage::Storage;

@@ -42,6 +42,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ttms;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -59,8 +61,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use crate::device::modbus::{self, ModbusError, Request, Response, MAX_ADU};
-use crate::device::points::{self, PointType, WordOrder};
+use crate::protocol::modbus::{self, ModbusError, Request, Response, MAX_ADU};
+use crate::protocol::points::{self, PointType, WordOrder};
 
 /// Base of the default transparent registration id: device `n` registers as
 /// `860000000000000 + n` (15 ASCII digits, IMEI-like).

@@ -10,13 +10,13 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::device::actor::{Close, DeviceActor, Execute};
-use crate::device::command::{CommandError, CommandReply, DeviceCommand};
-use crate::device::points::Decoded;
-use crate::events::{Event, EventBus, EventKind, Publish};
-use crate::queue::{self, QueueContext};
-use crate::relay::actor::{Deliver, InFlightGuard, Kick, RelayActor};
-use crate::rules::RuleStates;
+use crate::command::queue::{self, QueueContext};
+use crate::command::{CommandError, CommandReply, DeviceCommand};
+use crate::conn::device::{Close, DeviceActor, Execute};
+use crate::conn::relay::{Deliver, InFlightGuard, Kick, RelayActor};
+use crate::events::bus::{Event, EventBus, EventKind, Publish};
+use crate::events::rules::RuleStates;
+use crate::protocol::points::Decoded;
 use crate::settings::{Profile, Protocol};
 use crate::storage::rows::DeviceRow;
 

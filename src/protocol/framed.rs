@@ -12,8 +12,8 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{CodecError, Inbound, Outbound};
-use crate::device::modbus::to_hex;
+use crate::protocol::link::{CodecError, Inbound, Outbound};
+use crate::protocol::modbus::to_hex;
 
 const TYPE_REGISTER_ACK: u8 = 0x01;
 const TYPE_HEARTBEAT: u8 = 0x02;
@@ -128,8 +128,8 @@ impl Encoder<Outbound> for FramedCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::codec::test_util::{feed, splits};
-    use crate::device::modbus::{self, Request, Response};
+    use crate::protocol::link::test_util::{feed, splits};
+    use crate::protocol::modbus::{self, Request, Response};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -209,7 +209,7 @@ mod tests {
         assert!(buf.is_empty());
         check_all_splits(
             &stream,
-            &crate::device::codec::test_util::merge_data(expected),
+            &crate::protocol::link::test_util::merge_data(expected),
             None,
         );
     }
@@ -373,7 +373,7 @@ mod tests {
             let (items, err, rest) = feed(&mut FramedCodec::new(), &[a, b]);
             prop_assert!(err.is_none());
             prop_assert!(rest.is_empty());
-            prop_assert_eq!(items, crate::device::codec::test_util::merge_data(expected));
+            prop_assert_eq!(items, crate::protocol::link::test_util::merge_data(expected));
         }
     }
 }

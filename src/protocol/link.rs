@@ -5,12 +5,8 @@
 //! frame is an [`Inbound::Malformed`] item and the connection lives. Every decode path is
 //! bounded in what it buffers and how far it looks, and never panics on any bytes.
 
-pub mod framed;
-pub mod transparent;
-pub mod ttms;
-
-pub use framed::FramedCodec;
-pub use transparent::TransparentCodec;
+use crate::protocol::framed::FramedCodec;
+use crate::protocol::transparent::TransparentCodec;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -56,7 +52,7 @@ impl CodecError {
     /// A protocol error about `bytes` (at most the first 64 are shown).
     pub(crate) fn protocol(reason: impl Into<String>, bytes: &[u8]) -> CodecError {
         const SHOWN: usize = 64;
-        let mut hex = crate::device::modbus::to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
+        let mut hex = crate::protocol::modbus::to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
         if bytes.len() > SHOWN {
             hex.push_str(&format!(" ... ({} bytes)", bytes.len()));
         }

@@ -24,13 +24,15 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::{BytesCodec, Decoder, Encoder, FramedRead};
 
-use crate::device::codec::{DeviceCodec, Expect, FramedCodec, Inbound, Outbound, TransparentCodec};
-use crate::device::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
-use crate::device::link::Link;
-use crate::device::modbus::{self, ModbusError, Request, Response};
-use crate::device::points::{decode_block, decode_registers, BlockData, Decoded, Point};
-use crate::events::{Event, EventBus, EventKind, Publish};
+use crate::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
+use crate::conn::link::Link;
+use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
+use crate::protocol::framed::FramedCodec;
+use crate::protocol::link::{DeviceCodec, Expect, Inbound, Outbound};
+use crate::protocol::modbus::{self, ModbusError, Request, Response};
+use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
+use crate::protocol::transparent::TransparentCodec;
 use crate::settings::IdFormat;
 use crate::settings::{
     LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,

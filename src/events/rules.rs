@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::device::points::Decoded;
+use crate::protocol::points::Decoded;
 use crate::settings::Rule;
 
 /// Which rules of one device are triggered now, by rule name. Kept by the supervisor per
