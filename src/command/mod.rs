@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
-use crate::protocol::modbus::{self, ModbusError, Request, Response};
+use crate::protocol::modbus::{ModbusError, Request, Response};
 use crate::protocol::points::Decoded;
 use crate::storage::rows::{CommandRow, Row};
 use crate::storage::{store_now, Db, Storage, Store};
@@ -73,7 +73,7 @@ pub type CommandReply = oneshot::Sender<Result<CommandOutcome, CommandError>>;
 /// The `result` object of a successful command, as the API answers it and the record keeps it.
 pub fn outcome_json(outcome: &CommandOutcome) -> Value {
     match outcome {
-        CommandOutcome::Raw(adu) => json!({ "hex": modbus::to_hex(adu) }),
+        CommandOutcome::Raw(adu) => json!({ "hex": crate::protocol::hex::to_hex(adu) }),
         CommandOutcome::Modbus { response, values } => {
             let mut result = match response {
                 Response::Registers(regs) => json!({ "registers": regs }),

@@ -326,7 +326,11 @@ impl DeviceActor {
                 self.pump(ctx);
             }
             (State::Online, Inbound::Data(bytes)) => {
-                log::debug!("{}: data {}", self.who(), modbus::to_hex(&bytes));
+                log::debug!(
+                    "{}: data {}",
+                    self.who(),
+                    crate::protocol::hex::to_hex(&bytes)
+                );
                 // Framed devices say "data"; on transparent links it is whatever came unasked.
                 let kind = match self.ctx.protocol {
                     Protocol::Framed => PacketKind::Data,
@@ -344,7 +348,7 @@ impl DeviceActor {
                 log::warn!(
                     "{}: dropped malformed frame ({reason}): {}",
                     self.who(),
-                    modbus::to_hex(&bytes)
+                    crate::protocol::hex::to_hex(&bytes)
                 );
             }
             (State::Online, Inbound::Register(id)) => {
@@ -509,7 +513,7 @@ impl DeviceActor {
             "{}: request (attempt {}) {}",
             self.who(),
             attempt + 1,
-            modbus::to_hex(&adu)
+            crate::protocol::hex::to_hex(&adu)
         );
         if matches!(job, Job::Poll(_)) && attempt == 0 {
             METRICS.polls_sent.inc();
@@ -562,17 +566,17 @@ impl DeviceActor {
             log::warn!(
                 "{}: Modbus frame with no request in flight, dropped: {}",
                 self.who(),
-                modbus::to_hex(adu)
+                crate::protocol::hex::to_hex(adu)
             );
             return;
         };
         let parsed = match &flight.wire {
             Wire::Modbus { slave, request } => {
-                modbus::parse_response(*slave, request, adu).map(Answer::Modbus)
+                modbus::rtu::parse_response(*slave, request, adu).map(Answer::Modbus)
             }
             Wire::Raw {
                 slave, function, ..
-            } => modbus::parse_raw_response(*slave, *function, adu).map(Answer::Raw),
+            } => modbus::rtu::parse_raw_response(*slave, *function, adu).map(Answer::Raw),
         };
         let result = match parsed {
             Ok(answer) => Ok(answer),
@@ -583,7 +587,7 @@ impl DeviceActor {
                 log::warn!(
                     "{}: answer does not match the request in flight ({e}): {}",
                     self.who(),
-                    modbus::to_hex(adu)
+                    crate::protocol::hex::to_hex(adu)
                 );
                 return;
             }
@@ -780,9 +784,9 @@ impl DeviceActor {
             }
             DeviceCommand::Raw(adu) => match (adu.first(), adu.get(1)) {
                 (Some(&slave), Some(&function))
-                    if adu.len() >= 4 && adu.len() <= modbus::MAX_ADU =>
+                    if adu.len() >= 4 && adu.len() <= modbus::rtu::MAX_ADU =>
                 {
-                    if !modbus::check_crc(&adu) {
+                    if !modbus::rtu::check_crc(&adu) {
                         return Err(CommandError::Invalid("raw frame has a bad CRC".into()));
                     }
                     Ok(Plan::Single(Wire::Raw {
@@ -793,7 +797,7 @@ impl DeviceActor {
                 }
                 _ => Err(CommandError::Invalid(format!(
                     "raw frame must be 4..={} bytes with CRC",
-                    modbus::MAX_ADU
+                    modbus::rtu::MAX_ADU
                 ))),
             },
             DeviceCommand::Named(name) => {

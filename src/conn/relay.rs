@@ -33,7 +33,7 @@ use tokio_util::codec::{BytesCodec, Decoder, FramedRead};
 
 use crate::conn::device::Close;
 use crate::conn::link::Link;
-use crate::protocol::modbus::to_hex;
+use crate::protocol::hex::to_hex;
 use crate::protocol::ttms::{ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT};
 use crate::settings::{LivenessSettings, Protocol};
 use crate::storage::db::{Db, Enqueued, RelayRecord};

@@ -12,8 +12,8 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::protocol::hex::to_hex;
 use crate::protocol::link::{CodecError, Inbound, Outbound};
-use crate::protocol::modbus::to_hex;
 
 const TYPE_REGISTER_ACK: u8 = 0x01;
 const TYPE_HEARTBEAT: u8 = 0x02;
@@ -134,7 +134,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn h(s: &str) -> Vec<u8> {
-        modbus::parse_hex(s).unwrap()
+        crate::protocol::hex::parse_hex(s).unwrap()
     }
 
     fn registered() -> FramedCodec {
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn full_session_at_every_split() {
         let response = Response::Registers(vec![0x1234, 0x5678]).encode(1, 3);
-        let exception = modbus::exception_adu(1, 3, 2);
+        let exception = modbus::rtu::exception_adu(1, 3, 2);
         let mut stream = h("00 00 03 E9 02 00 03 03 AA BB CC 03 00");
         stream.push(0x04);
         stream.push(response.len() as u8);
@@ -289,7 +289,7 @@ mod tests {
             .encode(Outbound::Modbus(Bytes::from(adu)), &mut out)
             .unwrap();
         assert_eq!(
-            modbus::to_hex(&out),
+            crate::protocol::hex::to_hex(&out),
             "01 02 03 04 08 01 03 07 D0 00 01 84 87"
         );
         let mut out = BytesMut::new();

@@ -20,7 +20,7 @@ pub enum Inbound {
     /// Framed type 03; transparent: bytes that are neither heartbeat nor an expected response.
     Data(Bytes),
     /// One complete RTU response ADU (CRC included). The transparent codec framed it by CRC;
-    /// the framed codec has not validated it: the actor calls `modbus::parse_response`.
+    /// the framed codec has not validated it: the actor calls `modbus::rtu::parse_response`.
     Modbus(Bytes),
     /// Dropped bytes; the actor logs `reason` and `to_hex(bytes)` with the device id.
     Malformed {
@@ -52,7 +52,7 @@ impl CodecError {
     /// A protocol error about `bytes` (at most the first 64 are shown).
     pub(crate) fn protocol(reason: impl Into<String>, bytes: &[u8]) -> CodecError {
         const SHOWN: usize = 64;
-        let mut hex = crate::protocol::modbus::to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
+        let mut hex = crate::protocol::hex::to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
         if bytes.len() > SHOWN {
             hex.push_str(&format!(" ... ({} bytes)", bytes.len()));
         }

@@ -4,6 +4,7 @@
 //! same codecs).
 
 pub mod framed;
+pub mod hex;
 pub mod link;
 pub mod modbus;
 pub mod points;

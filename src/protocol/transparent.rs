@@ -2,7 +2,7 @@
 //!
 //! Nothing on the wire says where a packet ends, so the codec decides from context: the
 //! first bytes are the registration packet as the profile describes it; later, a response
-//! to the request in flight is framed by the RTU rules ([`modbus::response_len`] + CRC), the
+//! to the request in flight is framed by the RTU rules ([`rtu::response_len`] + CRC), the
 //! profile's heartbeat bytes are a heartbeat, and anything else is unsolicited data.
 //!
 //! Bounds: the registration is looked for in the first [`REGISTRATION_WINDOW`] bytes; a
@@ -15,8 +15,9 @@ use bytes::{Buf, BytesMut};
 use regex::Regex;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::protocol::hex::to_hex;
 use crate::protocol::link::{CodecError, Expect, Inbound, Outbound};
-use crate::protocol::modbus::{self, to_hex, MAX_ADU};
+use crate::protocol::modbus::rtu::{self, MAX_ADU};
 use crate::settings::{HeartbeatSpec, IdFormat, IdMatcher, RegistrationSpec};
 
 /// A registration id is at most this many bytes: a `Pattern` must match within them and a
@@ -129,11 +130,11 @@ impl TransparentCodec {
 
     /// `src` starts with the expected slave and function (or exception): one RTU response.
     fn decode_response(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
-        let reason = match modbus::response_len(src) {
+        let reason = match rtu::response_len(src) {
             Some(n) if n > MAX_ADU => format!("response length {n} over {MAX_ADU}"),
             Some(n) if src.len() < n => return Ok(None),
             Some(n) => match src.get(..n) {
-                Some(adu) if modbus::check_crc(adu) => {
+                Some(adu) if rtu::check_crc(adu) => {
                     return Ok(Some(Inbound::Modbus(src.split_to(n).freeze())));
                 }
                 Some(adu) => format!("bad CRC in response {}", to_hex(adu)),
@@ -253,8 +254,10 @@ impl Encoder<Outbound> for TransparentCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::hex::parse_hex;
     use crate::protocol::link::test_util::{feed, merge_data, splits};
-    use crate::protocol::modbus::{exception_adu, parse_hex, Response};
+    use crate::protocol::modbus::rtu::exception_adu;
+    use crate::protocol::modbus::Response;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -514,7 +517,7 @@ mod tests {
     #[test]
     fn unknown_function_waits_for_crc_at_most_max_adu() {
         // A raw FC 0x41 answer: framed by its CRC, glued to a heartbeat.
-        let answer = modbus::ensure_crc(h("01 41 10 20 30"));
+        let answer = rtu::ensure_crc(h("01 41 10 20 30"));
         check_all_splits(
             || expecting(usr(), 1, 0x41),
             &cat(&[IMEI, &answer, HB]),
@@ -527,7 +530,7 @@ mod tests {
         // No CRC ever: wait up to MAX_ADU bytes, then drop one.
         let mut junk = h("01 41");
         junk.extend((0..MAX_ADU - 2).map(|i| (i % 7) as u8 + 0x10));
-        assert_eq!(modbus::response_len(&junk), None);
+        assert_eq!(rtu::response_len(&junk), None);
         let mut codec = expecting(usr(), 1, 0x41);
         let (items, err, rest) = feed(&mut codec, &[IMEI, &junk[..MAX_ADU - 1]]);
         assert_eq!((items.len(), err, rest.len()), (1, None, MAX_ADU - 1));

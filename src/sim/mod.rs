@@ -61,7 +61,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use crate::protocol::modbus::{self, ModbusError, Request, Response, MAX_ADU};
+use crate::protocol::modbus::rtu::MAX_ADU;
+use crate::protocol::modbus::{self, ModbusError, Request, Response};
 use crate::protocol::points::{self, PointType, WordOrder};
 
 /// Base of the default transparent registration id: device `n` registers as
@@ -425,7 +426,7 @@ impl Shared {
 
     /// Execute one RTU request ADU (CRC included) the way a meter on the bus would.
     fn execute(&self, adu: &[u8], now: f64) -> Outcome {
-        if adu.len() < 4 || !modbus::check_crc(adu) {
+        if adu.len() < 4 || !modbus::rtu::check_crc(adu) {
             return Outcome::Malformed;
         }
         let (slave, function) = (adu[0], adu[1]);
@@ -437,7 +438,7 @@ impl Shared {
             if broadcast {
                 Outcome::Ignored
             } else {
-                Outcome::Exception(modbus::exception_adu(slave, function, code))
+                Outcome::Exception(modbus::rtu::exception_adu(slave, function, code))
             }
         };
         let request = match Request::decode(adu) {
@@ -523,7 +524,11 @@ impl Shared {
             }
             Outcome::Ignored => {
                 inc(&self.stats.ignored);
-                debug!("device {}: not answering {}", self.id, modbus::to_hex(adu));
+                debug!(
+                    "device {}: not answering {}",
+                    self.id,
+                    crate::protocol::hex::to_hex(adu)
+                );
                 Vec::new()
             }
             Outcome::Malformed => {
@@ -531,7 +536,7 @@ impl Shared {
                 debug!(
                     "device {}: bad CRC or length, dropped {}",
                     self.id,
-                    modbus::to_hex(adu)
+                    crate::protocol::hex::to_hex(adu)
                 );
                 Vec::new()
             }
@@ -572,7 +577,7 @@ fn next_framed(buf: &mut BytesMut) -> Result<Option<FramedIn>, String> {
             };
             let len = usize::from(len);
             if len == 0 {
-                return Err(modbus::to_hex(&buf[..2]));
+                return Err(crate::protocol::hex::to_hex(&buf[..2]));
             }
             if buf.len() < 2 + len {
                 return Ok(None);
@@ -581,7 +586,7 @@ fn next_framed(buf: &mut BytesMut) -> Result<Option<FramedIn>, String> {
             buf.advance(2 + len);
             Ok(Some(FramedIn::Request(adu)))
         }
-        _ => Err(modbus::to_hex(&buf[..buf.len().min(MAX_ADU)])),
+        _ => Err(crate::protocol::hex::to_hex(&buf[..buf.len().min(MAX_ADU)])),
     }
 }
 
@@ -616,11 +621,11 @@ fn scan_rtu(buf: &[u8]) -> Scan {
         let function = rest[1];
         if known_function(function) {
             if let Some(len) = request_len(rest) {
-                if len <= rest.len() && modbus::check_crc(&rest[..len]) {
+                if len <= rest.len() && modbus::rtu::check_crc(&rest[..len]) {
                     return Scan::Found { start, len };
                 }
             }
-        } else if rest.len() <= MAX_ADU && modbus::check_crc(rest) {
+        } else if rest.len() <= MAX_ADU && modbus::rtu::check_crc(rest) {
             return Scan::Found {
                 start,
                 len: rest.len(),
@@ -924,7 +929,7 @@ impl SimDevice {
                     } else {
                         while let Scan::Found { start, len } = scan_rtu(&buf) {
                             if start > 0 {
-                                debug!("device {id}: skipping {}", modbus::to_hex(&buf[..start]));
+                                debug!("device {id}: skipping {}", crate::protocol::hex::to_hex(&buf[..start]));
                             }
                             let answer = shared.answer(&buf[start..start + len]);
                             out.extend_from_slice(&answer);
@@ -959,7 +964,7 @@ impl SimDevice {
                     next_data = data_every.map(|d| Instant::now() + d);
                 }
                 _ = sleep_until(last_rx + config.frame_gap), if !framed && !buf.is_empty() => {
-                    debug!("device {id}: dropping incomplete {}", modbus::to_hex(&buf));
+                    debug!("device {id}: dropping incomplete {}", crate::protocol::hex::to_hex(&buf));
                     buf.clear();
                 }
             }
@@ -1578,7 +1583,7 @@ mod tests {
                 ),
             )
             .await;
-            assert!(modbus::check_crc(&answer));
+            assert!(modbus::rtu::check_crc(&answer));
             assert_eq!(&answer[..3], &[1, 3, 24]);
             assert_eq!(&answer[3..5], &235u16.to_be_bytes());
             assert_eq!(&answer[23..27], &45.5f32.to_be_bytes());
@@ -1830,7 +1835,7 @@ mod tests {
                 &adu(1, &Request::ReadHoldingRegisters { start: 0, count: 0 }),
             )
             .await;
-            assert_eq!(answer, modbus::exception_adu(1, 3, 3));
+            assert_eq!(answer, modbus::rtu::exception_adu(1, 3, 3));
             // past the end of the address space -> illegal data address
             let answer = poll(
                 &mut s,
@@ -1844,13 +1849,13 @@ mod tests {
                 ),
             )
             .await;
-            assert_eq!(answer, modbus::exception_adu(1, 3, 2));
+            assert_eq!(answer, modbus::rtu::exception_adu(1, 3, 2));
             // unknown function with a valid CRC -> illegal function
             let mut unknown = vec![1, 0x11];
-            modbus::append_crc(&mut unknown);
+            modbus::rtu::append_crc(&mut unknown);
             assert_eq!(
                 poll(&mut s, protocol, &unknown).await,
-                modbus::exception_adu(1, 0x11, 1)
+                modbus::rtu::exception_adu(1, 0x11, 1)
             );
             assert_eq!(handle.stats().exceptions, 3);
             handle.stop();
@@ -2002,7 +2007,7 @@ mod tests {
                 assert_eq!(t, 4);
                 let len = read_n(s, 1).await[0] as usize;
                 let answer = read_n(s, len).await;
-                assert!(modbus::check_crc(&answer));
+                assert!(modbus::rtu::check_crc(&answer));
                 break;
             }
         }
@@ -2137,18 +2142,18 @@ mod tests {
         let dev = shared(1, 1);
         // FC5 with a value other than FF00/0000: exception 3.
         let mut bad_coil = vec![1, 5, 0, 1, 0x12, 0x34];
-        modbus::append_crc(&mut bad_coil);
+        modbus::rtu::append_crc(&mut bad_coil);
         assert_eq!(
             dev.execute(&bad_coil, 0.0),
-            Outcome::Exception(modbus::exception_adu(1, 5, 3))
+            Outcome::Exception(modbus::rtu::exception_adu(1, 5, 3))
         );
         // FC16 whose byte count does not match its data: silence.
         let mut short = vec![1, 16, 0, 1, 0, 2, 4, 0, 1];
-        modbus::append_crc(&mut short);
+        modbus::rtu::append_crc(&mut short);
         assert_eq!(dev.execute(&short, 0.0), Outcome::Malformed);
         // FC3 of the wrong length: silence.
         let mut long = vec![1, 3, 0, 1, 0, 1, 0];
-        modbus::append_crc(&mut long);
+        modbus::rtu::append_crc(&mut long);
         assert_eq!(dev.execute(&long, 0.0), Outcome::Malformed);
         assert_eq!(dev.execute(&[1, 3], 0.0), Outcome::Malformed);
     }
@@ -2189,7 +2194,7 @@ mod tests {
         );
         assert_eq!(
             dev.execute(&too_many, 0.0),
-            Outcome::Exception(modbus::exception_adu(1, 3, 3))
+            Outcome::Exception(modbus::rtu::exception_adu(1, 3, 3))
         );
     }
 

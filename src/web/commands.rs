@@ -129,12 +129,12 @@ impl CommandBody {
             },
             "named" => return Ok(DeviceCommand::Named(need(self.name.clone(), "name", kind)?)),
             "raw" => {
-                let bytes = modbus::parse_hex(need(self.hex.as_deref(), "hex", kind)?)
+                let bytes = crate::protocol::hex::parse_hex(need(self.hex.as_deref(), "hex", kind)?)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 if bytes.len() < 2 {
                     return Err(ApiError::bad_request("a raw frame needs at least slave and function"));
                 }
-                return Ok(DeviceCommand::Raw(modbus::ensure_crc(bytes)));
+                return Ok(DeviceCommand::Raw(modbus::rtu::ensure_crc(bytes)));
             }
             other => {
                 return Err(ApiError::bad_request(format!(

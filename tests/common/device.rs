@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dtu_supervisor::protocol::modbus::{exception_adu, Request, Response};
+use dtu_supervisor::protocol::modbus::rtu::exception_adu;
+use dtu_supervisor::protocol::modbus::{Request, Response};
 
 use super::wait_for;
 
