@@ -16,7 +16,8 @@ use crate::conn::device::{DeviceActor, ListenerContext};
 use crate::conn::relay::{InFlight, RelayActor, RelayContext};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
-use crate::settings::{Protocol, Settings};
+use crate::protocol::link::Role;
+use crate::settings::Settings;
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
 use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
@@ -45,7 +46,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut bound = Vec::new();
     for l in &settings.server.listeners {
         let profile = match &l.profile {
-            Some(name) if l.protocol != Protocol::Ttms => Some(
+            Some(name) if l.protocol.needs_profile() => Some(
                 settings
                     .data
                     .profiles
@@ -137,8 +138,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             local,
             l.profile.as_deref().unwrap_or("-")
         );
-        let ctx = match l.protocol {
-            Protocol::Ttms => Service::Relay(Arc::new(RelayContext {
+        let ctx = match l.protocol.role() {
+            Role::Relay => Service::Relay(Arc::new(RelayContext {
                 name: l.name.clone(),
                 liveness: settings.server.liveness.clone(),
                 supervisor: supervisor.clone(),
@@ -149,7 +150,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 delivering: relay_registry.clone(),
                 in_flight: relay_in_flight.clone(),
             })),
-            _ => Service::Device(Arc::new(ListenerContext {
+            Role::Polled { .. } => Service::Device(Arc::new(ListenerContext {
                 name: l.name.clone(),
                 protocol: l.protocol,
                 profile,

@@ -22,21 +22,17 @@ use bytes::BytesMut;
 use chrono::{DateTime, Utc};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio_util::codec::{BytesCodec, Decoder, Encoder, FramedRead};
+use tokio_util::codec::{BytesCodec, FramedRead};
 
 use crate::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
 use crate::conn::link::Link;
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
-use crate::protocol::framed::FramedCodec;
-use crate::protocol::link::{DeviceCodec, Expect, Inbound, Outbound};
+use crate::protocol::link::{Expect, Inbound, LinkCodec, LinkOptions, Outbound, Role};
 use crate::protocol::modbus::{self, ModbusError, Request, Response};
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
-use crate::protocol::transparent::TransparentCodec;
-use crate::settings::IdFormat;
-use crate::settings::{
-    LivenessSettings, NamedCommand, PollTrigger, Profile, Protocol, Require, WriteSpec,
-};
+use crate::protocol::Protocol;
+use crate::settings::{LivenessSettings, NamedCommand, PollTrigger, Profile, Require, WriteSpec};
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
 use crate::storage::{Storage, StoreMany};
 use crate::supervisor::{self, ConnId, OfflineReason, Supervisor};
@@ -63,29 +59,18 @@ pub struct ListenerContext {
 
 impl ListenerContext {
     /// A fresh codec for one connection of this listener.
-    fn codec(&self) -> Result<DeviceCodec, String> {
-        match self.protocol {
-            Protocol::Framed => Ok(DeviceCodec::Framed(FramedCodec::default())),
-            Protocol::Transparent => {
-                let profile = self.profile.as_ref().ok_or_else(|| {
-                    format!("listener {}: transparent needs a profile", self.name)
-                })?;
-                let registration = profile.registration.clone().ok_or_else(|| {
-                    format!(
-                        "listener {}: profile {} has no [registration]",
-                        self.name, profile.name
-                    )
-                })?;
-                Ok(DeviceCodec::Transparent(TransparentCodec::new(
-                    registration,
-                    profile.heartbeat.clone(),
-                )))
-            }
-            Protocol::Ttms => Err(format!(
-                "listener {}: protocol ttms is not served by DeviceActor",
-                self.name
-            )),
-        }
+    fn codec(&self) -> Result<Box<dyn LinkCodec>, String> {
+        let Role::Polled { server, .. } = self.protocol.role() else {
+            return Err(format!(
+                "listener {}: protocol {} is not served by DeviceActor",
+                self.name, self.protocol
+            ));
+        };
+        let options = LinkOptions {
+            registration: self.profile.as_ref().and_then(|p| p.registration.clone()),
+            heartbeat: self.profile.as_ref().and_then(|p| p.heartbeat.clone()),
+        };
+        server(&options).map_err(|e| format!("listener {}: {e}", self.name))
     }
 }
 
@@ -167,7 +152,7 @@ pub struct DeviceActor {
     conn: ConnId,
     peer: SocketAddr,
     ctx: Arc<ListenerContext>,
-    codec: DeviceCodec,
+    codec: Box<dyn LinkCodec>,
     buf: BytesMut,
     writer: Writer<OwnedWriteHalf, io::Error>,
     id: Option<String>,
@@ -245,34 +230,6 @@ impl DeviceActor {
         }
     }
 
-    /// The bytes a registration arrived as, rebuilt from the id the codec decoded.
-    fn registration_bytes(&self, id: &str) -> Vec<u8> {
-        let hex_id = matches!(
-            self.ctx.profile.as_ref().and_then(|p| p.registration.as_ref()),
-            Some(r) if r.format == IdFormat::Hex
-        );
-        match self.ctx.protocol {
-            Protocol::Framed => id
-                .parse::<u32>()
-                .map_or_else(|_| id.as_bytes().to_vec(), |n| n.to_be_bytes().to_vec()),
-            _ if hex_id => hex::decode(id).unwrap_or_else(|_| id.as_bytes().to_vec()),
-            _ => id.as_bytes().to_vec(),
-        }
-    }
-
-    fn heartbeat_bytes(&self) -> Vec<u8> {
-        match self.ctx.protocol {
-            Protocol::Framed => vec![0x02, 0x00],
-            _ => self
-                .ctx
-                .profile
-                .as_ref()
-                .and_then(|p| p.heartbeat.as_ref())
-                .map(|h| h.bytes.clone())
-                .unwrap_or_default(),
-        }
-    }
-
     fn close(&mut self, reason: OfflineReason, ctx: &mut Context<Self>) {
         if self.state == State::Closing {
             return;
@@ -309,18 +266,15 @@ impl DeviceActor {
 
     fn on_frame(&mut self, frame: Inbound, ctx: &mut Context<Self>) {
         match (self.state, frame) {
-            (State::Unregistered, Inbound::Register(id)) => self.on_register(id, ctx),
+            (State::Unregistered, Inbound::Register { id, raw }) => self.on_register(id, &raw, ctx),
             (State::Unregistered, other) => {
                 log::warn!("{}: sent {other:?} before registering; closing", self.who());
                 self.close(OfflineReason::Closed, ctx);
             }
-            (State::Online, Inbound::Heartbeat) => {
+            (State::Online, Inbound::Heartbeat { raw }) => {
                 log::debug!("{}: heartbeat", self.who());
-                self.link().store_packet(
-                    Direction::In,
-                    PacketKind::Heartbeat,
-                    &self.heartbeat_bytes(),
-                );
+                self.link()
+                    .store_packet(Direction::In, PacketKind::Heartbeat, &raw);
                 self.send(Outbound::HeartbeatAck);
                 self.queue_polls(|t| matches!(t, PollTrigger::Heartbeat));
                 self.pump(ctx);
@@ -331,15 +285,20 @@ impl DeviceActor {
                     self.who(),
                     crate::protocol::hex::to_hex(&bytes)
                 );
-                // Framed devices say "data"; on transparent links it is whatever came unasked.
-                let kind = match self.ctx.protocol {
-                    Protocol::Framed => PacketKind::Data,
-                    _ => PacketKind::Unsolicited,
-                };
-                self.link().store_packet(Direction::In, kind, &bytes);
+                self.link()
+                    .store_packet(Direction::In, PacketKind::Data, &bytes);
                 self.send(Outbound::DataAck);
             }
-            (State::Online, Inbound::Modbus(adu)) => {
+            (State::Online, Inbound::Unsolicited(bytes)) => {
+                log::debug!(
+                    "{}: unsolicited {}",
+                    self.who(),
+                    crate::protocol::hex::to_hex(&bytes)
+                );
+                self.link()
+                    .store_packet(Direction::In, PacketKind::Unsolicited, &bytes);
+            }
+            (State::Online, Inbound::Answer(adu)) => {
                 self.link()
                     .store_packet(Direction::In, PacketKind::Modbus, &adu);
                 self.on_modbus(&adu, ctx);
@@ -351,14 +310,14 @@ impl DeviceActor {
                     crate::protocol::hex::to_hex(&bytes)
                 );
             }
-            (State::Online, Inbound::Register(id)) => {
+            (State::Online, Inbound::Register { id, .. }) => {
                 log::warn!("{}: ignored a second registration as {id:?}", self.who());
             }
             (State::Closing, _) => {}
         }
     }
 
-    fn on_register(&mut self, id: String, ctx: &mut Context<Self>) {
+    fn on_register(&mut self, id: String, raw: &[u8], ctx: &mut Context<Self>) {
         if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control()) {
             log::warn!(
                 "{}: rejected registration with invalid id {id:?}; closing",
@@ -375,11 +334,8 @@ impl DeviceActor {
         self.id = Some(id.clone());
         self.state = State::Online;
         self.connected_at = Utc::now();
-        self.link().store_packet(
-            Direction::In,
-            PacketKind::Register,
-            &self.registration_bytes(&id),
-        );
+        self.link()
+            .store_packet(Direction::In, PacketKind::Register, raw);
         self.link()
             .store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
         self.link().store_device(true);
@@ -522,7 +478,7 @@ impl DeviceActor {
         self.codec.set_expect(Some(wire.expect()));
         self.link()
             .store_packet(Direction::Out, PacketKind::Modbus, &adu);
-        self.send(Outbound::Modbus(adu.into()));
+        self.send(Outbound::Request(adu.into()));
         let timer = ctx.run_later(timeout, |act, ctx| act.on_timeout(ctx));
         self.in_flight = Some(InFlight {
             job,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use chrono::{DateTime, Utc};
 
-use crate::settings::Protocol;
+use crate::protocol::Protocol;
 use crate::storage::rows::{
     ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
 };

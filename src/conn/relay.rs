@@ -35,7 +35,8 @@ use crate::conn::device::Close;
 use crate::conn::link::Link;
 use crate::protocol::hex::to_hex;
 use crate::protocol::ttms::{ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT};
-use crate::settings::{LivenessSettings, Protocol};
+use crate::protocol::Protocol;
+use crate::settings::LivenessSettings;
 use crate::storage::db::{Db, Enqueued, RelayRecord};
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, PacketRow, Row};
 use crate::storage::{Storage, Store};
@@ -191,7 +192,7 @@ impl RelayActor {
             conn: self.conn,
             peer: self.peer,
             id: self.id.as_deref(),
-            protocol: Protocol::Ttms,
+            protocol: Protocol::of(&crate::protocol::ttms::PROTOCOL),
             profile: None,
             connected_at: self.connected_at,
             supervisor: &self.ctx.supervisor,
@@ -316,7 +317,7 @@ impl RelayActor {
             id,
             conn: self.conn,
             addr: Holder::Relay(ctx.address()),
-            protocol: Protocol::Ttms,
+            protocol: Protocol::of(&crate::protocol::ttms::PROTOCOL),
             profile: None,
             remote_addr: self.peer,
         });

@@ -8,12 +8,24 @@
 //! S→D  04 LL <RTU request>   D→S 04 LL <RTU response>
 //! ```
 //! Frames are at most 2 + 255 bytes, so a partial frame never holds more than that.
+//! [`FramedCodec`] is the server's side, [`FramedDevice`] the simulator's.
 
 use bytes::{Buf, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::protocol::hex::to_hex;
-use crate::protocol::link::{CodecError, Inbound, Outbound};
+use crate::protocol::link::{
+    CodecError, DeviceLink, FromServer, Inbound, LinkCodec, LinkProtocol, Outbound, Role,
+};
+
+/// The entry of [`crate::protocol::PROTOCOLS`].
+pub const PROTOCOL: LinkProtocol = LinkProtocol {
+    name: "framed",
+    role: Role::Polled {
+        server: |_| Ok(Box::new(FramedCodec::new())),
+        device: |_| Box::new(FramedDevice),
+    },
+    needs_registration: false,
+};
 
 const TYPE_REGISTER_ACK: u8 = 0x01;
 const TYPE_HEARTBEAT: u8 = 0x02;
@@ -41,19 +53,19 @@ impl FramedCodec {
     }
 }
 
-impl Decoder for FramedCodec {
-    type Item = Inbound;
-    type Error = CodecError;
-
+impl LinkCodec for FramedCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
         if !self.registered {
             let number = match src.get(..REGISTRATION_LEN) {
                 Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
                 _ => return Ok(None),
             };
-            src.advance(REGISTRATION_LEN);
+            let raw = src.split_to(REGISTRATION_LEN).freeze();
             self.registered = true;
-            return Ok(Some(Inbound::Register(number.to_string())));
+            return Ok(Some(Inbound::Register {
+                id: number.to_string(),
+                raw,
+            }));
         }
         let (kind, len) = match src.get(..2) {
             Some(&[kind, len]) => (kind, usize::from(len)),
@@ -72,7 +84,7 @@ impl Decoder for FramedCodec {
         let frame = src.split_to(2 + len).freeze();
         let payload = frame.slice(2..);
         let item = match kind {
-            TYPE_HEARTBEAT if len == 0 => Inbound::Heartbeat,
+            TYPE_HEARTBEAT if len == 0 => Inbound::Heartbeat { raw: frame },
             TYPE_HEARTBEAT => Inbound::Malformed {
                 reason: format!("heartbeat with length {len}, expected 0"),
                 bytes: frame,
@@ -82,34 +94,20 @@ impl Decoder for FramedCodec {
                 reason: format!("Modbus frame of {len} bytes, shorter than {MIN_ADU}"),
                 bytes: frame,
             },
-            _ => Inbound::Modbus(payload),
+            _ => Inbound::Answer(payload),
         };
         if let Inbound::Malformed { reason, bytes } = &item {
             log::debug!("framed: {reason}: {}", to_hex(bytes));
         }
         Ok(Some(item))
     }
-}
-
-/// Types a device may send after registration.
-fn is_inbound_type(kind: u8) -> bool {
-    matches!(kind, TYPE_HEARTBEAT | TYPE_DATA | TYPE_MODBUS)
-}
-
-/// Frame boundaries are lost: nothing after this byte can be trusted.
-fn unknown_type(kind: u8, src: &[u8]) -> CodecError {
-    CodecError::protocol(format!("unknown frame type 0x{kind:02X}"), src)
-}
-
-impl Encoder<Outbound> for FramedCodec {
-    type Error = CodecError;
 
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError> {
         match item {
             Outbound::RegisterAck => dst.extend_from_slice(&[TYPE_REGISTER_ACK]),
             Outbound::HeartbeatAck => dst.extend_from_slice(&[TYPE_HEARTBEAT]),
             Outbound::DataAck => dst.extend_from_slice(&[TYPE_DATA]),
-            Outbound::Modbus(adu) => {
+            Outbound::Request(adu) => {
                 let len = u8::try_from(adu.len()).map_err(|_| {
                     CodecError::protocol(
                         format!("Modbus request of {} bytes does not fit LL", adu.len()),
@@ -125,16 +123,118 @@ impl Encoder<Outbound> for FramedCodec {
     }
 }
 
+/// Types a device may send after registration.
+fn is_inbound_type(kind: u8) -> bool {
+    matches!(kind, TYPE_HEARTBEAT | TYPE_DATA | TYPE_MODBUS)
+}
+
+/// Frame boundaries are lost: nothing after this byte can be trusted.
+fn unknown_type(kind: u8, src: &[u8]) -> CodecError {
+    CodecError::protocol(format!("unknown frame type 0x{kind:02X}"), src)
+}
+
+/// The simulator's side of the framed protocol.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FramedDevice;
+
+impl DeviceLink for FramedDevice {
+    fn registration_id(&self, number: u64) -> Result<String, String> {
+        u32::try_from(number)
+            .map(|n| n.to_string())
+            .map_err(|_| format!("device number {number} does not fit a framed registration (u32)"))
+    }
+
+    fn registration(&self, number: u64) -> Result<Vec<u8>, String> {
+        self.registration_id(number)?;
+        Ok(u32::try_from(number)
+            .unwrap_or_default()
+            .to_be_bytes()
+            .to_vec())
+    }
+
+    fn heartbeat(&self) -> Vec<u8> {
+        vec![TYPE_HEARTBEAT, 0]
+    }
+
+    fn acknowledged(&self) -> bool {
+        true
+    }
+
+    fn data(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let len = u8::try_from(payload.len()).ok()?;
+        let mut packet = vec![TYPE_DATA, len];
+        packet.extend_from_slice(payload);
+        Some(packet)
+    }
+
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError> {
+        let Some(&kind) = buf.first() else {
+            return Ok(None);
+        };
+        match kind {
+            TYPE_REGISTER_ACK => {
+                buf.advance(1);
+                Ok(Some(FromServer::RegisterAck))
+            }
+            TYPE_HEARTBEAT | TYPE_DATA => {
+                buf.advance(1);
+                Ok(Some(FromServer::Ack))
+            }
+            TYPE_MODBUS => {
+                let Some(&len) = buf.get(1) else {
+                    return Ok(None);
+                };
+                let len = usize::from(len);
+                if len == 0 {
+                    return Err(CodecError::protocol("empty request frame", &buf[..2]));
+                }
+                if buf.len() < 2 + len {
+                    return Ok(None);
+                }
+                let frame = buf.split_to(2 + len).freeze();
+                Ok(Some(FromServer::Request(frame.slice(2..))))
+            }
+            _ => Err(unknown_type(kind, buf)),
+        }
+    }
+
+    fn answer(&self, adu: &[u8], out: &mut Vec<u8>) {
+        // Answers are RTU ADUs of at most 256 bytes; one that does not fit LL is not sent.
+        if let Ok(len) = u8::try_from(adu.len()) {
+            out.extend_from_slice(&[TYPE_MODBUS, len]);
+            out.extend_from_slice(adu);
+        }
+    }
+
+    fn framed(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::link::test_util::{feed, splits};
     use crate::protocol::modbus::{self, Request, Response};
+    use crate::protocol::test_util::{feed, merge_data, splits};
     use bytes::Bytes;
     use proptest::prelude::*;
 
     fn h(s: &str) -> Vec<u8> {
         crate::protocol::hex::parse_hex(s).unwrap()
+    }
+
+    /// The registration of device `number`, as decoded with its raw bytes.
+    fn reg(number: u32) -> Inbound {
+        Inbound::Register {
+            id: number.to_string(),
+            raw: Bytes::copy_from_slice(&number.to_be_bytes()),
+        }
+    }
+
+    fn hb() -> Inbound {
+        Inbound::Heartbeat {
+            raw: Bytes::from_static(&[2, 0]),
+        }
     }
 
     fn registered() -> FramedCodec {
@@ -160,11 +260,11 @@ mod tests {
         let mut codec = FramedCodec::new();
         assert!(!codec.is_registered());
         let (items, err, rest) = feed(&mut codec, &[&h("00 00 03 E9")]);
-        assert_eq!(items, vec![Inbound::Register("1001".into())]);
+        assert_eq!(items, vec![reg(1001)]);
         assert!(err.is_none() && rest.is_empty());
         assert!(codec.is_registered());
         let (items, _, _) = feed(&mut FramedCodec::new(), &[&h("FF FF FF FF")]);
-        assert_eq!(items, vec![Inbound::Register("4294967295".into())]);
+        assert_eq!(items, vec![reg(4294967295)]);
     }
 
     #[test]
@@ -181,13 +281,13 @@ mod tests {
         stream.extend_from_slice(&exception);
         stream.extend_from_slice(&h("02 01 FF 04 03 01 02 03 02 00"));
         let expected = vec![
-            Inbound::Register("1001".into()),
-            Inbound::Heartbeat,
+            reg(1001),
+            hb(),
             Inbound::Data(Bytes::from(h("AA BB CC"))),
             Inbound::Data(Bytes::new()),
-            Inbound::Modbus(Bytes::from(response)),
-            Inbound::Heartbeat,
-            Inbound::Modbus(Bytes::from(exception)),
+            Inbound::Answer(Bytes::from(response)),
+            hb(),
+            Inbound::Answer(Bytes::from(exception)),
             Inbound::Malformed {
                 reason: "heartbeat with length 1, expected 0".into(),
                 bytes: Bytes::from(h("02 01 FF")),
@@ -196,7 +296,7 @@ mod tests {
                 reason: "Modbus frame of 3 bytes, shorter than 5".into(),
                 bytes: Bytes::from(h("04 03 01 02 03")),
             },
-            Inbound::Heartbeat,
+            hb(),
         ];
         // Data items merge in feed(); compare unmerged for the whole stream.
         let mut codec = FramedCodec::new();
@@ -207,11 +307,7 @@ mod tests {
         }
         assert_eq!(items, expected);
         assert!(buf.is_empty());
-        check_all_splits(
-            &stream,
-            &crate::protocol::link::test_util::merge_data(expected),
-            None,
-        );
+        check_all_splits(&stream, &merge_data(expected), None);
     }
 
     #[test]
@@ -235,9 +331,9 @@ mod tests {
         check_all_splits(
             &stream,
             &[
-                Inbound::Register("1".into()),
-                Inbound::Modbus(Bytes::from(ra)),
-                Inbound::Modbus(Bytes::from(rb)),
+                reg(1),
+                Inbound::Answer(Bytes::from(ra)),
+                Inbound::Answer(Bytes::from(rb)),
             ],
             None,
         );
@@ -247,7 +343,7 @@ mod tests {
     fn unknown_type_is_fatal() {
         check_all_splits(
             &h("00 00 03 E9 02 00 07 00"),
-            &[Inbound::Register("1001".into()), Inbound::Heartbeat],
+            &[reg(1001), hb()],
             Some("unknown frame type 0x07"),
         );
         // A second registration, or a server-only type, from the device.
@@ -286,7 +382,7 @@ mod tests {
         codec.encode(Outbound::DataAck, &mut out).unwrap();
         let adu = Request::read(3, 2000, 1).unwrap().encode(1);
         codec
-            .encode(Outbound::Modbus(Bytes::from(adu)), &mut out)
+            .encode(Outbound::Request(Bytes::from(adu)), &mut out)
             .unwrap();
         assert_eq!(
             crate::protocol::hex::to_hex(&out),
@@ -294,13 +390,13 @@ mod tests {
         );
         let mut out = BytesMut::new();
         codec
-            .encode(Outbound::Modbus(Bytes::from(vec![1; 255])), &mut out)
+            .encode(Outbound::Request(Bytes::from(vec![1; 255])), &mut out)
             .unwrap();
         assert_eq!(out.len(), 257);
         assert_eq!(out[1], 255);
         let err = codec
             .encode(
-                Outbound::Modbus(Bytes::from(vec![1; 256])),
+                Outbound::Request(Bytes::from(vec![1; 256])),
                 &mut BytesMut::new(),
             )
             .unwrap_err();
@@ -318,10 +414,72 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                Inbound::Register("5".into()),
+                reg(5),
                 Inbound::Data(Bytes::from(vec![0xAB; 255])),
-                Inbound::Modbus(Bytes::from(vec![0xCD; 255])),
+                Inbound::Answer(Bytes::from(vec![0xCD; 255])),
             ]
+        );
+    }
+
+    #[test]
+    fn device_side_reads_acks_and_requests() {
+        let device = FramedDevice;
+        let mut buf = BytesMut::from(&[1u8, 2, 4, 3, 0xAA, 0xBB, 0xCC, 4, 5][..]);
+        assert_eq!(
+            device.decode(&mut buf).unwrap(),
+            Some(FromServer::RegisterAck)
+        );
+        assert_eq!(device.decode(&mut buf).unwrap(), Some(FromServer::Ack));
+        assert_eq!(
+            device.decode(&mut buf).unwrap(),
+            Some(FromServer::Request(Bytes::from(vec![0xAA, 0xBB, 0xCC])))
+        );
+        assert_eq!(device.decode(&mut buf).unwrap(), None);
+        assert_eq!(buf.len(), 2);
+        let mut bad = BytesMut::from(&[0x99u8, 1][..]);
+        assert!(device.decode(&mut bad).is_err());
+        let mut empty_request = BytesMut::from(&[4u8, 0][..]);
+        assert!(device.decode(&mut empty_request).is_err());
+    }
+
+    #[test]
+    fn device_side_packets_are_what_the_server_side_reads() {
+        let device = FramedDevice;
+        assert_eq!(device.registration_id(1001).unwrap(), "1001");
+        assert!(device.registration_id(u64::from(u32::MAX) + 1).is_err());
+        let mut stream = device.registration(1001).unwrap();
+        stream.extend_from_slice(&device.heartbeat());
+        stream.extend_from_slice(&device.data(b"id=1").unwrap());
+        let answer = Response::Registers(vec![7]).encode(1, 3);
+        device.answer(&answer, &mut stream);
+        let (items, err, rest) = feed(&mut FramedCodec::new(), &[&stream]);
+        assert!(err.is_none() && rest.is_empty());
+        assert_eq!(
+            items,
+            vec![
+                reg(1001),
+                hb(),
+                Inbound::Data(Bytes::from_static(b"id=1")),
+                Inbound::Answer(Bytes::from(answer)),
+            ]
+        );
+        // What the server encodes, the device reads back.
+        let mut out = BytesMut::new();
+        let mut codec = registered();
+        codec.encode(Outbound::RegisterAck, &mut out).unwrap();
+        codec.encode(Outbound::HeartbeatAck, &mut out).unwrap();
+        let request = Request::read(3, 0, 1).unwrap().encode(1);
+        codec
+            .encode(Outbound::Request(Bytes::from(request.clone())), &mut out)
+            .unwrap();
+        assert_eq!(
+            device.decode(&mut out).unwrap(),
+            Some(FromServer::RegisterAck)
+        );
+        assert_eq!(device.decode(&mut out).unwrap(), Some(FromServer::Ack));
+        assert_eq!(
+            device.decode(&mut out).unwrap(),
+            Some(FromServer::Request(Bytes::from(request)))
         );
     }
 
@@ -349,12 +507,12 @@ mod tests {
             cut in any::<prop::sample::Index>(),
         ) {
             let mut stream = id.to_be_bytes().to_vec();
-            let mut expected = vec![Inbound::Register(id.to_string())];
+            let mut expected = vec![reg(id)];
             for (kind, payload) in &frames {
                 match kind {
                     2 => {
                         stream.extend_from_slice(&[2, 0]);
-                        expected.push(Inbound::Heartbeat);
+                        expected.push(hb());
                     }
                     3 => {
                         stream.extend_from_slice(&[3, payload.len() as u8]);
@@ -364,7 +522,7 @@ mod tests {
                     _ => {
                         stream.extend_from_slice(&[4, payload.len() as u8]);
                         stream.extend_from_slice(payload);
-                        expected.push(Inbound::Modbus(Bytes::from(payload.clone())));
+                        expected.push(Inbound::Answer(Bytes::from(payload.clone())));
                     }
                 }
             }
@@ -373,7 +531,7 @@ mod tests {
             let (items, err, rest) = feed(&mut FramedCodec::new(), &[a, b]);
             prop_assert!(err.is_none());
             prop_assert!(rest.is_empty());
-            prop_assert_eq!(items, crate::protocol::link::test_util::merge_data(expected));
+            prop_assert_eq!(items, merge_data(expected));
         }
     }
 }

@@ -1,32 +1,40 @@
-//! Wire codecs for dial-in DTUs: bytes from the socket in, [`Inbound`] items out.
+//! The link between a DTU and the server, whatever protocol frames it: what a DTU sends
+//! ([`Inbound`]), what the server sends it ([`Outbound`]), the two sides of a link codec
+//! ([`LinkCodec`] in the server, [`DeviceLink`] in the simulator) and the entry each protocol
+//! file exports for the list of protocols ([`LinkProtocol`], listed in
+//! [`crate::protocol::PROTOCOLS`]).
 //!
-//! The device actor owns one [`DeviceCodec`], appends socket bytes to a `BytesMut` and calls
-//! `decode` until `Ok(None)`. `Err` is fatal (the actor closes the connection); one bad
+//! A server-side codec is driven by its connection: socket bytes are appended to a `BytesMut`
+//! and `decode` is called until `Ok(None)`. `Err` is fatal (the connection is closed); one bad
 //! frame is an [`Inbound::Malformed`] item and the connection lives. Every decode path is
 //! bounded in what it buffers and how far it looks, and never panics on any bytes.
 
-use crate::protocol::framed::FramedCodec;
-use crate::protocol::transparent::TransparentCodec;
+use std::fmt;
+use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+
+use crate::protocol::hex::to_hex;
 
 /// What a device sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
-    /// The device registered with this id.
-    Register(String),
-    Heartbeat,
-    /// Framed type 03; transparent: bytes that are neither heartbeat nor an expected response.
+    /// The device registered with this id; `raw` is the registration as it arrived, for the
+    /// packet history.
+    Register { id: String, raw: Bytes },
+    /// A heartbeat, as it arrived.
+    Heartbeat { raw: Bytes },
+    /// A data packet of the link protocol (framed type 03), which the server acknowledges.
     Data(Bytes),
-    /// One complete RTU response ADU (CRC included). The transparent codec framed it by CRC;
-    /// the framed codec has not validated it: the actor calls `modbus::rtu::parse_response`.
-    Modbus(Bytes),
-    /// Dropped bytes; the actor logs `reason` and `to_hex(bytes)` with the device id.
-    Malformed {
-        reason: String,
-        bytes: Bytes,
-    },
+    /// Bytes that are neither a heartbeat nor the answer awaited, on a link without framing of
+    /// its own (transparent): stored, never answered.
+    Unsolicited(Bytes),
+    /// One answer from the serial side: a Modbus RTU response ADU, CRC included. A link that
+    /// frames it (framed type 04) has not looked inside; the connection parses it against the
+    /// request in flight.
+    Answer(Bytes),
+    /// Dropped bytes; the connection logs `reason` and the bytes in hex with the device id.
+    Malformed { reason: String, bytes: Bytes },
 }
 
 /// What the server sends a device.
@@ -35,8 +43,8 @@ pub enum Outbound {
     RegisterAck,
     HeartbeatAck,
     DataAck,
-    /// An RTU request ADU with CRC.
-    Modbus(Bytes),
+    /// A request for the serial side: a Modbus RTU ADU with CRC.
+    Request(Bytes),
 }
 
 /// A fatal codec error: the connection cannot go on.
@@ -50,9 +58,9 @@ pub enum CodecError {
 
 impl CodecError {
     /// A protocol error about `bytes` (at most the first 64 are shown).
-    pub(crate) fn protocol(reason: impl Into<String>, bytes: &[u8]) -> CodecError {
+    pub fn protocol(reason: impl Into<String>, bytes: &[u8]) -> CodecError {
         const SHOWN: usize = 64;
-        let mut hex = crate::protocol::hex::to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
+        let mut hex = to_hex(bytes.get(..SHOWN).unwrap_or(bytes));
         if bytes.len() > SHOWN {
             hex.push_str(&format!(" ... ({} bytes)", bytes.len()));
         }
@@ -63,131 +71,170 @@ impl CodecError {
     }
 }
 
-/// What the transparent codec should expect: the request in flight.
+/// The answer the connection waits for: the slave and function of the request in flight.
+/// A link without framing of its own needs it to cut the answer out of the byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect {
     pub slave: u8,
     pub function: u8,
 }
 
-/// The codec of one connection, chosen by its listener's protocol.
-#[derive(Debug)]
-pub enum DeviceCodec {
-    Framed(FramedCodec),
-    Transparent(TransparentCodec),
+/// The server side of a link protocol for one connection.
+pub trait LinkCodec: Send + fmt::Debug {
+    /// The next item at the start of `src`, consuming its bytes; `Ok(None)` until one is
+    /// complete.
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError>;
+
+    /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item).
+    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError>;
+
+    /// The request in flight (`None` when there is none). Only a link without framing of its
+    /// own needs it to tell answers from other bytes. Bytes already buffered may decode
+    /// differently afterwards, so decode again after changing it.
+    fn set_expect(&mut self, _expect: Option<Expect>) {}
 }
 
-impl DeviceCodec {
-    /// The request in flight (`None` when there is none). Only the transparent codec needs it
-    /// to tell responses from other bytes; the framed protocol tags its frames. Bytes already
-    /// buffered may decode differently afterwards, so decode again after changing it.
-    pub fn set_expect(&mut self, expect: Option<Expect>) {
-        match self {
-            DeviceCodec::Framed(_) => {}
-            DeviceCodec::Transparent(codec) => codec.set_expect(expect),
-        }
-    }
-
-    /// True once the codec has decoded a registration.
-    pub fn is_registered(&self) -> bool {
-        match self {
-            DeviceCodec::Framed(codec) => codec.is_registered(),
-            DeviceCodec::Transparent(codec) => codec.is_registered(),
-        }
-    }
+/// How a registration id is written, where the profile describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdFormat {
+    /// The packet's bytes are the id text.
+    Ascii,
+    /// The id is the packet's bytes as uppercase hex.
+    Hex,
 }
 
-impl Decoder for DeviceCodec {
-    type Item = Inbound;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
+impl IdFormat {
+    pub fn as_str(self) -> &'static str {
         match self {
-            DeviceCodec::Framed(codec) => codec.decode(src),
-            DeviceCodec::Transparent(codec) => codec.decode(src),
+            IdFormat::Ascii => "ascii",
+            IdFormat::Hex => "hex",
         }
     }
 }
 
-impl Encoder<Outbound> for DeviceCodec {
-    type Error = CodecError;
+impl FromStr for IdFormat {
+    type Err = String;
 
-    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError> {
-        match self {
-            DeviceCodec::Framed(codec) => codec.encode(item, dst),
-            DeviceCodec::Transparent(codec) => codec.encode(item, dst),
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ascii" => Ok(IdFormat::Ascii),
+            "hex" => Ok(IdFormat::Hex),
+            _ => Err(format!("unknown format {s:?} (expected ascii or hex)")),
         }
     }
 }
 
-/// Helpers shared by the codec tests.
-#[cfg(test)]
-pub(crate) mod test_util {
-    use super::*;
-
-    /// Decodes until `Ok(None)` or an error, asserting progress so a bug cannot hang a test.
-    pub fn drain<D>(codec: &mut D, buf: &mut BytesMut, out: &mut Vec<Inbound>) -> Result<(), String>
-    where
-        D: Decoder<Item = Inbound, Error = CodecError>,
-    {
-        // Every item consumes at least one byte, so this many rounds always suffice.
-        for _ in 0..=buf.len() + 1 {
-            let before = buf.len();
-            match codec.decode(buf) {
-                Ok(Some(item)) => {
-                    assert!(buf.len() < before, "{item:?} consumed nothing");
-                    out.push(item);
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        panic!("decode loop did not terminate");
+impl fmt::Display for IdFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
+}
 
-    /// Feeds `chunks` one after another, draining after each; merges adjacent `Data` items,
-    /// whose boundaries depend on how the bytes were split. Returns the items, the error if
-    /// one ended the stream, and the bytes left over.
-    pub fn feed<D>(codec: &mut D, chunks: &[&[u8]]) -> (Vec<Inbound>, Option<String>, Vec<u8>)
-    where
-        D: Decoder<Item = Inbound, Error = CodecError>,
-    {
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        let mut error = None;
-        for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            if let Err(e) = drain(codec, &mut buf, &mut out) {
-                error = Some(e);
-                break;
-            }
-        }
-        (merge_data(out), error, buf.to_vec())
-    }
+/// How the registration id is recognised.
+#[derive(Debug, Clone)]
+pub enum IdMatcher {
+    /// The id (as text, per [`IdFormat`]) must match this regex.
+    Pattern(regex::Regex),
+    /// The registration packet is exactly this many bytes.
+    Length(usize),
+}
 
-    /// Joins runs of `Data` items into one.
-    pub fn merge_data(items: Vec<Inbound>) -> Vec<Inbound> {
-        let mut merged: Vec<Inbound> = Vec::new();
-        for item in items {
-            match (merged.last_mut(), item) {
-                (Some(Inbound::Data(prev)), Inbound::Data(next)) => {
-                    let mut joined = prev.to_vec();
-                    joined.extend_from_slice(&next);
-                    *prev = Bytes::from(joined);
-                }
-                (_, item) => merged.push(item),
-            }
-        }
-        merged
-    }
+/// What the first packet of a DTU looks like, where its protocol leaves that to the profile
+/// (`[profiles.X.registration]`).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub format: IdFormat,
+    pub matcher: IdMatcher,
+    /// Bytes to answer with; empty for none.
+    pub reply: Vec<u8>,
+}
 
-    /// Every way to cut `bytes`: one byte at a time, and every two-way split.
-    pub fn splits(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
-        let mut all = vec![bytes.chunks(1).collect::<Vec<_>>()];
-        for i in 0..=bytes.len() {
-            let (a, b) = bytes.split_at(i);
-            all.push(vec![a, b]);
-        }
-        all
+/// The exact bytes of a heartbeat and what to answer (`[profiles.X.heartbeat]`).
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub bytes: Vec<u8>,
+    /// Empty for no answer.
+    pub reply: Vec<u8>,
+}
+
+/// What a link codec may take from the device's profile.
+#[derive(Debug, Clone, Default)]
+pub struct LinkOptions {
+    pub registration: Option<Registration>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// What the simulator's side of a link may be told.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// The heartbeat bytes, where the protocol leaves them to the DTU's configuration.
+    pub heartbeat: Vec<u8>,
+}
+
+/// What a simulated device gets from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromServer {
+    /// The registration was accepted.
+    RegisterAck,
+    /// A heartbeat or data packet was acknowledged.
+    Ack,
+    /// A request for the serial side (an RTU request ADU).
+    Request(Bytes),
+}
+
+/// The device side of a link protocol, as the simulator speaks it.
+pub trait DeviceLink: Send + Sync + fmt::Debug {
+    /// The id the server knows device number `number` by, or why the number does not fit.
+    fn registration_id(&self, number: u64) -> Result<String, String>;
+
+    /// The registration packet of device `number`.
+    fn registration(&self, number: u64) -> Result<Vec<u8>, String>;
+
+    fn heartbeat(&self) -> Vec<u8>;
+
+    /// Whether the server acknowledges the registration (and heartbeats wait for that).
+    fn acknowledged(&self) -> bool;
+
+    /// A data packet carrying `payload`, where the protocol has them.
+    fn data(&self, payload: &[u8]) -> Option<Vec<u8>>;
+
+    /// The next item the server sent at the start of `buf`, consuming its bytes; `Ok(None)`
+    /// until one is complete. `Err` means the bytes cannot be read (the caller drops them).
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError>;
+
+    /// Appends the answer `adu` as it goes on the wire.
+    fn answer(&self, adu: &[u8], out: &mut Vec<u8>);
+
+    /// Whether requests arrive framed; without framing, a request cut by a silence is lost
+    /// (the TCP stand-in for the RTU inter-frame gap).
+    fn framed(&self) -> bool;
+}
+
+/// What a connection does once its device has registered.
+#[derive(Clone, Copy)]
+pub enum Role {
+    /// Request/response: the server polls the serial device behind the DTU through a profile
+    /// and sends it operator commands.
+    Polled {
+        /// A codec for one connection, or why the options do not make one.
+        server: fn(&LinkOptions) -> Result<Box<dyn LinkCodec>, String>,
+        /// The simulator's side.
+        device: fn(&DeviceOptions) -> Box<dyn DeviceLink>,
+    },
+    /// `$TTMS` terminals, whose frames the server relays from one to another.
+    Relay,
+}
+
+/// One link protocol a listener can speak (`protocol = "<name>"`).
+pub struct LinkProtocol {
+    pub name: &'static str,
+    pub role: Role,
+    /// Whether the profile must say how devices register (`[profiles.X.registration]`).
+    pub needs_registration: bool,
+}
+
+impl fmt::Debug for LinkProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
     }
 }

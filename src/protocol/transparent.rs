@@ -1,4 +1,5 @@
 //! DTUs that pass serial bytes through untouched (USR-IOT style), CONTRACT.md §3.
+//! [`TransparentCodec`] is the server's side, [`TransparentDevice`] the simulator's.
 //!
 //! Nothing on the wire says where a packet ends, so the codec decides from context: the
 //! first bytes are the registration packet as the profile describes it; later, a response
@@ -13,12 +14,34 @@
 
 use bytes::{Buf, BytesMut};
 use regex::Regex;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::protocol::hex::to_hex;
-use crate::protocol::link::{CodecError, Expect, Inbound, Outbound};
+use crate::protocol::link::{
+    CodecError, DeviceLink, Expect, FromServer, Heartbeat, IdFormat, IdMatcher, Inbound, LinkCodec,
+    LinkOptions, LinkProtocol, Outbound, Registration, Role,
+};
 use crate::protocol::modbus::rtu::{self, MAX_ADU};
-use crate::settings::{HeartbeatSpec, IdFormat, IdMatcher, RegistrationSpec};
+
+/// The entry of [`crate::protocol::PROTOCOLS`].
+pub const PROTOCOL: LinkProtocol = LinkProtocol {
+    name: "transparent",
+    role: Role::Polled {
+        server: server_codec,
+        device: |options| Box::new(TransparentDevice::new(options.heartbeat.clone())),
+    },
+    needs_registration: true,
+};
+
+fn server_codec(options: &LinkOptions) -> Result<Box<dyn LinkCodec>, String> {
+    let registration = options
+        .registration
+        .clone()
+        .ok_or("a transparent DTU's profile must say how it registers ([registration])")?;
+    Ok(Box::new(TransparentCodec::new(
+        registration,
+        options.heartbeat.clone(),
+    )))
+}
 
 /// A registration id is at most this many bytes: a `Pattern` must match within them and a
 /// `Length` may not exceed them (IMEI 15, ICCID 20: plenty), so waiting for one is bounded.
@@ -29,17 +52,17 @@ pub const MAX_DATA: usize = 4096;
 /// Codec for the transparent protocol; one per connection.
 #[derive(Debug)]
 pub struct TransparentCodec {
-    registration: RegistrationSpec,
+    registration: Registration,
     /// The pattern anchored at both ends, so "matches completely" is one `is_match`.
     anchored: Option<Regex>,
     /// `None` also for a heartbeat of zero bytes, which would match everywhere.
-    heartbeat: Option<HeartbeatSpec>,
+    heartbeat: Option<Heartbeat>,
     expect: Option<Expect>,
     registered: bool,
 }
 
 impl TransparentCodec {
-    pub fn new(registration: RegistrationSpec, heartbeat: Option<HeartbeatSpec>) -> Self {
+    pub fn new(registration: Registration, heartbeat: Option<Heartbeat>) -> Self {
         let anchored = match &registration.matcher {
             IdMatcher::Pattern(re) => Regex::new(&format!("^(?:{})$", re.as_str())).ok(),
             IdMatcher::Length(_) => None,
@@ -57,11 +80,6 @@ impl TransparentCodec {
             expect: None,
             registered: false,
         }
-    }
-
-    /// The request in flight; its response is framed by RTU rules until this changes.
-    pub fn set_expect(&mut self, expect: Option<Expect>) {
-        self.expect = expect;
     }
 
     /// True once the registration packet has been decoded.
@@ -115,10 +133,10 @@ impl TransparentCodec {
         };
         match found {
             Some((n, id)) => {
-                src.advance(n);
+                let raw = src.split_to(n).freeze();
                 self.registered = true;
                 log::debug!("transparent: registered as {id:?}");
-                Ok(Some(Inbound::Register(id)))
+                Ok(Some(Inbound::Register { id, raw }))
             }
             None if src.len() >= REGISTRATION_WINDOW => Err(CodecError::protocol(
                 format!("no registration id in the first {REGISTRATION_WINDOW} bytes"),
@@ -135,7 +153,7 @@ impl TransparentCodec {
             Some(n) if src.len() < n => return Ok(None),
             Some(n) => match src.get(..n) {
                 Some(adu) if rtu::check_crc(adu) => {
-                    return Ok(Some(Inbound::Modbus(src.split_to(n).freeze())));
+                    return Ok(Some(Inbound::Answer(src.split_to(n).freeze())));
                 }
                 Some(adu) => format!("bad CRC in response {}", to_hex(adu)),
                 None => return Ok(None),
@@ -189,10 +207,7 @@ impl TransparentCodec {
     }
 }
 
-impl Decoder for TransparentCodec {
-    type Item = Inbound;
-    type Error = CodecError;
-
+impl LinkCodec for TransparentCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
         if !self.registered {
             return self.decode_registration(src);
@@ -212,21 +227,16 @@ impl Decoder for TransparentCodec {
             }
         }
         if is_heartbeat {
-            let n = heartbeat.len();
-            src.advance(n);
-            return Ok(Some(Inbound::Heartbeat));
+            let raw = src.split_to(heartbeat.len()).freeze();
+            return Ok(Some(Inbound::Heartbeat { raw }));
         }
         if self.heartbeat_may_start(src) {
             // A proper prefix of the heartbeat: wait for the rest.
             return Ok(None);
         }
         let n = self.data_len(src);
-        Ok(Some(Inbound::Data(src.split_to(n).freeze())))
+        Ok(Some(Inbound::Unsolicited(src.split_to(n).freeze())))
     }
-}
-
-impl Encoder<Outbound> for TransparentCodec {
-    type Error = CodecError;
 
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError> {
         match item {
@@ -237,7 +247,7 @@ impl Encoder<Outbound> for TransparentCodec {
                     .map_or(&[][..], |hb| hb.reply.as_slice()),
             ),
             Outbound::DataAck => {}
-            Outbound::Modbus(adu) => {
+            Outbound::Request(adu) => {
                 if adu.len() > MAX_ADU {
                     return Err(CodecError::protocol(
                         format!("Modbus request of {} bytes over {MAX_ADU}", adu.len()),
@@ -249,15 +259,92 @@ impl Encoder<Outbound> for TransparentCodec {
         }
         Ok(())
     }
+
+    /// The request in flight; its answer is framed by RTU rules until this changes.
+    fn set_expect(&mut self, expect: Option<Expect>) {
+        self.expect = expect;
+    }
+}
+
+/// Device number `n` of the simulator registers as `IMEI_BASE + n` (15 ASCII digits,
+/// IMEI-like), unless `n` has 15 digits already.
+pub const IMEI_BASE: u64 = 860_000_000_000_000;
+
+/// Default heartbeat of USR-IOT DTUs.
+pub const USR_HEARTBEAT: &[u8] = b"www.usr.cn";
+
+/// The simulator's side of a transparent link: ASCII IMEI registration, a configured
+/// heartbeat, requests found by their RTU framing in whatever bytes arrive.
+#[derive(Debug, Clone)]
+pub struct TransparentDevice {
+    heartbeat: Vec<u8>,
+}
+
+impl TransparentDevice {
+    pub fn new(heartbeat: Vec<u8>) -> TransparentDevice {
+        TransparentDevice { heartbeat }
+    }
+}
+
+impl DeviceLink for TransparentDevice {
+    fn registration_id(&self, number: u64) -> Result<String, String> {
+        if number >= 100_000_000_000_000 {
+            return Ok(number.to_string());
+        }
+        Ok((IMEI_BASE + number).to_string())
+    }
+
+    fn registration(&self, number: u64) -> Result<Vec<u8>, String> {
+        self.registration_id(number).map(String::into_bytes)
+    }
+
+    fn heartbeat(&self) -> Vec<u8> {
+        self.heartbeat.clone()
+    }
+
+    fn acknowledged(&self) -> bool {
+        false
+    }
+
+    fn data(&self, _payload: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError> {
+        match rtu::find_request(buf) {
+            Some((start, len)) => {
+                if start > 0 {
+                    log::debug!("transparent device: skipping {}", to_hex(&buf[..start]));
+                }
+                buf.advance(start);
+                Ok(Some(FromServer::Request(buf.split_to(len).freeze())))
+            }
+            None => {
+                // Nothing framed in twice the longest request: keep only what may still begin one.
+                if buf.len() > 2 * MAX_ADU {
+                    buf.advance(buf.len() - MAX_ADU);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn answer(&self, adu: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(adu);
+    }
+
+    fn framed(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::hex::parse_hex;
-    use crate::protocol::link::test_util::{feed, merge_data, splits};
     use crate::protocol::modbus::rtu::exception_adu;
     use crate::protocol::modbus::Response;
+    use crate::protocol::test_util::{feed, merge_data, splits};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -269,22 +356,52 @@ mod tests {
     }
 
     fn data(bytes: &[u8]) -> Inbound {
-        Inbound::Data(Bytes::copy_from_slice(bytes))
+        Inbound::Unsolicited(Bytes::copy_from_slice(bytes))
     }
 
     fn modbus(bytes: &[u8]) -> Inbound {
-        Inbound::Modbus(Bytes::copy_from_slice(bytes))
+        Inbound::Answer(Bytes::copy_from_slice(bytes))
+    }
+
+    /// A registration as decoded: the id with the bytes it came as (ASCII).
+    fn reg(id: &str) -> Inbound {
+        Inbound::Register {
+            id: id.into(),
+            raw: Bytes::copy_from_slice(id.as_bytes()),
+        }
+    }
+
+    /// A registration of a hex-format profile: the bytes are the id's hex digits decoded.
+    fn reg_hex(id: &str) -> Inbound {
+        Inbound::Register {
+            id: id.into(),
+            raw: Bytes::from(h(id)),
+        }
+    }
+
+    /// The USR heartbeat of `usr()`.
+    fn hb() -> Inbound {
+        Inbound::Heartbeat {
+            raw: Bytes::from_static(HB),
+        }
+    }
+
+    /// The one-byte heartbeat of `binary()`.
+    fn hb_fe() -> Inbound {
+        Inbound::Heartbeat {
+            raw: Bytes::from_static(&[0xFE]),
+        }
     }
 
     /// USR-IOT default: IMEI registration, "www.usr.cn" heartbeat, no replies.
     fn usr() -> TransparentCodec {
         TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Ascii,
                 matcher: IdMatcher::Pattern(Regex::new("^[0-9]{15}$").unwrap()),
                 reply: Vec::new(),
             },
-            Some(HeartbeatSpec {
+            Some(Heartbeat {
                 bytes: HB.to_vec(),
                 reply: Vec::new(),
             }),
@@ -294,12 +411,12 @@ mod tests {
     /// Binary 4-byte id rendered as hex, one-byte heartbeat FE answered with FE.
     fn binary() -> TransparentCodec {
         TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Hex,
                 matcher: IdMatcher::Length(4),
                 reply: h("AA 55"),
             },
-            Some(HeartbeatSpec {
+            Some(Heartbeat {
                 bytes: h("FE"),
                 reply: h("FE"),
             }),
@@ -328,13 +445,13 @@ mod tests {
 
     #[test]
     fn registration_by_pattern() {
-        check_all_splits(usr, IMEI, &[Inbound::Register("866123456789012".into())]);
+        check_all_splits(usr, IMEI, &[reg("866123456789012")]);
         let mut codec = usr();
         let (items, err, rest) = feed(&mut codec, &[&IMEI[..14]]);
         assert!(items.is_empty() && err.is_none() && rest.len() == 14);
         assert!(!codec.is_registered());
         let (items, _, _) = feed(&mut codec, &[&IMEI[..14], &IMEI[14..]]);
-        assert_eq!(items, vec![Inbound::Register("866123456789012".into())]);
+        assert_eq!(items, vec![reg("866123456789012")]);
         assert!(codec.is_registered());
     }
 
@@ -342,7 +459,7 @@ mod tests {
     fn registration_takes_longest_matching_prefix() {
         let codec = || {
             TransparentCodec::new(
-                RegistrationSpec {
+                Registration {
                     format: IdFormat::Ascii,
                     // Unanchored on purpose: the codec anchors it.
                     matcher: IdMatcher::Pattern(Regex::new("[0-9]{4,15}").unwrap()),
@@ -353,10 +470,10 @@ mod tests {
         };
         let mut buf = BytesMut::from(&b"123456789012345678"[..]);
         let item = codec().decode(&mut buf).unwrap();
-        assert_eq!(item, Some(Inbound::Register("123456789012345".into())));
+        assert_eq!(item, Some(reg("123456789012345")));
         assert_eq!(&buf[..], b"678");
         let (items, _, rest) = feed(&mut codec(), &[b"12345abc"]);
-        assert_eq!(items[0], Inbound::Register("12345".into()));
+        assert_eq!(items[0], reg("12345"));
         assert!(rest.is_empty(), "abc became data");
         assert_eq!(items[1], data(b"abc"));
     }
@@ -365,7 +482,7 @@ mod tests {
     fn registration_hex_pattern() {
         let codec = || {
             TransparentCodec::new(
-                RegistrationSpec {
+                Registration {
                     format: IdFormat::Hex,
                     matcher: IdMatcher::Pattern(Regex::new("^A5[0-9A-F]{6}$").unwrap()),
                     reply: Vec::new(),
@@ -373,11 +490,7 @@ mod tests {
                 None,
             )
         };
-        check_all_splits(
-            codec,
-            &h("A5 01 02 0B"),
-            &[Inbound::Register("A501020B".into())],
-        );
+        check_all_splits(codec, &h("A5 01 02 0B"), &[reg_hex("A501020B")]);
     }
 
     #[test]
@@ -385,7 +498,7 @@ mod tests {
         check_all_splits(
             binary,
             &h("00 00 03 E9 FE"),
-            &[Inbound::Register("000003E9".into()), Inbound::Heartbeat],
+            &[reg_hex("000003E9"), hb_fe()],
         );
     }
 
@@ -403,7 +516,7 @@ mod tests {
         let (_, err, _) = feed(&mut usr(), &[&[0xFF; 70]]);
         assert!(err.is_some());
         let ascii4 = TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Ascii,
                 matcher: IdMatcher::Length(4),
                 reply: Vec::new(),
@@ -413,7 +526,7 @@ mod tests {
         let (_, err, _) = feed(&mut { ascii4 }, &[&h("41 42 C3 28")]);
         assert!(err.unwrap().contains("UTF-8"));
         let zero = TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Hex,
                 matcher: IdMatcher::Length(0),
                 reply: Vec::new(),
@@ -422,7 +535,7 @@ mod tests {
         );
         assert!(feed(&mut { zero }, &[b"a"]).1.is_some());
         let long = TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Hex,
                 matcher: IdMatcher::Length(REGISTRATION_WINDOW + 1),
                 reply: Vec::new(),
@@ -446,13 +559,13 @@ mod tests {
             || expecting(usr(), 1, 3),
             &stream,
             &[
-                Inbound::Register("866123456789012".into()),
-                Inbound::Heartbeat,
+                reg("866123456789012"),
+                hb(),
                 modbus(&r1),
-                Inbound::Heartbeat,
+                hb(),
                 data(b"hello ww!"),
                 modbus(&r2),
-                Inbound::Heartbeat,
+                hb(),
                 modbus(&r1),
             ],
         );
@@ -467,10 +580,10 @@ mod tests {
             || expecting(binary(), 9, 4),
             &stream,
             &[
-                Inbound::Register("00000009".into()),
+                reg_hex("00000009"),
                 modbus(&r1),
                 modbus(&r2),
-                Inbound::Heartbeat,
+                hb_fe(),
                 modbus(&r1),
             ],
         );
@@ -487,7 +600,7 @@ mod tests {
             || expecting(usr(), 1, 3),
             &stream,
             &[
-                Inbound::Register("866123456789012".into()),
+                reg("866123456789012"),
                 Inbound::Malformed {
                     reason: format!(
                         "bad CRC in response {}; dropped 1 byte to resync",
@@ -511,7 +624,7 @@ mod tests {
         assert!(
             matches!(&items[1], Inbound::Malformed { reason, .. } if reason.contains("over 256"))
         );
-        assert_eq!(items[2..], [data(&h("03 FF 00")), Inbound::Heartbeat]);
+        assert_eq!(items[2..], [data(&h("03 FF 00")), hb()]);
     }
 
     #[test]
@@ -521,11 +634,7 @@ mod tests {
         check_all_splits(
             || expecting(usr(), 1, 0x41),
             &cat(&[IMEI, &answer, HB]),
-            &[
-                Inbound::Register("866123456789012".into()),
-                modbus(&answer),
-                Inbound::Heartbeat,
-            ],
+            &[reg("866123456789012"), modbus(&answer), hb()],
         );
         // No CRC ever: wait up to MAX_ADU bytes, then drop one.
         let mut junk = h("01 41");
@@ -548,12 +657,7 @@ mod tests {
         check_all_splits(
             usr,
             &cat(&[IMEI, &r, HB, &r]),
-            &[
-                Inbound::Register("866123456789012".into()),
-                data(&r),
-                Inbound::Heartbeat,
-                data(&r),
-            ],
+            &[reg("866123456789012"), data(&r), hb(), data(&r)],
         );
     }
 
@@ -578,27 +682,23 @@ mod tests {
         check_all_splits(
             codec,
             &cat(&[IMEI, HB, &r]),
-            &[
-                Inbound::Register("866123456789012".into()),
-                data(HB),
-                modbus(&r),
-            ],
+            &[reg("866123456789012"), data(HB), modbus(&r)],
         );
         // An empty heartbeat is no heartbeat (it would match everywhere).
         let empty = TransparentCodec::new(
-            RegistrationSpec {
+            Registration {
                 format: IdFormat::Hex,
                 matcher: IdMatcher::Length(1),
                 reply: Vec::new(),
             },
-            Some(HeartbeatSpec {
+            Some(Heartbeat {
                 bytes: Vec::new(),
                 reply: h("01"),
             }),
         );
         let (items, err, _) = feed(&mut { empty }, &[&h("07 61 62")]);
         assert_eq!(err, None);
-        assert_eq!(items, vec![Inbound::Register("07".into()), data(b"ab")]);
+        assert_eq!(items, vec![reg_hex("07"), data(b"ab")]);
     }
 
     #[test]
@@ -608,10 +708,10 @@ mod tests {
         let mut buf = BytesMut::from(&cat(&[IMEI, &big])[..]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Ok(Some(Inbound::Register(_)))
+            Ok(Some(Inbound::Register { .. }))
         ));
         let sizes: Vec<usize> = std::iter::from_fn(|| match codec.decode(&mut buf) {
-            Ok(Some(Inbound::Data(d))) => Some(d.len()),
+            Ok(Some(Inbound::Unsolicited(d))) => Some(d.len()),
             _ => None,
         })
         .collect();
@@ -627,7 +727,7 @@ mod tests {
         codec.encode(Outbound::HeartbeatAck, &mut out).unwrap();
         codec.encode(Outbound::DataAck, &mut out).unwrap();
         codec
-            .encode(Outbound::Modbus(Bytes::from(adu.clone())), &mut out)
+            .encode(Outbound::Request(Bytes::from(adu.clone())), &mut out)
             .unwrap();
         assert_eq!(to_hex(&out), "AA 55 FE 01 03 07 D0 00 01 84 87");
         let mut codec = usr();
@@ -638,7 +738,7 @@ mod tests {
         assert!(out.is_empty());
         let err = codec
             .encode(
-                Outbound::Modbus(Bytes::from(vec![1; MAX_ADU + 1])),
+                Outbound::Request(Bytes::from(vec![1; MAX_ADU + 1])),
                 &mut out,
             )
             .unwrap_err();
@@ -646,32 +746,60 @@ mod tests {
     }
 
     #[test]
-    fn device_codec_dispatches() {
-        use crate::protocol::framed::FramedCodec;
-        use crate::protocol::link::DeviceCodec;
-        let mut codec = DeviceCodec::Transparent(usr());
-        assert!(!codec.is_registered());
+    fn the_protocol_entry_makes_codecs_from_the_profile() {
+        let Role::Polled { server, device } = PROTOCOL.role else {
+            panic!("transparent DTUs are polled");
+        };
+        let err = server(&LinkOptions::default()).unwrap_err();
+        assert!(err.contains("registration"), "{err}");
+        let usr = usr();
+        let options = LinkOptions {
+            registration: Some(usr.registration.clone()),
+            heartbeat: usr.heartbeat.clone(),
+        };
+        let mut codec = server(&options).unwrap();
         codec.set_expect(Some(Expect {
             slave: 1,
             function: 3,
         }));
         let r = Response::Registers(vec![5]).encode(1, 3);
-        let (items, _, _) = feed(&mut codec, &[IMEI, &r]);
+        let (items, _, _) = feed(&mut *codec, &[IMEI, HB, &r]);
+        assert_eq!(items, vec![reg("866123456789012"), hb(), modbus(&r)]);
+        let sim = device(&crate::protocol::link::DeviceOptions {
+            heartbeat: HB.to_vec(),
+        });
+        assert_eq!(sim.registration_id(7).unwrap(), "860000000000007");
+        assert_eq!(sim.heartbeat(), HB);
+    }
+
+    #[test]
+    fn device_side_packets_are_what_the_server_side_reads() {
+        let sim = TransparentDevice::new(HB.to_vec());
         assert_eq!(
-            items,
-            vec![Inbound::Register("866123456789012".into()), modbus(&r)]
+            sim.registration_id(866123456789012).unwrap(),
+            "866123456789012"
         );
-        assert!(codec.is_registered());
-        let mut framed = DeviceCodec::Framed(FramedCodec::new());
-        framed.set_expect(None);
-        let (items, _, _) = feed(&mut framed, &[&h("00 00 00 02 02 00")]);
+        assert!(!sim.acknowledged() && !sim.framed());
+        let mut stream = sim.registration(866123456789012).unwrap();
+        stream.extend_from_slice(&sim.heartbeat());
+        let r = Response::Registers(vec![9]).encode(1, 3);
+        sim.answer(&r, &mut stream);
+        check_all_splits(
+            || expecting(usr(), 1, 3),
+            &stream,
+            &[reg("866123456789012"), hb(), modbus(&r)],
+        );
+        // Requests come out of whatever the server wrote before them.
+        let request = crate::protocol::modbus::Request::read(3, 0, 2)
+            .unwrap()
+            .encode(1);
+        let mut buf = BytesMut::from(&cat(&[b"AA", &request, b"x"])[..]);
         assert_eq!(
-            items,
-            vec![Inbound::Register("2".into()), Inbound::Heartbeat]
+            sim.decode(&mut buf).unwrap(),
+            Some(FromServer::Request(Bytes::from(request)))
         );
-        let mut out = BytesMut::new();
-        framed.encode(Outbound::HeartbeatAck, &mut out).unwrap();
-        assert_eq!(&out[..], &[2]);
+        assert_eq!(&buf[..], b"x");
+        assert_eq!(sim.decode(&mut buf).unwrap(), None);
     }
 
     fn codec_strategy() -> impl Strategy<Value = TransparentCodec> {
@@ -687,19 +815,19 @@ mod tests {
         )
             .prop_map(|(pattern, hb, expect, len)| {
                 let registration = if pattern {
-                    RegistrationSpec {
+                    Registration {
                         format: IdFormat::Ascii,
                         matcher: IdMatcher::Pattern(Regex::new("^[0-9]{3,15}$").unwrap()),
                         reply: Vec::new(),
                     }
                 } else {
-                    RegistrationSpec {
+                    Registration {
                         format: IdFormat::Hex,
                         matcher: IdMatcher::Length(len),
                         reply: Vec::new(),
                     }
                 };
-                let heartbeat = hb.map(|bytes| HeartbeatSpec {
+                let heartbeat = hb.map(|bytes| Heartbeat {
                     bytes,
                     reply: Vec::new(),
                 });
@@ -751,12 +879,12 @@ mod tests {
             one_by_one in any::<bool>(),
         ) {
             let mut stream = IMEI.to_vec();
-            let mut expected = vec![Inbound::Register("866123456789012".into())];
+            let mut expected = vec![reg("866123456789012")];
             for event in &events {
                 match event {
                     Event::Heartbeat => {
                         stream.extend_from_slice(HB);
-                        expected.push(Inbound::Heartbeat);
+                        expected.push(hb());
                     }
                     Event::Response(registers) => {
                         let adu = Response::Registers(registers.clone()).encode(1, 3);

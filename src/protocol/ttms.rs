@@ -12,7 +12,14 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::protocol::link::CodecError;
+use crate::protocol::link::{CodecError, LinkProtocol, Role};
+
+/// The entry of [`crate::protocol::PROTOCOLS`]: terminals whose frames the server relays.
+pub const PROTOCOL: LinkProtocol = LinkProtocol {
+    name: "ttms",
+    role: Role::Relay,
+    needs_registration: false,
+};
 
 /// Header of frames from terminals.
 pub const HEADER_IN: &[u8; 5] = b"$TTMS";

@@ -10,10 +10,8 @@ use super::tree::{
     array, array_of, child_path, duration, float, hex_bytes, index_path, int_in, name, parsed,
     report_duplicates, string, uint, Ctx, Field, Section,
 };
-use super::{
-    DataSettings, HeartbeatSpec, IdFormat, IdMatcher, NamedCommand, Poll, PollTrigger, Profile,
-    RegistrationSpec, Require, Rule, WriteSpec,
-};
+use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, Rule, WriteSpec};
+use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration};
 use crate::protocol::points::{Point, PointType, WordOrder};
 
 /// Most registers one read may ask for (functions 3/4).
@@ -547,7 +545,7 @@ fn rule(ctx: &mut Ctx<'_>, path: &str, v: &Value, points: &BTreeSet<&str>) -> Op
     })
 }
 
-fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<RegistrationSpec> {
+fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Registration> {
     let s = Section::new(ctx, path, v, &["format", "pattern", "length", "reply"])?;
     let format = s
         .field(ctx, "format", parsed::<IdFormat>)
@@ -582,14 +580,14 @@ fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Registration
             None
         }
     };
-    Some(RegistrationSpec {
+    Some(Registration {
         format: format?,
         matcher: matcher?,
         reply: reply?,
     })
 }
 
-fn heartbeat(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<HeartbeatSpec> {
+fn heartbeat(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Heartbeat> {
     let s = Section::new(ctx, path, v, &["ascii", "hex", "reply"])?;
     let ascii = s.field(ctx, "ascii", |ctx, path, v| {
         string(ctx, path, v).map(String::into_bytes)
@@ -616,7 +614,7 @@ fn heartbeat(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<HeartbeatSpec> 
             None
         }
     };
-    Some(HeartbeatSpec {
+    Some(Heartbeat {
         bytes: bytes?,
         reply: reply?,
     })

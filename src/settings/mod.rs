@@ -19,13 +19,14 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use config::{Config, ConfigError, Environment, File, FileFormat, Map, Source, Value};
 
+use crate::protocol::link::{Heartbeat, Registration};
 use crate::protocol::points::Point;
+use crate::protocol::Protocol;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
 pub use server::check_webhook_url;
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
@@ -125,50 +126,6 @@ pub struct ListenerSettings {
     pub profile: Option<String>,
 }
 
-/// The device protocols of contract section 3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Framed,
-    Transparent,
-    Ttms,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Framed => "framed",
-            Protocol::Transparent => "transparent",
-            Protocol::Ttms => "ttms",
-        }
-    }
-
-    /// Whether devices on this protocol are polled, and so need a profile.
-    pub fn needs_profile(self) -> bool {
-        !matches!(self, Protocol::Ttms)
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "framed" => Ok(Protocol::Framed),
-            "transparent" => Ok(Protocol::Transparent),
-            "ttms" => Ok(Protocol::Ttms),
-            _ => Err(format!(
-                "unknown protocol {s:?} (expected framed, transparent or ttms)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct LivenessSettings {
     /// What devices are configured to send.
@@ -237,7 +194,7 @@ impl Default for ServerSettings {
             listeners: vec![ListenerSettings {
                 name: "framed".into(),
                 bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 22334)),
-                protocol: Protocol::Framed,
+                protocol: Protocol::of(&crate::protocol::framed::PROTOCOL),
                 profile: Some("default".into()),
             }],
             liveness: LivenessSettings {
@@ -350,10 +307,10 @@ pub struct Profile {
     pub points: Vec<Point>,
     pub commands: Vec<NamedCommand>,
     pub rules: Vec<Rule>,
-    /// How a transparent DTU registers; required for transparent listeners.
-    pub registration: Option<RegistrationSpec>,
-    /// What a transparent DTU's heartbeat looks like.
-    pub heartbeat: Option<HeartbeatSpec>,
+    /// How a DTU registers where its protocol leaves that to the profile (transparent).
+    pub registration: Option<Registration>,
+    /// What such a DTU's heartbeat looks like.
+    pub heartbeat: Option<Heartbeat>,
 }
 
 impl Profile {
@@ -434,68 +391,6 @@ pub struct Rule {
     pub above: Option<f64>,
     pub below: Option<f64>,
     pub hysteresis: f64,
-}
-
-/// How a transparent DTU's registration id is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdFormat {
-    /// The packet's bytes are the id text.
-    Ascii,
-    /// The id is the packet's bytes as uppercase hex.
-    Hex,
-}
-
-impl IdFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdFormat::Ascii => "ascii",
-            IdFormat::Hex => "hex",
-        }
-    }
-}
-
-impl FromStr for IdFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ascii" => Ok(IdFormat::Ascii),
-            "hex" => Ok(IdFormat::Hex),
-            _ => Err(format!("unknown format {s:?} (expected ascii or hex)")),
-        }
-    }
-}
-
-impl fmt::Display for IdFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How the registration id is recognised.
-#[derive(Debug, Clone)]
-pub enum IdMatcher {
-    /// The id (as text, per [`IdFormat`]) must match this regex.
-    Pattern(regex::Regex),
-    /// The registration packet is exactly this many bytes.
-    Length(usize),
-}
-
-/// `[profiles.X.registration]`: what the first packet of a transparent DTU looks like.
-#[derive(Debug, Clone)]
-pub struct RegistrationSpec {
-    pub format: IdFormat,
-    pub matcher: IdMatcher,
-    /// Bytes to answer with; empty for none.
-    pub reply: Vec<u8>,
-}
-
-/// `[profiles.X.heartbeat]`: the exact bytes of a heartbeat and what to answer.
-#[derive(Debug, Clone)]
-pub struct HeartbeatSpec {
-    pub bytes: Vec<u8>,
-    /// Empty for no answer.
-    pub reply: Vec<u8>,
 }
 
 /// Parses a duration such as "500ms", "30s", "5m" or "7d".
@@ -880,9 +775,11 @@ heartbeat = { hex = "FE 01" }
         let u = &s.data.profiles["usr-meter"];
         assert_eq!(u.slave, 7);
         let reg = u.registration.as_ref().expect("registration");
-        assert_eq!(reg.format, IdFormat::Ascii);
+        assert_eq!(reg.format, crate::protocol::link::IdFormat::Ascii);
         assert!(reg.reply.is_empty());
-        assert!(matches!(&reg.matcher, IdMatcher::Pattern(r) if r.is_match("861234567890123")));
+        assert!(
+            matches!(&reg.matcher, crate::protocol::link::IdMatcher::Pattern(r) if r.is_match("861234567890123"))
+        );
         let hb = u.heartbeat.as_ref().expect("heartbeat");
         assert_eq!(hb.bytes, [0xFE, 0x01]);
     }
@@ -932,7 +829,10 @@ profiles:
         let s = load_ok(dir.path(), no_env());
         assert_eq!(s.server.web.bind.to_string(), "127.0.0.1:18080");
         assert_eq!(s.server.listeners.len(), 2);
-        assert_eq!(s.server.listeners[0].protocol, Protocol::Transparent);
+        assert_eq!(
+            s.server.listeners[0].protocol,
+            Protocol::by_name("transparent").unwrap()
+        );
         assert_eq!(s.server.listeners[0].profile.as_deref(), Some("usr-meter"));
         assert_eq!(s.server.listeners[1].profile, None);
         assert_eq!(
@@ -944,8 +844,11 @@ profiles:
         assert_eq!(s.server.webhooks[0].secret, None);
         let p = &s.data.profiles["usr-meter"];
         let reg = p.registration.as_ref().expect("registration");
-        assert_eq!(reg.format, IdFormat::Hex);
-        assert!(matches!(reg.matcher, IdMatcher::Length(4)));
+        assert_eq!(reg.format, crate::protocol::link::IdFormat::Hex);
+        assert!(matches!(
+            reg.matcher,
+            crate::protocol::link::IdMatcher::Length(4)
+        ));
         assert_eq!(reg.reply, [1]);
         assert_eq!(p.polls[0].trigger, PollTrigger::Heartbeat);
         assert!(p.point("Door").is_some());
@@ -1096,7 +999,10 @@ profiles:
         let dir = dir_with(&[("data.toml", ""), ("server.toml", server)]);
         let s = load_ok(dir.path(), no_env());
         assert!(s.data.profiles.is_empty());
-        assert_eq!(s.server.listeners[0].protocol, Protocol::Ttms);
+        assert_eq!(
+            s.server.listeners[0].protocol,
+            Protocol::by_name("ttms").unwrap()
+        );
         assert_eq!(s.server.listeners[0].profile, None);
     }
 
@@ -1273,16 +1179,16 @@ require = { point = "door", equals = 0 }
                 (
                     "framed",
                     "0.0.0.0:22334".to_string(),
-                    Protocol::Framed,
+                    Protocol::by_name("framed").unwrap(),
                     Some("default")
                 ),
                 (
                     "transparent",
                     "0.0.0.0:22335".to_string(),
-                    Protocol::Transparent,
+                    Protocol::by_name("transparent").unwrap(),
                     Some("usr-meter")
                 ),
-                ("ttms", "0.0.0.0:22336".to_string(), Protocol::Ttms, None),
+                ("ttms", "0.0.0.0:22336".to_string(), Protocol::by_name("ttms").unwrap(), None),
             ]
         );
         assert_eq!(server.liveness, ServerSettings::default().liveness);
@@ -1363,13 +1269,19 @@ require = { point = "door", equals = 0 }
             e.to_string(),
             "data.toml: profiles.default.points[2].address: bad"
         );
-        for p in [Protocol::Framed, Protocol::Transparent, Protocol::Ttms] {
+        for p in crate::protocol::PROTOCOLS.iter().map(|e| Protocol::of(e)) {
             assert_eq!(p.to_string().parse::<Protocol>(), Ok(p));
             assert_eq!(p.as_str(), p.to_string());
         }
         assert!("Framed".parse::<Protocol>().is_err());
-        for f in [IdFormat::Ascii, IdFormat::Hex] {
-            assert_eq!(f.to_string().parse::<IdFormat>(), Ok(f));
+        for f in [
+            crate::protocol::link::IdFormat::Ascii,
+            crate::protocol::link::IdFormat::Hex,
+        ] {
+            assert_eq!(
+                f.to_string().parse::<crate::protocol::link::IdFormat>(),
+                Ok(f)
+            );
         }
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));

@@ -12,10 +12,11 @@ use super::tree::{
     string, uint, Ctx, Section,
 };
 use super::{
-    AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, Protocol, RelaySettings,
+    AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, RelaySettings,
     ServerSettings, StorageSettings, WebSettings, WebhookDeliverySettings, WebhookSettings,
 };
 use crate::events::bus::EventKind;
+use crate::protocol::Protocol;
 
 /// Database URL schemes the storage layer can open.
 const DATABASE_SCHEMES: [&str; 5] = [
@@ -338,14 +339,16 @@ fn check_profile(
                 ),
             );
         }
-        Some(info) if protocol == Some(Protocol::Transparent) && !info.has_registration => {
-            ctx.err(
-                &path,
-                value,
-                format!(
-                    "profile {profile:?} has no [profiles.{profile}.registration], which a transparent listener needs"
-                ),
-            );
+        Some(info) if !info.has_registration => {
+            if let Some(protocol) = protocol.filter(|p| p.needs_registration()) {
+                ctx.err(
+                    &path,
+                    value,
+                    format!(
+                        "profile {profile:?} has no [profiles.{profile}.registration], which a {protocol} listener needs"
+                    ),
+                );
+            }
         }
         Some(_) => {}
     }

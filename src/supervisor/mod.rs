@@ -17,7 +17,8 @@ use crate::conn::relay::{Deliver, InFlightGuard, Kick, RelayActor};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::events::rules::RuleStates;
 use crate::protocol::points::Decoded;
-use crate::settings::{Profile, Protocol};
+use crate::protocol::Protocol;
+use crate::settings::Profile;
 use crate::storage::rows::DeviceRow;
 
 /// Identifies one TCP connection, so that a late report from a replaced connection cannot
@@ -523,7 +524,7 @@ impl Handler<RouteCommand> for Supervisor {
             Some((_, Holder::Device(addr))) => addr,
             Some((_, Holder::Relay(_))) => return Err(not_for_terminals()),
             // Known as a terminal, even while offline: nothing to queue for it either.
-            None if entry.view.protocol == Protocol::Ttms.as_str() => {
+            None if Protocol::by_name(&entry.view.protocol).is_some_and(Protocol::is_relay) => {
                 return Err(not_for_terminals())
             }
             None => return Err(CommandError::Offline(msg.id.clone())),

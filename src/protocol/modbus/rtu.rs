@@ -426,6 +426,44 @@ fn crc_prefix_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Slave side: the length of the request ADU at the start of `buf` (`buf[1]` is its
+/// function), CRC included, once the bytes present tell it; None for a function without a
+/// length rule here or while more bytes are needed.
+pub fn request_len(buf: &[u8]) -> Option<usize> {
+    match buf.get(1)? {
+        1..=6 => Some(8),
+        15 | 16 => buf.get(6).map(|n| 9 + usize::from(*n)),
+        _ => None,
+    }
+}
+
+/// Slave side, on a link without framing: where the first request with a valid CRC in `buf`
+/// is, as `(start, len)`, sliding over junk before it (the server's answers to registration
+/// and heartbeat, corrupted frames). A frame of a function without a length rule counts when
+/// it runs to the end of `buf` with a valid CRC (a slave answers it exception 1). None: no
+/// complete request yet.
+pub fn find_request(buf: &[u8]) -> Option<(usize, usize)> {
+    for start in 0..buf.len() {
+        let rest = buf.get(start..).unwrap_or_default();
+        let Some(&function) = rest.get(1) else {
+            break;
+        };
+        if rest.len() < 4 {
+            break;
+        }
+        if matches!(function, 1..=6 | 15 | 16) {
+            if let Some(len) = request_len(rest) {
+                if rest.get(..len).is_some_and(check_crc) {
+                    return Some((start, len));
+                }
+            }
+        } else if rest.len() <= MAX_ADU && check_crc(rest) {
+            return Some((start, rest.len()));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 #[path = "rtu_tests.rs"]
 mod tests;

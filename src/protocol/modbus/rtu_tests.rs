@@ -539,6 +539,23 @@ fn exchange_strategy() -> impl Strategy<Value = (Request, Response)> {
     })
 }
 
+#[test]
+fn requests_are_found_behind_junk() {
+    let request = Request::ReadHoldingRegisters { start: 7, count: 1 }.encode(1);
+    assert_eq!(find_request(&request), Some((0, 8)));
+    assert_eq!(find_request(&request[..5]), None);
+    let mut junk = b"www".to_vec();
+    junk.extend_from_slice(&request);
+    assert_eq!(find_request(&junk), Some((3, 8)));
+    let multi = Request::WriteMultipleRegisters {
+        address: 1,
+        values: vec![1, 2, 3],
+    }
+    .encode(1);
+    assert_eq!(find_request(&multi), Some((0, 15)));
+    assert_eq!(find_request(&multi[..10]), None);
+}
+
 proptest! {
     #[test]
     fn request_round_trip(slave in any::<u8>(), request in request_strategy()) {

@@ -1,0 +1,73 @@
+//! Helpers shared by the link codec tests.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::link::{Inbound, LinkCodec};
+
+/// Decodes until `Ok(None)` or an error, asserting progress so a bug cannot hang a test.
+pub fn drain(
+    codec: &mut dyn LinkCodec,
+    buf: &mut BytesMut,
+    out: &mut Vec<Inbound>,
+) -> Result<(), String> {
+    // Every item consumes at least one byte, so this many rounds always suffice.
+    for _ in 0..=buf.len() + 1 {
+        let before = buf.len();
+        match codec.decode(buf) {
+            Ok(Some(item)) => {
+                assert!(buf.len() < before, "{item:?} consumed nothing");
+                out.push(item);
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    panic!("decode loop did not terminate");
+}
+
+/// Feeds `chunks` one after another, draining after each; merges adjacent `Data` (and
+/// `Unsolicited`) items, whose boundaries depend on how the bytes were split. Returns the
+/// items, the error if one ended the stream, and the bytes left over.
+pub fn feed(
+    codec: &mut dyn LinkCodec,
+    chunks: &[&[u8]],
+) -> (Vec<Inbound>, Option<String>, Vec<u8>) {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut error = None;
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        if let Err(e) = drain(codec, &mut buf, &mut out) {
+            error = Some(e);
+            break;
+        }
+    }
+    (merge_data(out), error, buf.to_vec())
+}
+
+/// Joins runs of `Data` items, and runs of `Unsolicited` items, into one.
+pub fn merge_data(items: Vec<Inbound>) -> Vec<Inbound> {
+    let mut merged: Vec<Inbound> = Vec::new();
+    for item in items {
+        match (merged.last_mut(), item) {
+            (Some(Inbound::Data(prev)), Inbound::Data(next))
+            | (Some(Inbound::Unsolicited(prev)), Inbound::Unsolicited(next)) => {
+                let mut joined = prev.to_vec();
+                joined.extend_from_slice(&next);
+                *prev = Bytes::from(joined);
+            }
+            (_, item) => merged.push(item),
+        }
+    }
+    merged
+}
+
+/// Every way to cut `bytes`: one byte at a time, and every two-way split.
+pub fn splits(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
+    let mut all = vec![bytes.chunks(1).collect::<Vec<_>>()];
+    for i in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(i);
+        all.push(vec![a, b]);
+    }
+    all
+}
