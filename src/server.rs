@@ -11,16 +11,16 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::command::queue::QueueContext;
-use crate::conn::device::{DeviceActor, ListenerContext};
-use crate::conn::relay::{InFlight, RelayActor, RelayContext};
+use crate::command::queue::{OfflineQueue, QueueContext};
+use crate::command::send::Commands;
+use crate::conn::listener::{Listener, Services};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
-use crate::protocol::link::Role;
 use crate::settings::Settings;
 use crate::storage::db::{Db, PrunableTable};
 use crate::storage::{FlushAll, Storage};
-use crate::supervisor::{CloseAll, OnlineCount, Supervisor};
+use crate::supervisor::messages::{CloseAll, InFlight, OnlineCount};
+use crate::supervisor::Supervisor;
 use crate::web::auth::Tokens;
 use crate::web::{self, AppState};
 
@@ -73,13 +73,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "database: {} backend, migrations applied",
         db.backend.as_str()
     );
-    let known = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.devices())
-            .await
-            .context("device list task failed")?
-            .context("cannot read the known devices")?
-    };
+    let known = db
+        .call(|db| db.devices())
+        .await
+        .context("cannot read the known devices")?;
 
     let tokens = {
         let db = db.clone();
@@ -100,34 +97,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (webhooks, webhook_arbiter) = start_webhooks(&settings, &db, &events, &storage).await?;
     // Queued commands that were being delivered when the server last stopped without their
     // answer: whether the device got them is unknown, so they end `failed`, never sent twice.
-    {
-        let db = db.clone();
-        match tokio::task::spawn_blocking(move || db.fail_interrupted(chrono::Utc::now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => log::warn!(
-                "offline queue: {n} command(s) were being delivered when the server stopped; marked failed"
-            ),
-            Ok(Err(e)) => log::warn!("offline queue: cannot check interrupted deliveries: {e}"),
-            Err(e) => log::warn!("offline queue: startup check failed: {e}"),
-        }
+    match db.call(|db| db.fail_interrupted(chrono::Utc::now())).await {
+        Ok(0) => {}
+        Ok(n) => log::warn!(
+            "offline queue: {n} command(s) were being delivered when the server stopped; marked failed"
+        ),
+        Err(e) => log::warn!("offline queue: cannot check interrupted deliveries: {e}"),
     }
-    let queue = Arc::new(QueueContext {
-        db: db.clone(),
-        storage: storage.clone(),
-        events: events.clone(),
-    });
-    let supervisor = Supervisor::with_known(known, events.clone(), settings.data.profiles.clone())
-        .with_queue(queue.clone())
-        .start();
-    actix_rt::spawn(crate::command::queue::sweep(queue, supervisor.clone()));
+    // The supervisor and the offline queue each need the other's address.
+    let supervisor_ctx = Context::<Supervisor>::new();
+    let queue = OfflineQueue::new(
+        QueueContext {
+            db: db.clone(),
+            storage: storage.clone(),
+            events: events.clone(),
+        },
+        supervisor_ctx.address(),
+    )
+    .start();
+    let supervisor = supervisor_ctx.run(
+        Supervisor::with_known(known, events.clone(), settings.data.profiles.clone())
+            .with_queue(queue.recipient()),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
 
-    let relay_registry = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    let relay_in_flight = InFlight::default();
+    let services = Services {
+        supervisor: supervisor.clone(),
+        storage: storage.clone(),
+        events: events.clone(),
+        db: db.clone(),
+        liveness: settings.server.liveness.clone(),
+        relay_max_queue: settings.server.relay.max_queue,
+        store_heartbeats: settings.server.storage.store_heartbeats,
+        relay_delivering: Arc::default(),
+        relay_in_flight: InFlight::default(),
+    };
     let mut accept_tasks = Vec::new();
     for (l, profile, listener) in bound {
         let local = listener.local_addr()?;
@@ -138,35 +146,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             local,
             l.profile.as_deref().unwrap_or("-")
         );
-        let ctx = match l.protocol.role() {
-            Role::Relay => Service::Relay(Arc::new(RelayContext {
-                name: l.name.clone(),
-                liveness: settings.server.liveness.clone(),
-                supervisor: supervisor.clone(),
-                storage: storage.clone(),
-                db: db.clone(),
-                max_queue: settings.server.relay.max_queue,
-                store_heartbeats: settings.server.storage.store_heartbeats,
-                delivering: relay_registry.clone(),
-                in_flight: relay_in_flight.clone(),
-            })),
-            Role::Polled { .. } => Service::Device(Arc::new(ListenerContext {
-                name: l.name.clone(),
-                protocol: l.protocol,
-                profile,
-                liveness: settings.server.liveness.clone(),
-                supervisor: supervisor.clone(),
-                storage: storage.clone(),
-                events: events.clone(),
-            })),
-        };
+        let service = Listener::new(&l.name, l.protocol, profile, &services)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let arbiters = Arbiters {
             handles: handles.clone(),
             next: 0,
         };
         accept_tasks.push(actix_rt::spawn(accept_loop(
             listener,
-            ctx,
+            Arc::new(service),
             arbiters,
             stop_rx.clone(),
         )));
@@ -177,6 +165,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: settings.clone(),
         db: db.clone(),
         storage: storage.clone(),
+        commands: Commands {
+            supervisor: supervisor.clone(),
+            db: db.clone(),
+            storage: storage.clone(),
+            events: events.clone(),
+        },
         tokens,
         events: events.clone(),
         webhooks,
@@ -205,7 +199,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = t.await;
     }
     close_devices(&supervisor).await;
-    relay_drained(&relay_in_flight).await;
+    relay_drained(&services.relay_in_flight).await;
     web::stream::stop_all();
     http_handle.stop(true).await;
     let _ = http_task.await;
@@ -237,13 +231,10 @@ async fn start_webhooks(
     events: &Addr<EventBus>,
     storage: &Addr<Storage>,
 ) -> anyhow::Result<(Webhooks, Arbiter)> {
-    let stored = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.webhooks())
-            .await
-            .context("webhook list task failed")?
-            .context("cannot read the webhook subscribers")?
-    };
+    let stored = db
+        .call(|db| db.webhooks())
+        .await
+        .context("cannot read the webhook subscribers")?;
     let arbiter = Arbiter::new();
     let webhooks = Webhooks::new(
         events.clone(),
@@ -344,36 +335,18 @@ async fn retention(db: Db, settings: Arc<Settings>) {
                 continue;
             };
             let before = chrono::Utc::now() - keep;
-            let db = db.clone();
-            match tokio::task::spawn_blocking(move || db.prune(table, before)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => log::info!("retention: deleted {n} {name} rows older than {before}"),
-                Ok(Err(e)) => log::warn!("retention: deleting old {name} failed: {e}"),
-                Err(e) => log::warn!("retention: task failed: {e}"),
+            match db.call(move |db| db.prune(table, before)).await {
+                Ok(0) => {}
+                Ok(n) => log::info!("retention: deleted {n} {name} rows older than {before}"),
+                Err(e) => log::warn!("retention: deleting old {name} failed: {e}"),
             }
-        }
-    }
-}
-
-/// What a listener starts for each connection.
-#[derive(Clone)]
-enum Service {
-    Device(Arc<ListenerContext>),
-    Relay(Arc<RelayContext>),
-}
-
-impl Service {
-    fn name(&self) -> &str {
-        match self {
-            Service::Device(c) => &c.name,
-            Service::Relay(c) => &c.name,
         }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Service,
+    ctx: Arc<Listener>,
     mut arbiters: Arbiters,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -403,7 +376,7 @@ async fn accept_loop(
 fn hand_over(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    ctx: Service,
+    ctx: Arc<Listener>,
     arbiter: &ArbiterHandle,
 ) {
     let std_stream = match stream.into_std() {
@@ -417,12 +390,9 @@ fn hand_over(
         }
     };
     let spawned = arbiter.spawn(async move {
-        match (tokio::net::TcpStream::from_std(std_stream), ctx) {
-            (Ok(stream), Service::Device(ctx)) => DeviceActor::start(stream, peer, ctx),
-            (Ok(stream), Service::Relay(ctx)) => RelayActor::start(stream, peer, ctx),
-            (Err(e), ctx) => {
-                log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name())
-            }
+        match tokio::net::TcpStream::from_std(std_stream) {
+            Ok(stream) => ctx.start(stream, peer),
+            Err(e) => log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name()),
         }
     });
     if !spawned {

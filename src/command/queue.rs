@@ -2,8 +2,9 @@
 //!
 //! A command for an offline device is stored as a `commands` row with status `queued`, a
 //! per-device sequence number and an expiry, committed before the API answers 202. When the
-//! device registers, the supervisor starts [`deliver`] for it (one delivery per device at a
-//! time), which hands the queued commands to the device one by one, in sequence order:
+//! device registers, the supervisor asks the [`OfflineQueue`] actor to deliver its queue (one
+//! delivery per device at a time; asked again meanwhile, it looks again when done), which
+//! hands the queued commands to the device one by one, in sequence order:
 //!
 //! - each is *claimed* in the database first (`queued` → `sent`, a conditional UPDATE), and
 //!   only the claimer sends it, so a command goes out at most once however many connections
@@ -15,22 +16,25 @@
 //!   [`SWEEP_EVERY`] even if its device never comes back.
 //!
 //! Every end is recorded and raises `command.completed` through the same function as commands
-//! sent at once ([`crate::command::complete`]).
+//! sent at once ([`crate::command::record::complete`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::command::{self, CommandError, CommandOutcome, DeviceCommand};
+use crate::command::record;
+use crate::command::request::parse_request;
+use crate::command::{CommandError, CommandOutcome};
 use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::CommandRow;
 use crate::storage::Storage;
-use crate::supervisor::{KickQueue, RouteCommand, Supervisor};
-use crate::web::commands::CommandBody;
+use crate::supervisor::messages::{DeliverQueue, KickQueue, RouteCommand};
+use crate::supervisor::Supervisor;
 
 /// How often queued commands past their expiry are marked `expired`.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -40,22 +44,72 @@ const SWEEP_BATCH: i64 = 500;
 /// What delivering the queue needs.
 pub struct QueueContext {
     pub db: Db,
-    /// Where final command states go (batched, like those of commands sent at once).
+    /// Where final command states go when the database cannot take them at once.
     pub storage: Addr<Storage>,
     /// Where `command.completed` is raised.
     pub events: Addr<EventBus>,
 }
 
-/// Runs a blocking database call off the async threads.
-async fn db_call<T: Send + 'static>(
-    db: &Db,
-    f: impl FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, String> {
-    let db = db.clone();
-    match tokio::task::spawn_blocking(move || f(&db)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("database task failed: {e}")),
+/// Delivers the offline queues: one delivery per device at a time, so its commands go out in
+/// order, and the expiry sweep.
+pub struct OfflineQueue {
+    ctx: Arc<QueueContext>,
+    supervisor: Addr<Supervisor>,
+    /// Devices whose queue is being delivered, and whether to look again when that ends (the
+    /// device registered again, or a command was queued, meanwhile).
+    delivering: HashMap<String, bool>,
+}
+
+impl OfflineQueue {
+    pub fn new(ctx: QueueContext, supervisor: Addr<Supervisor>) -> OfflineQueue {
+        OfflineQueue {
+            ctx: Arc::new(ctx),
+            supervisor,
+            delivering: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for OfflineQueue {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        actix_rt::spawn(sweep(self.ctx.clone(), self.supervisor.clone()));
+    }
+}
+
+impl Handler<DeliverQueue> for OfflineQueue {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverQueue, ctx: &mut Context<Self>) {
+        if let Some(again) = self.delivering.get_mut(&msg.id) {
+            *again = true;
+            return;
+        }
+        self.delivering.insert(msg.id.clone(), false);
+        let (queue, supervisor, me) = (self.ctx.clone(), self.supervisor.clone(), ctx.address());
+        actix_rt::spawn(async move {
+            deliver(queue, supervisor, msg.id.clone()).await;
+            me.do_send(DeliveryDone { id: msg.id });
+        });
+    }
+}
+
+/// A delivery of `id`'s offline queue has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DeliveryDone {
+    id: String,
+}
+
+impl Handler<DeliveryDone> for OfflineQueue {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliveryDone, _: &mut Context<Self>) {
+        if self.delivering.remove(&msg.id) == Some(true) {
+            // Asked again while delivering: the supervisor checks it is still online.
+            self.supervisor.do_send(KickQueue { id: msg.id });
+        }
     }
 }
 
@@ -74,14 +128,6 @@ fn record_of(cmd: &QueuedCommand) -> CommandRow {
     }
 }
 
-/// The device command and answer wait of a stored request body.
-pub fn parse_request(request: &str) -> Result<(DeviceCommand, Duration), String> {
-    let body: CommandBody = serde_json::from_str(request).map_err(|e| e.to_string())?;
-    let command = body.to_command().map_err(|e| e.message)?;
-    let wait = body.wait().map_err(|e| e.message)?;
-    Ok((command, wait))
-}
-
 enum Step {
     Next,
     Stop,
@@ -90,7 +136,7 @@ enum Step {
 /// Delivers the queued commands of `device` in order while it stays online; returns when none
 /// is left, the device is gone, or the database fails (the rest then wait for the next
 /// registration).
-pub async fn deliver(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>, device: String) {
+async fn deliver(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>, device: String) {
     let mut delivered = 0usize;
     loop {
         match deliver_next(&ctx, &supervisor, &device).await {
@@ -111,9 +157,9 @@ async fn deliver_next(
     ctx: &QueueContext,
     supervisor: &Addr<Supervisor>,
     device: &str,
-) -> Result<Step, String> {
+) -> Result<Step, StorageError> {
     let key = device.to_string();
-    let Some(cmd) = db_call(&ctx.db, move |db| db.next_queued(&key)).await? else {
+    let Some(cmd) = ctx.db.call(move |db| db.next_queued(&key)).await? else {
         return Ok(Step::Stop);
     };
     let now = Utc::now();
@@ -122,7 +168,7 @@ async fn deliver_next(
         return Ok(Step::Next);
     }
     let cid = cmd.id.clone();
-    if !db_call(&ctx.db, move |db| db.claim_command(&cid, now)).await? {
+    if !ctx.db.call(move |db| db.claim_command(&cid, now)).await? {
         // It expired or someone else claimed it meanwhile: look at the queue again.
         return Ok(Step::Next);
     }
@@ -133,7 +179,7 @@ async fn deliver_next(
                 "device {device}: queued command {} cannot be read back: {e}",
                 cmd.id
             );
-            finish(ctx, &cmd, Err(CommandError::Invalid(e))).await;
+            finish(ctx, &cmd, Err(CommandError::Invalid(e.to_string()))).await;
             return Ok(Step::Next);
         }
     };
@@ -172,7 +218,7 @@ async fn finish(
     cmd: &QueuedCommand,
     result: Result<CommandOutcome, CommandError>,
 ) {
-    let record = command::finish(
+    let record = record::finish(
         record_of(cmd),
         &result,
         false,
@@ -195,9 +241,9 @@ async fn finish(
 }
 
 /// Gives a claimed command back to the queue: it was not written to the device.
-async fn unclaim(ctx: &QueueContext, cmd: &QueuedCommand, why: &str) -> Result<Step, String> {
+async fn unclaim(ctx: &QueueContext, cmd: &QueuedCommand, why: &str) -> Result<Step, StorageError> {
     let cid = cmd.id.clone();
-    db_call(&ctx.db, move |db| db.unclaim_command(&cid)).await?;
+    ctx.db.call(move |db| db.unclaim_command(&cid)).await?;
     log::info!(
         "device {}: queued command {} stays queued: {why}",
         cmd.device_id,
@@ -207,14 +253,18 @@ async fn unclaim(ctx: &QueueContext, cmd: &QueuedCommand, why: &str) -> Result<S
 }
 
 /// Marks a queued command expired (if nobody else did) and raises `command.completed`.
-async fn expire(ctx: &QueueContext, cmd: &QueuedCommand, now: DateTime<Utc>) -> Result<(), String> {
+async fn expire(
+    ctx: &QueueContext,
+    cmd: &QueuedCommand,
+    now: DateTime<Utc>,
+) -> Result<(), StorageError> {
     let cid = cmd.id.clone();
-    if db_call(&ctx.db, move |db| db.expire_command(&cid, now)).await? {
+    if ctx.db.call(move |db| db.expire_command(&cid, now)).await? {
         let mut record = record_of(cmd);
         record.status = "expired".into();
         record.error = Some("expired before the device came online".into());
         record.updated_at = now;
-        command::publish_completed(&ctx.events, &record, None);
+        record::publish_completed(&ctx.events, &record, None);
         log::info!(
             "device {}: queued command {} (by {}) expired at {}",
             cmd.device_id,
@@ -234,7 +284,7 @@ const KICK_BATCH: i64 = 10_000;
 /// queued, so that a delivery stopped by a database error resumes while the device stays
 /// online (the supervisor ignores offline devices and ones being delivered). Runs for the
 /// life of the server.
-pub async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
+async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -243,7 +293,7 @@ pub async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
             log::warn!("offline queue: expiry sweep failed: {e}");
             continue;
         }
-        match db_call(&ctx.db, |db| db.queued_devices(KICK_BATCH)).await {
+        match ctx.db.call(|db| db.queued_devices(KICK_BATCH)).await {
             Ok(devices) => {
                 for id in devices {
                     supervisor.do_send(KickQueue { id });
@@ -255,11 +305,14 @@ pub async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
 }
 
 /// One sweep: returns how many commands it expired.
-pub async fn sweep_once(ctx: &QueueContext) -> Result<usize, String> {
+pub async fn sweep_once(ctx: &QueueContext) -> Result<usize, StorageError> {
     let mut total = 0;
     loop {
         let now = Utc::now();
-        let due = db_call(&ctx.db, move |db| db.expired_queued(now, SWEEP_BATCH)).await?;
+        let due = ctx
+            .db
+            .call(move |db| db.expired_queued(now, SWEEP_BATCH))
+            .await?;
         let full = due.len() as i64 >= SWEEP_BATCH;
         for cmd in &due {
             expire(ctx, cmd, now).await?;

@@ -1,134 +1,42 @@
-//! `DeviceActor`: one per TCP connection. It owns the socket, the protocol codec, the
-//! registration timeout, the liveness check, the poll timers and the single queue of outbound
-//! Modbus work with exactly one request in flight.
+//! The driver of polled devices: a DTU in front of a Modbus slave, whatever link protocol
+//! frames its bytes (a [`LinkCodec`] from the protocol list).
 //!
-//! Life of a connection: `Unregistered` until the codec yields a registration (or the
-//! register timeout closes it), then `Online`: heartbeats are acknowledged and trigger the
-//! heartbeat polls, timer polls run, operator commands queue behind polls. Silence longer than
-//! `heartbeat_interval × max_missed` closes it (`heartbeat_timeout`); a newer connection with
-//! the same id closes it (`replaced`); the peer closing or a fatal protocol error ends it
-//! (`closed`).
+//! Once registered, heartbeats are acknowledged and trigger the heartbeat polls, timer polls
+//! run, and operator commands queue behind polls. All outbound work goes through one queue
+//! with exactly one request in flight; its answer is matched by slave, function, length and
+//! CRC; a timeout retries per profile, then fails it and lets the next one go.
 
 use std::collections::VecDeque;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::io::{WriteHandler, Writer};
 use actix::prelude::*;
-use bytes::BytesMut;
-use chrono::{DateTime, Utc};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
-use tokio_util::codec::{BytesCodec, FramedRead};
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
 
-use crate::command::{CommandError, CommandOutcome, CommandReply, DeviceCommand};
-use crate::conn::link::Link;
+use crate::command::{CommandError, CommandOutcome, CommandReply};
+use crate::conn::driver::Driver;
+use crate::conn::lifecycle::{Connection, State};
+use crate::conn::plan::{Answer, Mismatch, Plan, Wire};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
-use crate::protocol::link::{Expect, Inbound, LinkCodec, LinkOptions, Outbound, Role};
-use crate::protocol::modbus::{self, ModbusError, Request, Response};
+use crate::protocol::hex::to_hex;
+use crate::protocol::link::{CodecError, Inbound, LinkCodec, Outbound};
+use crate::protocol::modbus::Response;
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
-use crate::protocol::Protocol;
-use crate::settings::{LivenessSettings, NamedCommand, PollTrigger, Profile, Require, WriteSpec};
-use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
-use crate::storage::{Storage, StoreMany};
-use crate::supervisor::{self, ConnId, OfflineReason, Supervisor};
+use crate::settings::{PollTrigger, Profile, Require};
+use crate::storage::rows::{Direction, PacketKind, Row, TelemetryRow};
+use crate::storage::StoreMany;
+use crate::supervisor::messages::{Execute, Service, Telemetry};
 
-/// Longest a device id may be; anything longer is not an id but garbage.
-const MAX_ID_LEN: usize = 64;
 /// Operator commands waiting on one device beyond this are refused rather than piling up.
 const MAX_QUEUED_COMMANDS: usize = 64;
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-/// What every connection of one listener shares.
-#[derive(Clone)]
-pub struct ListenerContext {
-    pub name: String,
-    pub protocol: Protocol,
+/// What every polled connection of one listener shares besides the lifecycle's facts.
+pub struct PollContext {
     pub profile: Option<Arc<Profile>>,
-    pub liveness: LivenessSettings,
-    pub supervisor: Addr<Supervisor>,
-    pub storage: Addr<Storage>,
     /// Where `poll.failed` events go.
     pub events: Addr<EventBus>,
-}
-
-impl ListenerContext {
-    /// A fresh codec for one connection of this listener.
-    fn codec(&self) -> Result<Box<dyn LinkCodec>, String> {
-        let Role::Polled { server, .. } = self.protocol.role() else {
-            return Err(format!(
-                "listener {}: protocol {} is not served by DeviceActor",
-                self.name, self.protocol
-            ));
-        };
-        let options = LinkOptions {
-            registration: self.profile.as_ref().and_then(|p| p.registration.clone()),
-            heartbeat: self.profile.as_ref().and_then(|p| p.heartbeat.clone()),
-        };
-        server(&options).map_err(|e| format!("listener {}: {e}", self.name))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Unregistered,
-    Online,
-    Closing,
-}
-
-/// One request on the wire, as it must be matched with its answer.
-#[derive(Debug, Clone)]
-enum Wire {
-    Modbus {
-        slave: u8,
-        request: Request,
-    },
-    Raw {
-        slave: u8,
-        function: u8,
-        adu: Vec<u8>,
-    },
-}
-
-impl Wire {
-    fn adu(&self) -> Vec<u8> {
-        match self {
-            Wire::Modbus { slave, request } => request.encode(*slave),
-            Wire::Raw { adu, .. } => adu.clone(),
-        }
-    }
-
-    fn expect(&self) -> Expect {
-        match self {
-            Wire::Modbus { slave, request } => Expect {
-                slave: *slave,
-                function: request.function(),
-            },
-            Wire::Raw {
-                slave, function, ..
-            } => Expect {
-                slave: *slave,
-                function: *function,
-            },
-        }
-    }
-}
-
-/// An operator command once resolved against the profile.
-enum Plan {
-    Single(Wire),
-    /// Read `point` live; send `then` only if it equals `require.equals`.
-    Checked {
-        read: Wire,
-        point: Point,
-        require: Require,
-        then: Wire,
-    },
 }
 
 enum Job {
@@ -148,237 +56,139 @@ struct InFlight {
     timer: SpawnHandle,
 }
 
-pub struct DeviceActor {
-    conn: ConnId,
-    peer: SocketAddr,
-    ctx: Arc<ListenerContext>,
+/// The state of one polled connection.
+pub struct PollDriver {
+    ctx: Arc<PollContext>,
     codec: Box<dyn LinkCodec>,
-    buf: BytesMut,
-    writer: Writer<OwnedWriteHalf, io::Error>,
-    id: Option<String>,
-    state: State,
-    close_reason: OfflineReason,
-    last_rx: Instant,
-    last_seen_report: Instant,
     queue: VecDeque<Job>,
     in_flight: Option<InFlight>,
     /// Per poll of the profile: queued or in flight, so a slow device never piles up polls.
     poll_pending: Vec<bool>,
-    register_timer: Option<SpawnHandle>,
-    connected_at: DateTime<Utc>,
     /// When the poll in flight was first transmitted (its retries keep it), for the poll
     /// latency metric.
     poll_sent_at: Option<Instant>,
 }
 
-impl DeviceActor {
-    /// Starts the actor for an accepted connection on the current arbiter.
-    pub fn start(stream: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-        let codec = match ctx.codec() {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("{e}; closing connection from {peer}");
-                return;
-            }
-        };
+impl PollDriver {
+    pub fn new(ctx: Arc<PollContext>, codec: Box<dyn LinkCodec>) -> PollDriver {
         let polls = ctx.profile.as_ref().map_or(0, |p| p.polls.len());
-        let (read, write) = stream.into_split();
-        DeviceActor::create(move |actx| {
-            DeviceActor::add_stream(FramedRead::new(read, BytesCodec::new()), actx);
-            let now = Instant::now();
-            DeviceActor {
-                conn: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-                peer,
-                ctx,
-                codec,
-                buf: BytesMut::with_capacity(512),
-                writer: Writer::new(write, actx),
-                id: None,
-                state: State::Unregistered,
-                close_reason: OfflineReason::Closed,
-                last_rx: now,
-                last_seen_report: now,
-                queue: VecDeque::new(),
-                in_flight: None,
-                poll_pending: vec![false; polls],
-                register_timer: None,
-                connected_at: Utc::now(),
-                poll_sent_at: None,
+        PollDriver {
+            ctx,
+            codec,
+            queue: VecDeque::new(),
+            in_flight: None,
+            poll_pending: vec![false; polls],
+            poll_sent_at: None,
+        }
+    }
+
+    fn profile(&self) -> Option<&Profile> {
+        self.ctx.profile.as_deref()
+    }
+}
+
+type Conn = Connection<PollDriver>;
+
+impl Driver for PollDriver {
+    type Item = Inbound;
+
+    const UNREGISTERED: &'static str = "unregistered connection";
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
+        self.codec.decode(buf)
+    }
+
+    fn on_item(conn: &mut Conn, item: Inbound, ctx: &mut Context<Conn>) {
+        match (conn.life.state, item) {
+            (State::Closing, _) => {}
+            (State::Unregistered, Inbound::Register { id, raw }) => {
+                conn.register(id, Some(&raw), ctx);
             }
-        });
-    }
-
-    /// How log lines name this connection: the device id once known.
-    fn who(&self) -> String {
-        match &self.id {
-            Some(id) => format!("device {id}"),
-            None => format!("unregistered connection from {}", self.peer),
-        }
-    }
-
-    /// This connection's facts, for reporting through the shared [`Link`].
-    fn link(&self) -> Link<'_> {
-        Link {
-            conn: self.conn,
-            peer: self.peer,
-            id: self.id.as_deref(),
-            protocol: self.ctx.protocol,
-            profile: self.ctx.profile.as_ref().map(|p| p.name.as_str()),
-            connected_at: self.connected_at,
-            supervisor: &self.ctx.supervisor,
-            storage: &self.ctx.storage,
-        }
-    }
-
-    fn close(&mut self, reason: OfflineReason, ctx: &mut Context<Self>) {
-        if self.state == State::Closing {
-            return;
-        }
-        self.state = State::Closing;
-        self.close_reason = reason;
-        self.writer.close();
-        ctx.stop();
-    }
-
-    /// Decodes every complete frame in the buffer.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        while self.state != State::Closing {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => self.on_frame(frame, ctx),
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("{}: protocol error, closing: {e}", self.who());
-                    self.close(OfflineReason::Closed, ctx);
-                    break;
-                }
-            }
-        }
-    }
-
-    fn send(&mut self, out: Outbound) {
-        let mut bytes = BytesMut::new();
-        match self.codec.encode(out, &mut bytes) {
-            Ok(()) if !bytes.is_empty() => self.writer.write(&bytes),
-            Ok(()) => {}
-            Err(e) => log::error!("{}: cannot encode frame: {e}", self.who()),
-        }
-    }
-
-    fn on_frame(&mut self, frame: Inbound, ctx: &mut Context<Self>) {
-        match (self.state, frame) {
-            (State::Unregistered, Inbound::Register { id, raw }) => self.on_register(id, &raw, ctx),
-            (State::Unregistered, other) => {
-                log::warn!("{}: sent {other:?} before registering; closing", self.who());
-                self.close(OfflineReason::Closed, ctx);
-            }
+            (State::Unregistered, other) => conn.refuse_unregistered(format!("{other:?}"), ctx),
             (State::Online, Inbound::Heartbeat { raw }) => {
-                log::debug!("{}: heartbeat", self.who());
-                self.link()
+                log::debug!("{}: heartbeat", conn.life.who());
+                conn.life
+                    .link()
                     .store_packet(Direction::In, PacketKind::Heartbeat, &raw);
-                self.send(Outbound::HeartbeatAck);
-                self.queue_polls(|t| matches!(t, PollTrigger::Heartbeat));
-                self.pump(ctx);
+                conn.send(Outbound::HeartbeatAck);
+                conn.queue_polls(|t| matches!(t, PollTrigger::Heartbeat));
+                conn.pump(ctx);
             }
             (State::Online, Inbound::Data(bytes)) => {
-                log::debug!(
-                    "{}: data {}",
-                    self.who(),
-                    crate::protocol::hex::to_hex(&bytes)
-                );
-                self.link()
+                log::debug!("{}: data {}", conn.life.who(), to_hex(&bytes));
+                conn.life
+                    .link()
                     .store_packet(Direction::In, PacketKind::Data, &bytes);
-                self.send(Outbound::DataAck);
+                conn.send(Outbound::DataAck);
             }
             (State::Online, Inbound::Unsolicited(bytes)) => {
-                log::debug!(
-                    "{}: unsolicited {}",
-                    self.who(),
-                    crate::protocol::hex::to_hex(&bytes)
-                );
-                self.link()
+                log::debug!("{}: unsolicited {}", conn.life.who(), to_hex(&bytes));
+                conn.life
+                    .link()
                     .store_packet(Direction::In, PacketKind::Unsolicited, &bytes);
             }
             (State::Online, Inbound::Answer(adu)) => {
-                self.link()
+                conn.life
+                    .link()
                     .store_packet(Direction::In, PacketKind::Modbus, &adu);
-                self.on_modbus(&adu, ctx);
+                conn.on_answer(&adu, ctx);
             }
             (State::Online, Inbound::Malformed { reason, bytes }) => {
                 log::warn!(
                     "{}: dropped malformed frame ({reason}): {}",
-                    self.who(),
-                    crate::protocol::hex::to_hex(&bytes)
+                    conn.life.who(),
+                    to_hex(&bytes)
                 );
             }
             (State::Online, Inbound::Register { id, .. }) => {
-                log::warn!("{}: ignored a second registration as {id:?}", self.who());
-            }
-            (State::Closing, _) => {}
-        }
-    }
-
-    fn on_register(&mut self, id: String, raw: &[u8], ctx: &mut Context<Self>) {
-        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control()) {
-            log::warn!(
-                "{}: rejected registration with invalid id {id:?}; closing",
-                self.who()
-            );
-            self.link()
-                .store_event(ConnEvent::Rejected, format!("invalid id {id:?}"));
-            self.close(OfflineReason::Closed, ctx);
-            return;
-        }
-        if let Some(t) = self.register_timer.take() {
-            ctx.cancel_future(t);
-        }
-        self.id = Some(id.clone());
-        self.state = State::Online;
-        self.connected_at = Utc::now();
-        self.link()
-            .store_packet(Direction::In, PacketKind::Register, raw);
-        self.link()
-            .store_event(ConnEvent::Connect, format!("listener {}", self.ctx.name));
-        self.link().store_device(true);
-        log::info!(
-            "device {id}: registered from {} on listener {}",
-            self.peer,
-            self.ctx.name
-        );
-        self.send(Outbound::RegisterAck);
-        self.ctx.supervisor.do_send(supervisor::Registered {
-            id,
-            conn: self.conn,
-            addr: supervisor::Holder::Device(ctx.address()),
-            protocol: self.ctx.protocol,
-            profile: self.ctx.profile.as_ref().map(|p| p.name.clone()),
-            remote_addr: self.peer,
-        });
-        self.start_liveness(ctx);
-        self.start_timer_polls(ctx);
-    }
-
-    fn start_liveness(&mut self, ctx: &mut Context<Self>) {
-        let live = &self.ctx.liveness;
-        let limit = live.heartbeat_interval * live.max_missed.max(1);
-        // Checking a few times per interval keeps the offline moment close to the limit.
-        let every =
-            (live.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        ctx.run_interval(every, move |act, ctx| {
-            let silent = act.last_rx.elapsed();
-            if silent > limit {
-                log::info!(
-                    "{}: silent for {} ms (limit {} ms); closing",
-                    act.who(),
-                    silent.as_millis(),
-                    limit.as_millis()
+                log::warn!(
+                    "{}: ignored a second registration as {id:?}",
+                    conn.life.who()
                 );
-                act.close(OfflineReason::HeartbeatTimeout, ctx);
             }
-        });
+        }
     }
 
-    fn start_timer_polls(&mut self, ctx: &mut Context<Self>) {
-        let Some(profile) = self.ctx.profile.clone() else {
+    fn on_registered(conn: &mut Conn, ctx: &mut Context<Conn>) {
+        conn.send(Outbound::RegisterAck);
+        conn.start_timer_polls(ctx);
+    }
+
+    fn service(ctx: &mut Context<Conn>) -> Service {
+        Service::Commands(ctx.address().recipient())
+    }
+
+    fn on_stopped(conn: &mut Conn) {
+        // Commands still waiting were never written to the device: they end as `Offline` (the
+        // offline queue puts such a command back). The one in flight, if any, may have reached
+        // the device: it ends as `Disconnected` when its reply sender drops here.
+        let id = conn.life.id.clone().unwrap_or_default();
+        for job in conn.driver.queue.drain(..) {
+            if let Job::Command { reply, .. } = job {
+                let _ = reply.send(Err(CommandError::Offline(id.clone())));
+            }
+        }
+    }
+
+    fn mailbox_capacity() -> usize {
+        MAX_QUEUED_COMMANDS * 2
+    }
+}
+
+impl Conn {
+    fn send(&mut self, out: Outbound) {
+        let mut bytes = BytesMut::new();
+        match self.driver.codec.encode(out, &mut bytes) {
+            Ok(()) if !bytes.is_empty() => {
+                self.life.outbox().write(bytes.freeze());
+            }
+            Ok(()) => {}
+            Err(e) => log::error!("{}: cannot encode frame: {e}", self.life.who()),
+        }
+    }
+
+    fn start_timer_polls(&mut self, ctx: &mut Context<Conn>) {
+        let Some(profile) = self.driver.ctx.profile.clone() else {
             return;
         };
         for (index, poll) in profile.polls.iter().enumerate() {
@@ -395,7 +205,7 @@ impl DeviceActor {
     }
 
     fn queue_polls(&mut self, which: impl Fn(&PollTrigger) -> bool) {
-        let Some(profile) = self.ctx.profile.clone() else {
+        let Some(profile) = self.driver.ctx.profile.clone() else {
             return;
         };
         for (index, poll) in profile.polls.iter().enumerate() {
@@ -406,35 +216,33 @@ impl DeviceActor {
     }
 
     fn queue_poll(&mut self, index: usize) {
-        match self.poll_pending.get_mut(index) {
+        let driver = &mut self.driver;
+        match driver.poll_pending.get_mut(index) {
             Some(pending) if !*pending => {
                 *pending = true;
-                self.queue.push_back(Job::Poll(index));
+                driver.queue.push_back(Job::Poll(index));
             }
             _ => {}
         }
     }
 
     /// Sends the next queued request when none is in flight.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.state != State::Online || self.in_flight.is_some() {
+    fn pump(&mut self, ctx: &mut Context<Conn>) {
+        if self.life.state != State::Online || self.driver.in_flight.is_some() {
             return;
         }
-        while let Some(job) = self.queue.pop_front() {
+        while let Some(job) = self.driver.queue.pop_front() {
             let wire = match &job {
                 Job::Poll(index) => match self.poll_wire(*index) {
                     Some(w) => w,
                     None => continue,
                 },
                 Job::Command { reply, .. } if reply.is_closed() => continue,
-                Job::Command { plan, .. } => match plan.as_ref() {
-                    Plan::Single(w) | Plan::Checked { read: w, .. } => w.clone(),
-                },
+                Job::Command { plan, .. } => plan.first().clone(),
             };
             let timeout = self
-                .ctx
-                .profile
-                .as_ref()
+                .driver
+                .profile()
                 .map_or(Duration::from_secs(2), |p| p.response_timeout);
             self.transmit(job, wire, 0, timeout, ctx);
             return;
@@ -442,15 +250,16 @@ impl DeviceActor {
     }
 
     fn poll_wire(&self, index: usize) -> Option<Wire> {
-        let profile = self.ctx.profile.as_ref()?;
+        let profile = self.driver.profile()?;
         let poll = profile.polls.get(index)?;
-        match Request::read(poll.function, poll.start, poll.count) {
-            Ok(request) => Some(Wire::Modbus {
-                slave: profile.slave,
-                request,
-            }),
+        match Wire::read(profile, poll.function, poll.start, poll.count) {
+            Ok(wire) => Some(wire),
             Err(e) => {
-                log::error!("{}: poll {} cannot be built: {e}", self.who(), poll.name);
+                log::error!(
+                    "{}: poll {} cannot be built: {e}",
+                    self.life.who(),
+                    poll.name
+                );
                 None
             }
         }
@@ -462,25 +271,26 @@ impl DeviceActor {
         wire: Wire,
         attempt: u32,
         timeout: Duration,
-        ctx: &mut Context<Self>,
+        ctx: &mut Context<Conn>,
     ) {
         let adu = wire.adu();
         log::debug!(
             "{}: request (attempt {}) {}",
-            self.who(),
+            self.life.who(),
             attempt + 1,
-            crate::protocol::hex::to_hex(&adu)
+            to_hex(&adu)
         );
         if matches!(job, Job::Poll(_)) && attempt == 0 {
             METRICS.polls_sent.inc();
-            self.poll_sent_at = Some(Instant::now());
+            self.driver.poll_sent_at = Some(Instant::now());
         }
-        self.codec.set_expect(Some(wire.expect()));
-        self.link()
+        self.driver.codec.set_expect(Some(wire.expect()));
+        self.life
+            .link()
             .store_packet(Direction::Out, PacketKind::Modbus, &adu);
-        self.send(Outbound::Request(adu.into()));
+        self.send(Outbound::Request(Bytes::from(adu)));
         let timer = ctx.run_later(timeout, |act, ctx| act.on_timeout(ctx));
-        self.in_flight = Some(InFlight {
+        self.driver.in_flight = Some(InFlight {
             job,
             wire,
             attempt,
@@ -489,15 +299,15 @@ impl DeviceActor {
         });
     }
 
-    fn on_timeout(&mut self, ctx: &mut Context<Self>) {
-        let Some(flight) = self.in_flight.take() else {
+    fn on_timeout(&mut self, ctx: &mut Context<Conn>) {
+        let Some(flight) = self.driver.in_flight.take() else {
             return;
         };
-        let retries = self.ctx.profile.as_ref().map_or(0, |p| p.retries);
+        let retries = self.driver.profile().map_or(0, |p| p.retries);
         if flight.attempt < retries {
             log::debug!(
                 "{}: no answer within {} ms; retrying",
-                self.who(),
+                self.life.who(),
                 flight.timeout.as_millis()
             );
             self.transmit(
@@ -509,7 +319,7 @@ impl DeviceActor {
             );
             return;
         }
-        self.codec.set_expect(None);
+        self.driver.codec.set_expect(None);
         let err = CommandError::Timeout(flight.timeout.as_millis() as u64);
         self.finish(flight.job, Err(err), ctx);
         // Bytes held back as the start of an answer that never completed are now something
@@ -517,50 +327,40 @@ impl DeviceActor {
         self.drain(ctx);
     }
 
-    fn on_modbus(&mut self, adu: &[u8], ctx: &mut Context<Self>) {
-        let Some(flight) = self.in_flight.as_ref() else {
+    fn on_answer(&mut self, adu: &[u8], ctx: &mut Context<Conn>) {
+        let Some(flight) = self.driver.in_flight.as_ref() else {
             log::warn!(
                 "{}: Modbus frame with no request in flight, dropped: {}",
-                self.who(),
-                crate::protocol::hex::to_hex(adu)
+                self.life.who(),
+                to_hex(adu)
             );
             return;
         };
-        let parsed = match &flight.wire {
-            Wire::Modbus { slave, request } => {
-                modbus::rtu::parse_response(*slave, request, adu).map(Answer::Modbus)
-            }
-            Wire::Raw {
-                slave, function, ..
-            } => modbus::rtu::parse_raw_response(*slave, *function, adu).map(Answer::Raw),
-        };
-        let result = match parsed {
+        let result = match flight.wire.match_answer(adu) {
             Ok(answer) => Ok(answer),
-            Err(e @ ModbusError::Exception { .. }) => Err(CommandError::Modbus(e)),
-            Err(e) => {
-                // Not the answer to what is in flight (a late answer to an earlier request, or
-                // line noise): keep waiting; the timeout retries.
+            Err(Mismatch::Exception(e)) => Err(e),
+            Err(Mismatch::NotTheAnswer(e)) => {
                 log::warn!(
                     "{}: answer does not match the request in flight ({e}): {}",
-                    self.who(),
-                    crate::protocol::hex::to_hex(adu)
+                    self.life.who(),
+                    to_hex(adu)
                 );
                 return;
             }
         };
-        let Some(flight) = self.in_flight.take() else {
+        let Some(flight) = self.driver.in_flight.take() else {
             return;
         };
         ctx.cancel_future(flight.timer);
-        self.codec.set_expect(None);
+        self.driver.codec.set_expect(None);
         match result {
-            Ok(answer) => self.answered(flight.job, answer, ctx),
+            Ok(answer) => self.answered(flight.job, &flight.wire, answer, ctx),
             Err(e) => self.finish(flight.job, Err(e), ctx),
         }
     }
 
     /// A request was answered: a checked command goes on to its write, anything else ends.
-    fn answered(&mut self, job: Job, answer: Answer, ctx: &mut Context<Self>) {
+    fn answered(&mut self, job: Job, wire: &Wire, answer: Answer, ctx: &mut Context<Conn>) {
         match (job, answer) {
             (Job::Command { plan, reply }, Answer::Modbus(response))
                 if matches!(*plan, Plan::Checked { .. }) =>
@@ -576,7 +376,7 @@ impl DeviceActor {
                 }
             }
             (job, Answer::Modbus(response)) => {
-                let values = self.decode(&job, &response);
+                let values = self.decode_answer(wire, &response);
                 let outcome = CommandOutcome::Modbus { response, values };
                 self.finish(job, Ok(outcome), ctx);
             }
@@ -592,7 +392,7 @@ impl DeviceActor {
         then: Wire,
         reply: CommandReply,
         response: &Response,
-        ctx: &mut Context<Self>,
+        ctx: &mut Context<Conn>,
     ) {
         let actual = match response {
             Response::Registers(regs) => decode_registers(point.ty, point.order, point.bit, regs),
@@ -603,7 +403,7 @@ impl DeviceActor {
         match actual {
             Some(v) if (v - require.equals).abs() < 1e-9 => {
                 // Ahead of everything else, so no poll slips between check and write.
-                self.queue.push_front(Job::Command {
+                self.driver.queue.push_front(Job::Command {
                     plan: Box::new(Plan::Single(then)),
                     reply,
                 });
@@ -611,7 +411,7 @@ impl DeviceActor {
             other => {
                 log::info!(
                     "{}: command refused: {} is {:?}, needs {} ({})",
-                    self.who(),
+                    self.life.who(),
                     point.name,
                     other,
                     require.equals,
@@ -624,19 +424,15 @@ impl DeviceActor {
     }
 
     /// The profile's points covered by a read answer.
-    fn decode(&self, job: &Job, response: &Response) -> Vec<Decoded> {
-        let (Some(profile), Some(flight_start)) =
-            (self.ctx.profile.as_ref(), read_start(job, self))
-        else {
+    fn decode_answer(&self, wire: &Wire, response: &Response) -> Vec<Decoded> {
+        let (Some(profile), Some(start)) = (self.driver.profile(), wire.read_start()) else {
             return Vec::new();
         };
         match response {
             Response::Registers(regs) => {
-                decode_block(&profile.points, flight_start, &BlockData::Registers(regs))
+                decode_block(&profile.points, start, &BlockData::Registers(regs))
             }
-            Response::Bits(bits) => {
-                decode_block(&profile.points, flight_start, &BlockData::Bits(bits))
-            }
+            Response::Bits(bits) => decode_block(&profile.points, start, &BlockData::Bits(bits)),
             _ => Vec::new(),
         }
     }
@@ -645,75 +441,13 @@ impl DeviceActor {
         &mut self,
         job: Job,
         result: Result<CommandOutcome, CommandError>,
-        ctx: &mut Context<Self>,
+        ctx: &mut Context<Conn>,
     ) {
         match job {
-            Job::Poll(index) => {
-                if let Some(p) = self.poll_pending.get_mut(index) {
-                    *p = false;
-                }
-                match &result {
-                    Ok(_) => {
-                        METRICS.polls_answered.inc();
-                        if let Some(sent) = self.poll_sent_at.take() {
-                            METRICS.poll_latency.observe(sent.elapsed());
-                        }
-                    }
-                    Err(CommandError::Timeout(_)) => METRICS.polls_timeout.inc(),
-                    Err(_) => METRICS.polls_failed.inc(),
-                }
-                self.poll_sent_at = None;
-                let name = self
-                    .ctx
-                    .profile
-                    .as_ref()
-                    .and_then(|p| p.polls.get(index))
-                    .map_or("?", |p| p.name.as_str())
-                    .to_string();
-                match result {
-                    Ok(CommandOutcome::Modbus { values, .. }) => {
-                        if let Some(id) = &self.id {
-                            log::debug!("device {id}: poll {name}: {} values", values.len());
-                            let at = Utc::now();
-                            let rows = values
-                                .iter()
-                                .map(|d| {
-                                    Row::Telemetry(TelemetryRow {
-                                        device_id: id.clone(),
-                                        point: d.name.clone(),
-                                        value: d.value,
-                                        raw: d.raw,
-                                        at,
-                                    })
-                                })
-                                .collect::<Vec<_>>();
-                            if !rows.is_empty() {
-                                self.ctx.storage.do_send(StoreMany(rows));
-                            }
-                            self.ctx.supervisor.do_send(supervisor::Telemetry {
-                                id: id.clone(),
-                                conn: self.conn,
-                                values,
-                                at,
-                            });
-                        }
-                    }
-                    Ok(CommandOutcome::Raw(_)) => {}
-                    Err(e) => {
-                        log::warn!("{}: poll {name} failed: {e}", self.who());
-                        if let Some(id) = &self.id {
-                            self.ctx.events.do_send(Publish(Event::new(
-                                EventKind::PollFailed,
-                                id,
-                                serde_json::json!({ "poll": name, "error": e.to_string() }),
-                            )));
-                        }
-                    }
-                }
-            }
+            Job::Poll(index) => self.poll_done(index, result),
             Job::Command { reply, .. } => {
                 if let Err(e) = &result {
-                    log::info!("{}: command failed: {e}", self.who());
+                    log::info!("{}: command failed: {e}", self.life.who());
                 }
                 // The caller may have given up waiting; that is not an error here.
                 let _ = reply.send(result);
@@ -722,251 +456,90 @@ impl DeviceActor {
         self.pump(ctx);
     }
 
-    /// Resolves an operator command against this device's profile.
-    fn plan(&self, command: DeviceCommand) -> Result<Plan, CommandError> {
-        let profile = self.ctx.profile.as_ref();
-        match command {
-            DeviceCommand::Modbus(request) => {
-                let profile = profile.ok_or_else(|| {
-                    CommandError::Invalid("this device has no Modbus profile".into())
-                })?;
-                request
-                    .validate()
-                    .map_err(|e| CommandError::Invalid(e.to_string()))?;
-                Ok(Plan::Single(Wire::Modbus {
-                    slave: profile.slave,
-                    request,
-                }))
-            }
-            DeviceCommand::Raw(adu) => match (adu.first(), adu.get(1)) {
-                (Some(&slave), Some(&function))
-                    if adu.len() >= 4 && adu.len() <= modbus::rtu::MAX_ADU =>
-                {
-                    if !modbus::rtu::check_crc(&adu) {
-                        return Err(CommandError::Invalid("raw frame has a bad CRC".into()));
-                    }
-                    Ok(Plan::Single(Wire::Raw {
-                        slave,
-                        function,
-                        adu,
-                    }))
+    /// A poll ended: its values go to storage and the supervisor, its failure to the events.
+    fn poll_done(&mut self, index: usize, result: Result<CommandOutcome, CommandError>) {
+        if let Some(p) = self.driver.poll_pending.get_mut(index) {
+            *p = false;
+        }
+        match &result {
+            Ok(_) => {
+                METRICS.polls_answered.inc();
+                if let Some(sent) = self.driver.poll_sent_at.take() {
+                    METRICS.poll_latency.observe(sent.elapsed());
                 }
-                _ => Err(CommandError::Invalid(format!(
-                    "raw frame must be 4..={} bytes with CRC",
-                    modbus::rtu::MAX_ADU
-                ))),
-            },
-            DeviceCommand::Named(name) => {
-                let profile = profile.ok_or_else(|| {
-                    CommandError::Invalid("this device has no Modbus profile".into())
-                })?;
-                let command = profile.command(&name).ok_or_else(|| {
-                    CommandError::Invalid(format!(
-                        "profile {} has no command {name:?}",
-                        profile.name
-                    ))
-                })?;
-                named_plan(profile, command)
             }
+            Err(CommandError::Timeout(_)) => METRICS.polls_timeout.inc(),
+            Err(_) => METRICS.polls_failed.inc(),
         }
-    }
-}
-
-/// The start address of the read a job made, for decoding its answer.
-fn read_start(job: &Job, act: &DeviceActor) -> Option<u16> {
-    let request = match job {
-        Job::Poll(index) => {
-            let poll = act.ctx.profile.as_ref()?.polls.get(*index)?;
-            return Some(poll.start);
-        }
-        Job::Command { plan, .. } => match plan.as_ref() {
-            Plan::Single(Wire::Modbus { request, .. }) => request,
-            _ => return None,
-        },
-    };
-    match request {
-        Request::ReadCoils { start, .. }
-        | Request::ReadDiscreteInputs { start, .. }
-        | Request::ReadHoldingRegisters { start, .. }
-        | Request::ReadInputRegisters { start, .. } => Some(*start),
-        _ => None,
-    }
-}
-
-fn named_plan(profile: &Profile, command: &NamedCommand) -> Result<Plan, CommandError> {
-    let request = match &command.write {
-        WriteSpec::Register { address, value } => Request::WriteSingleRegister {
-            address: *address,
-            value: *value,
-        },
-        WriteSpec::Registers { address, values } => Request::WriteMultipleRegisters {
-            address: *address,
-            values: values.clone(),
-        },
-        WriteSpec::Coil { address, value } => Request::WriteSingleCoil {
-            address: *address,
-            value: *value,
-        },
-    };
-    let then = Wire::Modbus {
-        slave: profile.slave,
-        request,
-    };
-    let Some(require) = &command.require else {
-        return Ok(Plan::Single(then));
-    };
-    let point = profile.point(&require.point).ok_or_else(|| {
-        CommandError::Invalid(format!(
-            "command {} requires unknown point {}",
-            command.name, require.point
-        ))
-    })?;
-    // Read the point through the function of a poll that covers it, as polls do.
-    let width = point.ty.registers();
-    let function = profile
-        .polls
-        .iter()
-        .find(|p| {
-            let end = u32::from(p.start) + u32::from(p.count);
-            p.start <= point.address && u32::from(point.address) + u32::from(width) <= end
-        })
-        .map_or(3, |p| p.function);
-    let read = Request::read(function, point.address, width)
-        .map_err(|e| CommandError::Invalid(e.to_string()))?;
-    Ok(Plan::Checked {
-        read: Wire::Modbus {
-            slave: profile.slave,
-            request: read,
-        },
-        point: point.clone(),
-        require: require.clone(),
-        then,
-    })
-}
-
-enum Answer {
-    Modbus(Response),
-    Raw(Vec<u8>),
-}
-
-impl Actor for DeviceActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAX_QUEUED_COMMANDS * 2);
-        METRICS.connections.inc();
-        log::debug!(
-            "connection from {} on listener {}",
-            self.peer,
-            self.ctx.name
-        );
-        let timeout = self.ctx.liveness.register_timeout;
-        self.register_timer = Some(ctx.run_later(timeout, move |act, ctx| {
-            if act.state == State::Unregistered {
-                log::warn!(
-                    "{}: no registration within {} ms; closing",
-                    act.who(),
-                    timeout.as_millis()
-                );
-                act.link().store_event(
-                    ConnEvent::Rejected,
-                    format!("no registration within {} ms", timeout.as_millis()),
-                );
-                act.close(OfflineReason::Closed, ctx);
-            }
-        }));
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        METRICS.connections.dec();
-        self.link().went_offline(self.close_reason);
-        // Commands still waiting were never written to the device: they end as `Offline` (the
-        // offline queue puts such a command back). The one in flight, if any, may have reached
-        // the device: it ends as `Disconnected` when its reply sender drops here.
-        let id = self.id.clone().unwrap_or_default();
-        for job in self.queue.drain(..) {
-            if let Job::Command { reply, .. } = job {
-                let _ = reply.send(Err(CommandError::Offline(id.clone())));
-            }
-        }
-    }
-}
-
-impl StreamHandler<Result<BytesMut, io::Error>> for DeviceActor {
-    fn handle(&mut self, item: Result<BytesMut, io::Error>, ctx: &mut Self::Context) {
-        let chunk = match item {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                log::info!("{}: read error: {e}; closing", self.who());
-                self.close(OfflineReason::Closed, ctx);
-                return;
-            }
+        self.driver.poll_sent_at = None;
+        let name = self
+            .driver
+            .profile()
+            .and_then(|p| p.polls.get(index))
+            .map_or("?", |p| p.name.as_str())
+            .to_string();
+        let Some(id) = self.life.id.clone() else {
+            return;
         };
-        self.last_rx = Instant::now();
-        let (now, mut last) = (self.last_rx, self.last_seen_report);
-        self.link().seen(&mut last, now);
-        self.last_seen_report = last;
-        self.buf.extend_from_slice(&chunk);
-        self.drain(ctx);
+        match result {
+            Ok(CommandOutcome::Modbus { values, .. }) => {
+                log::debug!("device {id}: poll {name}: {} values", values.len());
+                let at = Utc::now();
+                let rows = values
+                    .iter()
+                    .map(|d| {
+                        Row::Telemetry(TelemetryRow {
+                            device_id: id.clone(),
+                            point: d.name.clone(),
+                            value: d.value,
+                            raw: d.raw,
+                            at,
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                let listener = &self.life.listener;
+                if !rows.is_empty() {
+                    listener.storage.do_send(StoreMany(rows));
+                }
+                listener.supervisor.do_send(Telemetry {
+                    id,
+                    conn: self.life.conn,
+                    values,
+                    at,
+                });
+            }
+            Ok(CommandOutcome::Raw(_)) => {}
+            Err(e) => {
+                log::warn!("device {id}: poll {name} failed: {e}");
+                self.driver.ctx.events.do_send(Publish(Event::new(
+                    EventKind::PollFailed,
+                    &id,
+                    serde_json::json!({ "poll": name, "error": e.to_string() }),
+                )));
+            }
+        }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        log::info!("{}: connection closed by peer", self.who());
-        self.close(OfflineReason::Closed, ctx);
-    }
 }
 
-impl WriteHandler<io::Error> for DeviceActor {
-    fn error(&mut self, err: io::Error, ctx: &mut Self::Context) -> Running {
-        log::info!("{}: write error: {err}; closing", self.who());
-        self.close(OfflineReason::Closed, ctx);
-        Running::Stop
-    }
-}
-
-/// Closes the connection; the supervisor sends it when a newer connection takes the id.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    pub reason: OfflineReason,
-}
-
-impl Handler<Close> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        log::info!("{}: closing ({})", self.who(), msg.reason.as_str());
-        self.close(msg.reason, ctx);
-    }
-}
-
-/// Runs an operator command in turn with the polls.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Execute {
-    pub command: DeviceCommand,
-    pub reply: CommandReply,
-}
-
-impl Handler<Execute> for DeviceActor {
+impl Handler<Execute> for Conn {
     type Result = ();
 
     fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
         let waiting = self
+            .driver
             .queue
             .iter()
             .filter(|j| matches!(j, Job::Command { .. }))
             .count();
         if waiting >= MAX_QUEUED_COMMANDS {
             let _ = msg.reply.send(Err(CommandError::Invalid(format!(
-                "{} commands already wait on this device",
-                waiting
+                "{waiting} commands already wait on this device"
             ))));
             return;
         }
-        match self.plan(msg.command) {
+        match Plan::of(msg.command, self.driver.profile()) {
             Ok(plan) => {
-                self.queue.push_back(Job::Command {
+                self.driver.queue.push_back(Job::Command {
                     plan: Box::new(plan),
                     reply: msg.reply,
                 });

@@ -1,7 +1,7 @@
 //! What every device connection reports, whatever its protocol: rows for storage (packets,
-//! connection events, device state), thinned `Seen` reports and the final `Offline`. Both
-//! connection actors (`DeviceActor`, `RelayActor`) borrow their facts into a [`Link`] and report
-//! through it, so the rows look the same for every protocol.
+//! connection events, device state), thinned `Seen` reports and the final `Offline`. Every
+//! connection borrows its facts into a [`Link`] and reports through it, so the rows look the
+//! same for every protocol.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +14,8 @@ use crate::storage::rows::{
     ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
 };
 use crate::storage::{Storage, Store};
-use crate::supervisor::{self, ConnId, OfflineReason, Supervisor};
+use crate::supervisor::messages::{self, ConnId, OfflineReason};
+use crate::supervisor::Supervisor;
 
 /// `Seen` reports to the supervisor are thinned to one per this interval per connection.
 const SEEN_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -81,7 +82,7 @@ impl Link<'_> {
         if let Some(id) = self.id {
             if now.duration_since(*last_report) >= SEEN_REPORT_EVERY {
                 *last_report = now;
-                self.supervisor.do_send(supervisor::Seen {
+                self.supervisor.do_send(messages::Seen {
                     id: id.to_string(),
                     conn: self.conn,
                 });
@@ -101,7 +102,7 @@ impl Link<'_> {
         };
         self.store_event(event, reason.as_str().to_string());
         self.store_device(false);
-        self.supervisor.do_send(supervisor::Offline {
+        self.supervisor.do_send(messages::Offline {
             id: id.to_string(),
             conn: self.conn,
             reason,

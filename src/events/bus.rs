@@ -12,6 +12,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::storage::rows::DEVICE_ID_MAX;
+
 /// The kinds of event of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -123,9 +125,6 @@ pub fn device_matches(patterns: &[String], device: &str) -> bool {
         None => p == device,
     })
 }
-
-/// Longest device id (the column width of `devices.id`), also for a pattern's prefix.
-pub const DEVICE_ID_MAX: usize = 64;
 
 /// Checks one entry of a device list (a token's reach, a webhook's filter): an id, or a
 /// prefix ending in `*`; the message says what is wrong.

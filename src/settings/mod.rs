@@ -1188,7 +1188,12 @@ require = { point = "door", equals = 0 }
                     Protocol::by_name("transparent").unwrap(),
                     Some("usr-meter")
                 ),
-                ("ttms", "0.0.0.0:22336".to_string(), Protocol::by_name("ttms").unwrap(), None),
+                (
+                    "ttms",
+                    "0.0.0.0:22336".to_string(),
+                    Protocol::by_name("ttms").unwrap(),
+                    None
+                ),
             ]
         );
         assert_eq!(server.liveness, ServerSettings::default().liveness);

@@ -109,6 +109,9 @@ pub enum StorageError {
     /// A statement failed.
     #[error("database query: {0}")]
     Query(String),
+    /// The blocking task running a call failed (it panicked, or the runtime is stopping).
+    #[error("database task: {0}")]
+    Task(String),
 }
 
 impl From<diesel::result::Error> for StorageError {
@@ -337,6 +340,19 @@ impl Db {
                 scrub(e.to_string(), self.shown.1.as_deref())
             ))
         })
+    }
+
+    /// Runs a blocking call on a blocking thread, off the async threads: how every async
+    /// caller reaches the database.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Cheap liveness probe (`SELECT 1`) for the writer's backoff. While the server is down it

@@ -3,7 +3,21 @@
 //! database is unreachable and replayed later, unchanged.
 
 use chrono::{DateTime, Utc};
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+/// Longest device id in characters: the width of the `devices.id` column (and of every
+/// `device_id` column). Anything longer is not an id but garbage; a registration is held to
+/// as many bytes, which is stricter.
+pub const DEVICE_ID_MAX: usize = 64;
+
+/// A new random id for a stored record (`c…` commands, `t…` tokens, `w…` webhooks): random,
+/// so ids stay unique across restarts and nodes.
+pub fn new_id(prefix: char) -> String {
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
 
 /// One decoded value of one point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

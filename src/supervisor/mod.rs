@@ -1,87 +1,31 @@
 //! The supervisor: one actor that knows every device the server has seen, which connection
-//! holds each id, and the latest decoded values. The web layer asks it; device actors report
-//! to it; it routes operator commands to the connection that holds the id.
+//! holds each id, and the latest decoded values. Connections report to it; the web layer and
+//! the offline queue ask it; it routes operator commands and relay frames to the connection
+//! that holds an id, through the `Recipient`s that connection registered with (it never names
+//! a connection's actor type). Its messages are in [`messages`], control locks in [`locks`].
+
+pub mod locks;
+pub mod messages;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 
-use crate::command::queue::{self, QueueContext};
-use crate::command::{CommandError, CommandReply, DeviceCommand};
-use crate::conn::device::{Close, DeviceActor, Execute};
-use crate::conn::relay::{Deliver, InFlightGuard, Kick, RelayActor};
+use crate::command::CommandError;
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::events::rules::RuleStates;
-use crate::protocol::points::Decoded;
 use crate::protocol::Protocol;
 use crate::settings::Profile;
 use crate::storage::rows::DeviceRow;
-
-/// Identifies one TCP connection, so that a late report from a replaced connection cannot
-/// overwrite the state of the connection that now holds the id.
-pub type ConnId = u64;
-
-/// Why a device went offline (the `data.reason` of `device.offline`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OfflineReason {
-    HeartbeatTimeout,
-    Closed,
-    Replaced,
-}
-
-impl OfflineReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OfflineReason::HeartbeatTimeout => "heartbeat_timeout",
-            OfflineReason::Closed => "closed",
-            OfflineReason::Replaced => "replaced",
-        }
-    }
-}
-
-/// A device as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceView {
-    pub id: String,
-    pub online: bool,
-    pub protocol: String,
-    pub profile: Option<String>,
-    pub remote_addr: String,
-    pub connected_at: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-}
-
-/// The latest decoded value of one point.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PointValue {
-    pub value: f64,
-    pub raw: f64,
-    pub unit: String,
-    pub at: DateTime<Utc>,
-}
-
-pub type Values = BTreeMap<String, PointValue>;
-
-/// The actor of the connection that holds an id: a Modbus DTU or a `$TTMS` terminal.
-#[derive(Clone)]
-pub enum Holder {
-    Device(Addr<DeviceActor>),
-    Relay(Addr<RelayActor>),
-}
-
-impl Holder {
-    fn close(&self, reason: OfflineReason) {
-        match self {
-            Holder::Device(a) => a.do_send(Close { reason }),
-            Holder::Relay(a) => a.do_send(Close { reason }),
-        }
-    }
-}
+use locks::Locks;
+use messages::{
+    Close, CloseAll, ConnHandle, ConnId, CountDevices, Deliver, DeliverQueue, DeviceCounts,
+    DeviceView, Execute, GetDevice, IsKnown, Kick, KickQueue, KickRelay, ListDevices, Offline,
+    OfflineReason, OnlineCount, PointValue, Registered, RouteCommand, RouteRelay, Seen, Service,
+    Telemetry, Values,
+};
 
 struct DeviceEntry {
     view: DeviceView,
@@ -89,51 +33,41 @@ struct DeviceEntry {
     /// Which of its profile's rules are triggered; kept across reconnections.
     rules: RuleStates,
     /// The connection that holds the id, while online.
-    conn: Option<(ConnId, Holder)>,
+    conn: Option<(ConnId, ConnHandle)>,
 }
 
 impl DeviceEntry {
     fn holds(&self, conn: ConnId) -> bool {
         matches!(self.conn, Some((c, _)) if c == conn)
     }
-}
 
-/// Exclusive command rights on one device, held by one API token until `expires_at`. Kept in
-/// memory only: a restart releases every lock.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ControlLock {
-    pub device_id: String,
-    /// The name of the token that holds it.
-    pub holder: String,
-    pub expires_at: DateTime<Utc>,
-    /// The id of that token: what commands are checked against.
-    #[serde(skip)]
-    pub token_id: String,
-}
-
-impl ControlLock {
-    fn refusal(&self) -> CommandError {
-        CommandError::Locked {
-            device: self.device_id.clone(),
-            holder: self.holder.clone(),
-            expires_at: self.expires_at,
+    /// The connection's command mailbox, when a polled device holds the id.
+    fn commands(&self) -> Option<&Recipient<Execute>> {
+        match &self.conn {
+            Some((
+                _,
+                ConnHandle {
+                    service: Service::Commands(r),
+                    ..
+                },
+            )) => Some(r),
+            _ => None,
         }
     }
-}
 
-/// The live lock of `device`, forgetting it if it has expired.
-fn live_lock<'a>(
-    locks: &'a mut HashMap<String, ControlLock>,
-    device: &str,
-) -> Option<&'a ControlLock> {
-    let expired = locks.get(device)?.expires_at <= Utc::now();
-    if expired {
-        if let Some(lock) = locks.remove(device) {
-            log::info!("device {device}: control lock of {} expired", lock.holder);
+    /// The connection's relay mailboxes, when a `$TTMS` terminal holds the id.
+    fn relay(&self) -> Option<(&Recipient<Deliver>, &Recipient<Kick>)> {
+        match &self.conn {
+            Some((
+                _,
+                ConnHandle {
+                    service: Service::Relay { deliver, kick },
+                    ..
+                },
+            )) => Some((deliver, kick)),
+            _ => None,
         }
-        return None;
     }
-    locks.get(device)
 }
 
 pub struct Supervisor {
@@ -142,13 +76,10 @@ pub struct Supervisor {
     events: Addr<EventBus>,
     /// data.toml's profiles by name, for their rules.
     profiles: BTreeMap<String, Arc<Profile>>,
-    /// Control locks by device id.
-    locks: HashMap<String, ControlLock>,
-    /// What delivers the offline queue; None: no queue (tests of the supervisor alone).
-    queue: Option<Arc<QueueContext>>,
-    /// Devices whose queue is being delivered, and whether to look again when that ends (the
-    /// device registered again, or a command was queued, meanwhile).
-    delivering: HashMap<String, bool>,
+    locks: Locks,
+    /// Who delivers the offline queue of a device that comes online; None: no queue (tests
+    /// of the supervisor alone).
+    queue: Option<Recipient<DeliverQueue>>,
 }
 
 impl Supervisor {
@@ -184,42 +115,33 @@ impl Supervisor {
             devices,
             events,
             profiles,
-            locks: HashMap::new(),
+            locks: Locks::default(),
             queue: None,
-            delivering: HashMap::new(),
         }
     }
 
-    /// Delivers the offline queue of each device when it registers.
-    pub fn with_queue(mut self, queue: Arc<QueueContext>) -> Supervisor {
+    /// Has `queue` deliver the offline queue of each device that takes commands when it
+    /// registers (and when a command is queued for it while it is online).
+    pub fn with_queue(mut self, queue: Recipient<DeliverQueue>) -> Supervisor {
         self.queue = Some(queue);
         self
     }
 
-    /// Starts delivering the queue of `id` if it is an online Modbus device, one delivery per
-    /// device at a time (so its commands go out in order); if one runs, it looks again when done.
-    fn start_delivery(&mut self, id: &str, ctx: &mut Context<Self>) {
-        let Some(queue) = self.queue.clone() else {
-            return;
-        };
-        let online = matches!(
-            self.devices.get(id).map(|e| &e.conn),
-            Some(Some((_, Holder::Device(_))))
-        );
-        if !online {
-            return;
+    fn knows(&self, id: &str) -> bool {
+        self.devices.contains_key(id)
+    }
+
+    /// Asks for the offline queue of `id` to be delivered if it is an online device that
+    /// takes commands.
+    fn deliver_queue(&self, id: &str) {
+        let takes_commands = self
+            .devices
+            .get(id)
+            .and_then(DeviceEntry::commands)
+            .is_some();
+        if let (true, Some(queue)) = (takes_commands, &self.queue) {
+            queue.do_send(DeliverQueue { id: id.to_string() });
         }
-        if let Some(again) = self.delivering.get_mut(id) {
-            *again = true;
-            return;
-        }
-        self.delivering.insert(id.to_string(), false);
-        let me = ctx.address();
-        let id = id.to_string();
-        actix_rt::spawn(async move {
-            queue::deliver(queue, me.clone(), id.clone()).await;
-            me.do_send(DeliveryDone { id });
-        });
     }
 }
 
@@ -246,22 +168,10 @@ impl Actor for Supervisor {
     }
 }
 
-/// A connection has registered `id`. An older connection holding the id is closed (`replaced`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Registered {
-    pub id: String,
-    pub conn: ConnId,
-    pub addr: Holder,
-    pub protocol: Protocol,
-    pub profile: Option<String>,
-    pub remote_addr: SocketAddr,
-}
-
 impl Handler<Registered> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Registered, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
         let now = Utc::now();
         let online = serde_json::json!({
             "protocol": msg.protocol.as_str(),
@@ -280,7 +190,7 @@ impl Handler<Registered> for Supervisor {
         let id = msg.id.clone();
         match self.devices.get_mut(&msg.id) {
             Some(entry) => {
-                if let Some((old_conn, old_addr)) = entry.conn.take() {
+                if let Some((old_conn, old)) = entry.conn.take() {
                     if old_conn != msg.conn {
                         log::info!(
                             "device {}: new connection from {} replaces the one from {}",
@@ -288,13 +198,15 @@ impl Handler<Registered> for Supervisor {
                             msg.remote_addr,
                             entry.view.remote_addr
                         );
-                        old_addr.close(OfflineReason::Replaced);
+                        old.close.do_send(Close {
+                            reason: OfflineReason::Replaced,
+                        });
                         // The old connection's own Offline report will find the id taken.
                         publish_offline(&self.events, &msg.id, OfflineReason::Replaced);
                     }
                 }
                 entry.view = view;
-                entry.conn = Some((msg.conn, msg.addr));
+                entry.conn = Some((msg.conn, msg.handle));
             }
             None => {
                 self.devices.insert(
@@ -303,55 +215,22 @@ impl Handler<Registered> for Supervisor {
                         view,
                         values: Values::new(),
                         rules: RuleStates::default(),
-                        conn: Some((msg.conn, msg.addr)),
+                        conn: Some((msg.conn, msg.handle)),
                     },
                 );
             }
         }
         publish(&self.events, EventKind::DeviceOnline, &id, online);
-        self.start_delivery(&id, ctx);
+        self.deliver_queue(&id);
     }
-}
-
-/// A delivery of `id`'s offline queue has ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct DeliveryDone {
-    id: String,
-}
-
-impl Handler<DeliveryDone> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: DeliveryDone, ctx: &mut Self::Context) {
-        if self.delivering.remove(&msg.id) == Some(true) {
-            self.start_delivery(&msg.id, ctx);
-        }
-    }
-}
-
-/// A command has just been queued for `id`: if the device is online after all (it registered
-/// while the command was being stored), deliver it now rather than at its next registration.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct KickQueue {
-    pub id: String,
 }
 
 impl Handler<KickQueue> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: KickQueue, ctx: &mut Self::Context) {
-        self.start_delivery(&msg.id, ctx);
+    fn handle(&mut self, msg: KickQueue, _: &mut Self::Context) {
+        self.deliver_queue(&msg.id);
     }
-}
-
-/// Traffic from a device (sent at most about once a second per device).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Seen {
-    pub id: String,
-    pub conn: ConnId,
 }
 
 impl Handler<Seen> for Supervisor {
@@ -364,16 +243,6 @@ impl Handler<Seen> for Supervisor {
             }
         }
     }
-}
-
-/// Values decoded from one poll.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Telemetry {
-    pub id: String,
-    pub conn: ConnId,
-    pub values: Vec<Decoded>,
-    pub at: DateTime<Utc>,
 }
 
 impl Handler<Telemetry> for Supervisor {
@@ -430,15 +299,6 @@ impl Handler<Telemetry> for Supervisor {
     }
 }
 
-/// A connection that held `id` has ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Offline {
-    pub id: String,
-    pub conn: ConnId,
-    pub reason: OfflineReason,
-}
-
 impl Handler<Offline> for Supervisor {
     type Result = ();
 
@@ -455,11 +315,6 @@ impl Handler<Offline> for Supervisor {
     }
 }
 
-/// Every known device, sorted by id.
-#[derive(Message)]
-#[rtype(result = "Vec<DeviceView>")]
-pub struct ListDevices;
-
 impl Handler<ListDevices> for Supervisor {
     type Result = MessageResult<ListDevices>;
 
@@ -468,13 +323,6 @@ impl Handler<ListDevices> for Supervisor {
         list.sort_by(|a, b| a.id.cmp(&b.id));
         MessageResult(list)
     }
-}
-
-/// One device with its latest values.
-#[derive(Message)]
-#[rtype(result = "Option<(DeviceView, Values)>")]
-pub struct GetDevice {
-    pub id: String,
 }
 
 impl Handler<GetDevice> for Supervisor {
@@ -489,18 +337,6 @@ impl Handler<GetDevice> for Supervisor {
     }
 }
 
-/// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
-/// (`Locked`) while another token than `token` holds the device's control lock.
-#[derive(Message)]
-#[rtype(result = "Result<(), CommandError>")]
-pub struct RouteCommand {
-    pub id: String,
-    pub command: DeviceCommand,
-    pub reply: CommandReply,
-    /// The id of the API token the command comes from.
-    pub token: Option<String>,
-}
-
 impl Handler<RouteCommand> for Supervisor {
     type Result = Result<(), CommandError>;
 
@@ -509,108 +345,74 @@ impl Handler<RouteCommand> for Supervisor {
             .devices
             .get(&msg.id)
             .ok_or_else(|| CommandError::UnknownDevice(msg.id.clone()))?;
-        if let Some(lock) = live_lock(&mut self.locks, &msg.id) {
-            if msg.token.as_deref() != Some(lock.token_id.as_str()) {
-                return Err(lock.refusal());
-            }
-        }
+        self.locks.check(&msg.id, msg.token.as_deref())?;
         let not_for_terminals = || {
             CommandError::Invalid(format!(
                 "{} is a $TTMS relay terminal; it takes no commands",
                 msg.id
             ))
         };
-        let addr = match &entry.conn {
-            Some((_, Holder::Device(addr))) => addr,
-            Some((_, Holder::Relay(_))) => return Err(not_for_terminals()),
+        let commands = match (&entry.conn, entry.commands()) {
+            (_, Some(commands)) => commands,
+            (Some(_), None) => return Err(not_for_terminals()),
             // Known as a terminal, even while offline: nothing to queue for it either.
-            None if Protocol::by_name(&entry.view.protocol).is_some_and(Protocol::is_relay) => {
+            (None, _)
+                if Protocol::by_name(&entry.view.protocol).is_some_and(Protocol::is_relay) =>
+            {
                 return Err(not_for_terminals())
             }
-            None => return Err(CommandError::Offline(msg.id.clone())),
+            (None, _) => return Err(CommandError::Offline(msg.id.clone())),
         };
-        addr.try_send(Execute {
-            command: msg.command,
-            reply: msg.reply,
-        })
-        .map_err(|_| CommandError::Offline(msg.id))
+        commands
+            .try_send(Execute {
+                command: msg.command,
+                reply: msg.reply,
+            })
+            .map_err(|_| CommandError::Offline(msg.id))
     }
 }
-
-/// Closes every device connection (server shutdown); answers how many were open.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CloseAll;
 
 impl Handler<CloseAll> for Supervisor {
     type Result = usize;
 
     fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
         let mut n = 0;
-        for entry in self.devices.values() {
-            if let Some((_, addr)) = &entry.conn {
-                addr.close(OfflineReason::Closed);
-                n += 1;
-            }
+        for (_, handle) in self.devices.values().filter_map(|e| e.conn.as_ref()) {
+            handle.close.do_send(Close {
+                reason: OfflineReason::Closed,
+            });
+            n += 1;
         }
         n
     }
-}
-
-/// Hands a `$TTMS` frame (already rewritten for its target) to the connection holding
-/// `target`. Answers `true` when the target's actor took it (it then writes it, or queues it
-/// if the write fails), `false` when the target is offline: the caller queues it.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct RouteRelay {
-    pub target: String,
-    pub sender: String,
-    pub frame: Vec<u8>,
-    /// Keeps the frame counted in flight until the target's actor has handled it.
-    pub guard: InFlightGuard,
 }
 
 impl Handler<RouteRelay> for Supervisor {
     type Result = bool;
 
     fn handle(&mut self, msg: RouteRelay, _: &mut Self::Context) -> bool {
-        let Some(Some((_, Holder::Relay(addr)))) = self.devices.get(&msg.target).map(|e| &e.conn)
-        else {
+        let Some((deliver, _)) = self.devices.get(&msg.target).and_then(DeviceEntry::relay) else {
             return false;
         };
-        addr.try_send(Deliver {
-            sender: msg.sender,
-            frame: msg.frame,
-            guard: msg.guard,
-        })
-        .is_ok()
+        deliver
+            .try_send(Deliver {
+                sender: msg.sender,
+                frame: msg.frame,
+                guard: msg.guard,
+            })
+            .is_ok()
     }
-}
-
-/// A frame for `target` has just been queued: if the target is online (it registered while
-/// the frame was being stored), its actor delivers the queue now rather than at its next
-/// heartbeat, ahead of live frames routed after this message.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct KickRelay {
-    pub target: String,
 }
 
 impl Handler<KickRelay> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: KickRelay, _: &mut Self::Context) {
-        if let Some(Some((_, Holder::Relay(addr)))) = self.devices.get(&msg.target).map(|e| &e.conn)
-        {
-            addr.do_send(Kick);
+        if let Some((_, kick)) = self.devices.get(&msg.target).and_then(DeviceEntry::relay) {
+            kick.do_send(Kick);
         }
     }
 }
-
-/// How many devices are online now.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct OnlineCount;
 
 impl Handler<OnlineCount> for Supervisor {
     type Result = usize;
@@ -618,17 +420,6 @@ impl Handler<OnlineCount> for Supervisor {
     fn handle(&mut self, _: OnlineCount, _: &mut Self::Context) -> usize {
         self.devices.values().filter(|e| e.conn.is_some()).count()
     }
-}
-
-/// How many devices are registered (online) now and how many the server knows, for `/metrics`.
-#[derive(Message)]
-#[rtype(result = "DeviceCounts")]
-pub struct CountDevices;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeviceCounts {
-    pub registered: usize,
-    pub known: usize,
 }
 
 impl Handler<CountDevices> for Supervisor {
@@ -642,118 +433,19 @@ impl Handler<CountDevices> for Supervisor {
     }
 }
 
-/// Whether the server knows a device id (online now, seen earlier, or stored).
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct IsKnown(pub String);
-
 impl Handler<IsKnown> for Supervisor {
     type Result = bool;
 
     fn handle(&mut self, msg: IsKnown, _: &mut Self::Context) -> bool {
-        self.devices.contains_key(&msg.0)
-    }
-}
-
-/// Takes or extends the control lock of a known device for `ttl`: refused (`Locked`) while
-/// another token holds it; the holder taking it again moves its expiry to now + `ttl`.
-#[derive(Message)]
-#[rtype(result = "Result<ControlLock, CommandError>")]
-pub struct AcquireLock {
-    pub device: String,
-    pub token_id: String,
-    pub holder: String,
-    pub ttl: chrono::Duration,
-}
-
-impl Handler<AcquireLock> for Supervisor {
-    type Result = Result<ControlLock, CommandError>;
-
-    fn handle(&mut self, msg: AcquireLock, _: &mut Self::Context) -> Self::Result {
-        if !self.devices.contains_key(&msg.device) {
-            return Err(CommandError::UnknownDevice(msg.device));
-        }
-        if let Some(lock) = live_lock(&mut self.locks, &msg.device) {
-            if lock.token_id != msg.token_id {
-                return Err(lock.refusal());
-            }
-        }
-        let lock = ControlLock {
-            device_id: msg.device.clone(),
-            holder: msg.holder,
-            expires_at: Utc::now() + msg.ttl,
-            token_id: msg.token_id,
-        };
-        let previous = self.locks.insert(msg.device.clone(), lock.clone());
-        log::info!(
-            "device {}: control lock {} by {} until {}",
-            msg.device,
-            if previous.is_some() {
-                "extended"
-            } else {
-                "taken"
-            },
-            lock.holder,
-            lock.expires_at
-        );
-        Ok(lock)
-    }
-}
-
-/// Releases the control lock of a device: by its holder, or by anyone when `force` (an admin
-/// breaking it). Answers the released lock, or None when the device was not locked.
-#[derive(Message)]
-#[rtype(result = "Result<Option<ControlLock>, CommandError>")]
-pub struct ReleaseLock {
-    pub device: String,
-    pub token_id: String,
-    /// The name of the caller, for the log.
-    pub by: String,
-    pub force: bool,
-}
-
-impl Handler<ReleaseLock> for Supervisor {
-    type Result = Result<Option<ControlLock>, CommandError>;
-
-    fn handle(&mut self, msg: ReleaseLock, _: &mut Self::Context) -> Self::Result {
-        let Some(lock) = live_lock(&mut self.locks, &msg.device) else {
-            return Ok(None);
-        };
-        if lock.token_id != msg.token_id {
-            if !msg.force {
-                return Err(lock.refusal());
-            }
-            log::warn!(
-                "device {}: control lock of {} broken by admin {}",
-                msg.device,
-                lock.holder,
-                msg.by
-            );
-        } else {
-            log::info!("device {}: control lock released by {}", msg.device, msg.by);
-        }
-        Ok(self.locks.remove(&msg.device))
-    }
-}
-
-/// The live control lock of a device, if any.
-#[derive(Message)]
-#[rtype(result = "Option<ControlLock>")]
-pub struct GetLock {
-    pub device: String,
-}
-
-impl Handler<GetLock> for Supervisor {
-    type Result = Option<ControlLock>;
-
-    fn handle(&mut self, msg: GetLock, _: &mut Self::Context) -> Option<ControlLock> {
-        live_lock(&mut self.locks, &msg.device).cloned()
+        self.knows(&msg.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::DeviceCommand;
+    use locks::{AcquireLock, GetLock, ReleaseLock};
     use tokio::sync::oneshot;
 
     fn known(id: &str) -> DeviceRow {

@@ -19,7 +19,6 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use chrono::Utc;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -28,7 +27,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::storage::db::{Db, StorageError, TokenRecord};
 
-pub use crate::events::bus::DEVICE_ID_MAX;
+use crate::storage::rows::{new_id, DEVICE_ID_MAX};
+use rand::RngCore;
 /// Most entries a token's or a webhook's device list may have.
 pub const DEVICE_LIST_MAX: usize = 1_000;
 /// The id the settings' admin token goes by (it is not a row of `tokens`).
@@ -201,13 +201,6 @@ pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
-}
-
-/// A new random id with a one-letter prefix, e.g. `t3f9c…`.
-pub fn new_id(prefix: char) -> String {
-    let mut bytes = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{prefix}{}", hex::encode(bytes))
 }
 
 struct Entry {

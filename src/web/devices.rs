@@ -6,7 +6,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
-use crate::supervisor::{GetDevice, ListDevices};
+use crate::supervisor::messages::{GetDevice, ListDevices};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/devices", web::get().to(list))

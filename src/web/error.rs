@@ -4,8 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
+use crate::command::request::RequestError;
+use crate::command::send::SendError;
 use crate::command::CommandError;
 use crate::protocol::modbus::ModbusError;
+use crate::storage::db::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -74,6 +77,40 @@ impl From<CommandError> for ApiError {
                     .with("function", json!(function))
             }
             CommandError::Modbus(_) => ApiError::new(StatusCode::BAD_GATEWAY, message),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        log::error!("storage query failed: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e}"),
+        )
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::bad_request(e.0)
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Request(e) => e.into(),
+            SendError::Command { error, id: None } => error.into(),
+            SendError::Command {
+                error,
+                id: Some(id),
+            } => ApiError::from(error).with("id", json!(id)),
+            SendError::Storage(e) => e.into(),
+            SendError::Stopping(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("server is shutting down: {message}"),
+            ),
         }
     }
 }

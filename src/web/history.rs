@@ -27,16 +27,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/export", web::get().to(export));
 }
 
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        log::error!("storage query failed: {e}");
-        ApiError::new(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {e}"),
-        )
-    }
-}
-
 /// A time bound: RFC 3339 (`2026-11-23T10:00:00Z`) or unix milliseconds.
 pub fn parse_time(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     let s = s.trim();
@@ -85,29 +75,12 @@ fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result
     }
 }
 
-/// Runs a blocking database call off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    db: &Db,
-    f: impl FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let db = db.clone();
-    web::block(move || f(&db))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            )
-        })?
-        .map_err(ApiError::from)
-}
-
 /// 404 for a device the server has never seen (every device with stored history is known:
 /// the supervisor starts with the stored device list).
 async fn known_device(state: &AppState, id: &str) -> Result<(), ApiError> {
     state
         .supervisor
-        .send(crate::supervisor::IsKnown(id.to_string()))
+        .send(crate::supervisor::messages::IsKnown(id.to_string()))
         .await
         .map_err(super::mailbox_error)?
         .then_some(())
@@ -140,7 +113,7 @@ async fn telemetry(
         to,
         limit: limit(q.limit)?,
     };
-    let rows = blocking(&state.db, move |db| db.telemetry(&query)).await?;
+    let rows = state.db.call(move |db| db.telemetry(&query)).await?;
     let rows: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|r| serde_json::json!({"point": r.point, "value": r.value, "raw": r.raw, "at": r.at}))
@@ -164,7 +137,7 @@ async fn packets(
     caller.device(&id)?;
     known_device(&state, &id).await?;
     let limit = limit(q.limit)?;
-    let rows = blocking(&state.db, move |db| db.packets(&id, limit)).await?;
+    let rows = state.db.call(move |db| db.packets(&id, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -188,11 +161,17 @@ async fn events(
     if let (None, Some(patterns)) = (&device, caller.devices.clone()) {
         // A token limited to some devices sees only their events. The query selects them;
         // the check again is for SQLite, whose LIKE ignores ASCII case.
-        let mut rows = blocking(&state.db, move |db| db.events_among(&patterns, limit)).await?;
+        let mut rows = state
+            .db
+            .call(move |db| db.events_among(&patterns, limit))
+            .await?;
         rows.retain(|r| caller.can_see(&r.device_id));
         return Ok(HttpResponse::Ok().json(rows));
     }
-    let rows = blocking(&state.db, move |db| db.events(device.as_deref(), limit)).await?;
+    let rows = state
+        .db
+        .call(move |db| db.events(device.as_deref(), limit))
+        .await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -239,7 +218,7 @@ async fn export(
             ))
             .streaming(csv_stream(state.db.clone(), device, from, to))),
         "xlsx" => {
-            let bytes = blocking(&state.db, move |db| xlsx(db, device, from, to)).await?;
+            let bytes = state.db.call(move |db| xlsx(db, device, from, to)).await?;
             Ok(HttpResponse::Ok()
                 .content_type("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
                 .insert_header((

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
-use crate::supervisor::{AcquireLock, GetLock, ReleaseLock};
+use crate::supervisor::locks::{AcquireLock, GetLock, ReleaseLock};
 
 /// Lock time when the body names no `ttl_s`.
 pub const DEFAULT_LOCK_TTL_S: u64 = 300;

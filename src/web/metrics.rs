@@ -15,7 +15,7 @@ use super::{mailbox_error, AppState};
 use crate::events::bus::SubscriberCount;
 use crate::metrics::{Snapshot, METRICS};
 use crate::storage::GetStats;
-use crate::supervisor::CountDevices;
+use crate::supervisor::messages::CountDevices;
 
 /// The `route` label of a request that matched no route, so that scanners probing random
 /// paths cannot grow the label set.

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
+use crate::command::send::Commands;
 use crate::events::bus::EventBus;
+use crate::events::webhooks::Webhooks;
 use crate::settings::Settings;
 use crate::storage::db::Db;
 use crate::storage::Storage;
@@ -36,14 +38,16 @@ pub struct AppState {
     pub supervisor: Addr<Supervisor>,
     pub settings: Arc<Settings>,
     pub db: Db,
-    /// Where command records go (batched like every other row).
+    /// Where rows go (batched).
     pub storage: Addr<Storage>,
+    /// Sends operator commands and keeps their records.
+    pub commands: Commands,
     /// The token cache that authenticates every `/api` request.
     pub tokens: auth::Tokens,
     /// Where command events are raised and WebSocket clients subscribe.
     pub events: Addr<EventBus>,
     /// The webhook subscribers and their senders.
-    pub webhooks: crate::events::webhooks::Webhooks,
+    pub webhooks: Webhooks,
 }
 
 /// Registers the API's routes and JSON error handling on an actix-web app.

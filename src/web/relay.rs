@@ -7,7 +7,6 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::history::page_limit;
 use super::AppState;
-use crate::storage::db::StorageError;
 
 /// Largest `limit` honoured; more is capped, not refused.
 const MAX_LIMIT: i64 = 10_000;
@@ -36,15 +35,9 @@ async fn waiting(
         .filter(|t| !t.is_empty())
         .map(str::to_ascii_uppercase);
     let limit = page_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let db = state.db.clone();
-    let rows = web::block(move || db.relay_pending(target.as_deref(), limit))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            )
-        })?
-        .map_err(|e: StorageError| ApiError::from(e))?;
+    let rows = state
+        .db
+        .call(move |db| db.relay_pending(target.as_deref(), limit))
+        .await?;
     Ok(HttpResponse::Ok().json(rows))
 }

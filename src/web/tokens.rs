@@ -6,11 +6,11 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{check_device_list, hash_hex, new_id, new_secret, parse_devices, Caller, Role};
+use super::auth::{check_device_list, hash_hex, new_secret, parse_devices, Caller, Role};
 use super::error::ApiError;
-use super::history::blocking;
 use super::AppState;
 use crate::storage::db::TokenRecord;
+use crate::storage::rows::new_id;
 
 const NAME_MAX: usize = 64;
 
@@ -72,11 +72,13 @@ async fn create(
     };
     let tokens = state.tokens.clone();
     let stored = record.clone();
-    blocking(&state.db, move |db| {
-        db.insert_token(&stored)?;
-        tokens.reload()
-    })
-    .await?;
+    state
+        .db
+        .call(move |db| {
+            db.insert_token(&stored)?;
+            tokens.reload()
+        })
+        .await?;
     log::info!(
         "auth: token {} ({:?}, {}) created by {:?}",
         record.id,
@@ -95,7 +97,7 @@ async fn create(
 
 async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require(Role::Admin)?;
-    let rows = blocking(&state.db, |db| db.tokens()).await?;
+    let rows = state.db.call(|db| db.tokens()).await?;
     let body: Vec<_> = rows
         .into_iter()
         .filter(|t| !t.revoked)
@@ -126,12 +128,14 @@ async fn revoke(
     }
     let tokens = state.tokens.clone();
     let id = tid.clone();
-    let revoked = blocking(&state.db, move |db| {
-        let revoked = db.revoke_token(&id)?;
-        tokens.reload()?;
-        Ok(revoked)
-    })
-    .await?;
+    let revoked = state
+        .db
+        .call(move |db| {
+            let revoked = db.revoke_token(&id)?;
+            tokens.reload()?;
+            Ok(revoked)
+        })
+        .await?;
     if !revoked {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

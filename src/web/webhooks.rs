@@ -11,14 +11,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{check_device_list, new_id, Caller, Role};
+use super::auth::{check_device_list, Caller, Role};
 use super::error::ApiError;
-use super::history::{blocking, page_limit};
+use super::history::page_limit;
 use super::{mailbox_error, AppState};
 use crate::events::bus::{envelope, new_event_id, EventFilter};
 use crate::events::webhooks::{self, Payload, Source, Subscriber};
 use crate::settings::check_webhook_url;
 use crate::storage::db::WebhookRecord;
+use crate::storage::rows::new_id;
 
 const URL_MAX: usize = 2048;
 const SECRET_MAX: usize = 256;
@@ -91,7 +92,7 @@ async fn create(
         created_at: Utc::now(),
     };
     let stored = record.clone();
-    blocking(&state.db, move |db| db.insert_webhook(&stored)).await?;
+    state.db.call(move |db| db.insert_webhook(&stored)).await?;
     let sub = Subscriber {
         id: record.id.clone(),
         url: body.url,
@@ -150,7 +151,7 @@ async fn remove(
         ));
     }
     let id = wid.clone();
-    blocking(&state.db, move |db| db.delete_webhook(&id)).await?;
+    state.db.call(move |db| db.delete_webhook(&id)).await?;
     if !state.webhooks.remove(&wid) {
         return Err(unknown(&wid));
     }
@@ -223,6 +224,6 @@ async fn deliveries(
         return Err(unknown(&wid));
     }
     let limit = page_limit(params.limit, DELIVERIES_DEFAULT, DELIVERIES_MAX)?;
-    let rows = blocking(&state.db, move |db| db.deliveries(&wid, limit)).await?;
+    let rows = state.db.call(move |db| db.deliveries(&wid, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))
 }

@@ -45,7 +45,6 @@ fn ensure_crc_adds_once() {
 }
 
 /// Requests from the Simply Modbus reference examples (slave 0x11).
-
 #[test]
 fn request_known_good_bytes() {
     let cases = [
@@ -120,7 +119,6 @@ fn request_known_good_bytes() {
 }
 
 /// Responses from the same reference examples.
-
 #[test]
 fn response_known_good_bytes() {
     let coils = Request::ReadCoils {
@@ -497,7 +495,6 @@ fn request_strategy() -> impl Strategy<Value = Request> {
 }
 
 /// A request and a response that fits it, with random read data.
-
 fn exchange_strategy() -> impl Strategy<Value = (Request, Response)> {
     request_strategy().prop_flat_map(|request| {
         let response: BoxedStrategy<Response> = match &request {

@@ -1,0 +1,129 @@
+//! What a listener starts for each accepted socket: the driver its protocol's role calls for.
+//! This is the one place a role becomes a driver; a new request/response protocol needs no
+//! edit here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use tokio::net::TcpStream;
+
+use crate::conn::device::{PollContext, PollDriver};
+use crate::conn::lifecycle::{Connection, ListenerShared};
+use crate::conn::relay::{RelayContext, RelayDriver};
+use crate::events::bus::EventBus;
+use crate::protocol::link::{LinkCodec, LinkOptions, Role};
+use crate::protocol::Protocol;
+use crate::settings::{LivenessSettings, Profile};
+use crate::storage::db::Db;
+use crate::storage::Storage;
+use crate::supervisor::messages::InFlight;
+use crate::supervisor::Supervisor;
+
+/// What the connections of every listener reach.
+#[derive(Clone)]
+pub struct Services {
+    pub supervisor: Addr<Supervisor>,
+    pub storage: Addr<Storage>,
+    pub events: Addr<EventBus>,
+    pub db: Db,
+    pub liveness: LivenessSettings,
+    /// `[relay] max_queue`.
+    pub relay_max_queue: usize,
+    /// `[storage] store_heartbeats`.
+    pub store_heartbeats: bool,
+    /// `$TTMS` targets whose queue is being delivered, over every listener.
+    pub relay_delivering: Arc<Mutex<HashSet<String>>>,
+    /// `$TTMS` frames in flight, over every listener; shutdown waits for them.
+    pub relay_in_flight: InFlight,
+}
+
+/// One configured listener, ready to start connections.
+pub struct Listener {
+    shared: Arc<ListenerShared>,
+    kind: Kind,
+}
+
+enum Kind {
+    Polled {
+        ctx: Arc<PollContext>,
+        server: fn(&LinkOptions) -> Result<Box<dyn LinkCodec>, String>,
+        options: LinkOptions,
+    },
+    Relay(Arc<RelayContext>),
+}
+
+impl Listener {
+    /// A listener speaking `protocol`, its devices polled with `profile`. Fails when the
+    /// protocol cannot make a codec from the profile (checked once here, not per connection).
+    pub fn new(
+        name: &str,
+        protocol: Protocol,
+        profile: Option<Arc<Profile>>,
+        services: &Services,
+    ) -> Result<Listener, String> {
+        let shared = Arc::new(ListenerShared {
+            name: name.to_string(),
+            protocol,
+            profile: profile.as_ref().map(|p| p.name.clone()),
+            liveness: services.liveness.clone(),
+            supervisor: services.supervisor.clone(),
+            storage: services.storage.clone(),
+        });
+        let kind = match protocol.role() {
+            Role::Polled { server, .. } => {
+                let options = LinkOptions {
+                    registration: profile.as_ref().and_then(|p| p.registration.clone()),
+                    heartbeat: profile.as_ref().and_then(|p| p.heartbeat.clone()),
+                };
+                server(&options).map_err(|e| format!("listener {name}: {e}"))?;
+                Kind::Polled {
+                    ctx: Arc::new(PollContext {
+                        profile,
+                        events: services.events.clone(),
+                    }),
+                    server,
+                    options,
+                }
+            }
+            Role::Relay => Kind::Relay(Arc::new(RelayContext {
+                supervisor: services.supervisor.clone(),
+                storage: services.storage.clone(),
+                db: services.db.clone(),
+                max_queue: services.relay_max_queue,
+                store_heartbeats: services.store_heartbeats,
+                delivering: services.relay_delivering.clone(),
+                in_flight: services.relay_in_flight.clone(),
+            })),
+        };
+        Ok(Listener { shared, kind })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Starts the connection's actor on the current arbiter.
+    pub fn start(&self, stream: TcpStream, peer: SocketAddr) {
+        let shared = self.shared.clone();
+        match &self.kind {
+            Kind::Polled {
+                ctx,
+                server,
+                options,
+            } => match server(options) {
+                Ok(codec) => {
+                    Connection::start(stream, peer, shared, PollDriver::new(ctx.clone(), codec))
+                }
+                Err(e) => log::error!(
+                    "listener {}: {e}; closing connection from {peer}",
+                    self.name()
+                ),
+            },
+            Kind::Relay(ctx) => {
+                Connection::start(stream, peer, shared, RelayDriver::new(ctx.clone()))
+            }
+        }
+    }
+}
