@@ -10,6 +10,7 @@ pub mod record;
 pub mod request;
 pub mod send;
 
+use actix::Message;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
@@ -114,6 +115,28 @@ pub fn status_of(result: &Result<CommandOutcome, CommandError>) -> &'static str 
         Err(CommandError::Timeout(_)) => "timeout",
         Err(_) => "failed",
     }
+}
+
+// The messages that route a command; the supervisor answers them.
+
+/// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
+/// (`Locked`) while another token than `token` holds the device's control lock.
+#[derive(Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct RouteCommand {
+    pub id: String,
+    pub command: DeviceCommand,
+    pub reply: CommandReply,
+    /// The id of the API token the command comes from.
+    pub token: Option<String>,
+}
+
+/// A command has just been queued for `id`: if the device is online after all (it registered
+/// while the command was being stored), deliver it now rather than at its next registration.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickQueue {
+    pub id: String,
 }
 
 #[cfg(test)]

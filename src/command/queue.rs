@@ -29,11 +29,11 @@ use tokio::sync::oneshot;
 use crate::command::record;
 use crate::command::request::parse_request;
 use crate::command::{CommandError, CommandOutcome};
+use crate::command::{KickQueue, RouteCommand};
 use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::CommandRow;
 use crate::storage::Storage;
-use crate::supervisor::messages::{DeliverQueue, KickQueue, RouteCommand};
 use crate::supervisor::Supervisor;
 
 /// How often queued commands past their expiry are marked `expired`.
@@ -48,6 +48,14 @@ pub struct QueueContext {
     pub storage: Addr<Storage>,
     /// Where `command.completed` is raised.
     pub events: Addr<EventBus>,
+}
+
+/// The supervisor to the offline queue: `id` is an online device that takes
+/// commands; deliver what is queued for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverQueue {
+    pub id: String,
 }
 
 /// Delivers the offline queues: one delivery per device at a time, so its commands go out in

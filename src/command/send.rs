@@ -10,12 +10,11 @@ use tokio::sync::oneshot;
 
 use crate::command::record::finish;
 use crate::command::request::{CommandBody, RequestError};
-use crate::command::{CommandError, CommandOutcome};
+use crate::command::{CommandError, CommandOutcome, KickQueue, RouteCommand};
 use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::{new_id, CommandRow, Row};
 use crate::storage::{store_now, Storage};
-use crate::supervisor::messages::{KickQueue, RouteCommand};
 use crate::supervisor::Supervisor;
 
 /// What sending a command needs. Cheap to clone.

@@ -15,8 +15,7 @@ use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 
 use crate::command::{CommandError, CommandOutcome, CommandReply};
-use crate::conn::driver::Driver;
-use crate::conn::lifecycle::{Connection, State};
+use crate::conn::lifecycle::{Connection, Driver, State};
 use crate::conn::plan::{Answer, Mismatch, Plan, Wire};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;

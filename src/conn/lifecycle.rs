@@ -1,5 +1,5 @@
 //! The life every device connection shares, written once: one actor per accepted socket,
-//! generic over its [`Driver`].
+//! generic over its [`Driver`], the trait each kind of connection implements.
 //!
 //! `Unregistered` until the driver recognises a registration (or the register timeout closes
 //! it), then `Online`: silence longer than `heartbeat_interval × max_missed` closes it
@@ -27,16 +27,50 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{BytesCodec, FramedRead};
 
-use crate::conn::driver::Driver;
 use crate::conn::link::Link;
 use crate::conn::next_conn_id;
 use crate::metrics::METRICS;
+use crate::protocol::link::CodecError;
 use crate::protocol::Protocol;
 use crate::settings::LivenessSettings;
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, DEVICE_ID_MAX};
 use crate::storage::Storage;
-use crate::supervisor::messages::{Close, ConnHandle, ConnId, OfflineReason, Registered};
+use crate::supervisor::messages::{Close, ConnHandle, ConnId, OfflineReason, Registered, Service};
 use crate::supervisor::Supervisor;
+
+/// What a kind of connection adds to the lifecycle: how its bytes decode, what it does with
+/// each item, what the supervisor may ask of it, and what it ends with. A driver is needed per
+/// kind of *behaviour*, not per wire protocol: every request/response link protocol is driven
+/// by [`crate::conn::device`] through its `LinkCodec`; `$TTMS` relaying is
+/// [`crate::conn::relay`].
+pub trait Driver: Sized + Unpin + 'static {
+    /// What the driver's codec yields.
+    type Item;
+
+    /// How log lines name a connection of this kind before it has registered.
+    const UNREGISTERED: &'static str;
+
+    /// The next item at the start of `buf`, consuming its bytes; `Ok(None)` until one is
+    /// complete; `Err` closes the connection.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, CodecError>;
+
+    /// One item arrived. Registration is the driver's to recognise: it calls
+    /// [`Connection::register`].
+    fn on_item(conn: &mut Connection<Self>, item: Self::Item, ctx: &mut Context<Connection<Self>>);
+
+    /// The connection has registered and the supervisor has been told; start what runs while
+    /// it is online.
+    fn on_registered(conn: &mut Connection<Self>, ctx: &mut Context<Connection<Self>>);
+
+    /// What the supervisor can ask of this connection besides closing it.
+    fn service(ctx: &mut Context<Connection<Self>>) -> Service;
+
+    /// The connection has stopped: end or hand back whatever is still pending.
+    fn on_stopped(conn: &mut Connection<Self>);
+
+    /// How many messages may wait in the connection's mailbox.
+    fn mailbox_capacity() -> usize;
+}
 
 /// What every connection of one listener shares, whatever its driver.
 #[derive(Clone)]

@@ -1,11 +1,10 @@
 //! One connection = one actor. [`lifecycle`] holds what every connection shares (register
-//! timeout, liveness, close, the write path, reporting through [`link`]); a [`driver`] per
-//! kind of behaviour adds the rest: [`device`] polls the serial device behind a DTU through
+//! timeout, liveness, close, the write path, reporting through [`link`]); a driver per kind
+//! of behaviour (the `Driver` trait) adds the rest: [`device`] polls the serial device behind a DTU through
 //! any request/response link protocol, [`relay`] relays `$TTMS` frames. [`listener`] starts
 //! the right one for a listener's protocol.
 
 pub mod device;
-pub mod driver;
 pub mod lifecycle;
 pub mod link;
 pub mod listener;

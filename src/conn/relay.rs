@@ -23,8 +23,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-use crate::conn::driver::Driver;
-use crate::conn::lifecycle::{Connection, Outbox, State};
+use crate::conn::lifecycle::{Connection, Driver, Outbox, State};
 use crate::protocol::hex::to_hex;
 use crate::protocol::link::CodecError;
 use crate::protocol::ttms::{ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT};

@@ -12,7 +12,17 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::protocol::points::Decoded;
-use crate::settings::Rule;
+
+/// Raises `rule.triggered` when `point` goes above `above` or below `below`, and `rule.cleared`
+/// once it is back inside by `hysteresis`. At least one bound is set; with both, above > below.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub point: String,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    pub hysteresis: f64,
+}
 
 /// Which rules of one device are triggered now, by rule name. Kept by the supervisor per
 /// device id, so a reconnecting device does not fire its rules again.

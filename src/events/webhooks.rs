@@ -27,10 +27,79 @@ use tokio::sync::mpsc;
 
 use crate::events::bus::{Event, EventBus, EventFilter, EventKind, Subscribe, Unsubscribe};
 use crate::metrics::METRICS;
-use crate::settings::{WebhookDeliverySettings, WebhookSettings};
 use crate::storage::db::WebhookRecord;
 use crate::storage::rows::{DeliveryRow, Row};
 use crate::storage::{Storage, Store};
+
+/// How webhooks are delivered (`[webhook_delivery]`), for every subscriber alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDeliverySettings {
+    /// Longest one POST may take, connecting included.
+    pub timeout: Duration,
+    /// Attempts per delivery (the first one included); at least 1.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one, up to `backoff_max`,
+    /// and jittered (a random 50–100 % of it).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A subscriber whose deliveries failed (all attempts) this many times in a row is paused.
+    pub pause_after: u32,
+    /// How long a paused subscriber rests before the next delivery is tried.
+    pub pause_for: Duration,
+    /// Events held per subscriber; when full, further events are dropped and counted (overflow).
+    pub queue: usize,
+    /// Most telemetry envelopes one batched POST carries.
+    pub batch_max: usize,
+}
+
+/// A webhook subscriber configured in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// http:// or https://.
+    pub url: String,
+    /// Event names (`crate::events::bus::EventKind`), or "*" for all; never empty.
+    pub events: Vec<String>,
+    /// HMAC-SHA256 key; an empty string in the file counts as none.
+    pub secret: Option<String>,
+    /// Device ids and `prefix*` patterns; None for every device.
+    pub devices: Option<Vec<String>>,
+}
+
+/// Whether `url` is an http:// or https:// URL with a host; the reason otherwise. Shared by the
+/// settings check and the API's `POST /api/webhooks`.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let bad = || Err(format!("{url:?} is not an http:// or https:// URL"));
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad();
+    }
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    else {
+        return bad();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return bad(),
+        },
+        None => match host.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        },
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return bad();
+    }
+    // Let the HTTP client judge the rest, as it will when delivering.
+    match url.parse::<actix_web::http::Uri>() {
+        Ok(_) => Ok(()),
+        Err(_) => bad(),
+    }
+}
 
 /// Largest answer body a receiver may send that is read (and thrown away).
 const ANSWER_LIMIT: usize = 64 * 1024;

@@ -10,7 +10,8 @@ use super::tree::{
     array, array_of, child_path, duration, float, hex_bytes, index_path, int_in, name, parsed,
     report_duplicates, string, uint, Ctx, Field, Section,
 };
-use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, Rule, WriteSpec};
+use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, WriteSpec};
+use crate::events::rules::Rule;
 use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration};
 use crate::protocol::points::{Point, PointType, WordOrder};
 

@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use config::{Config, ConfigError, Environment, File, FileFormat, Map, Source, Value};
 
+use crate::events::rules::Rule;
+use crate::events::webhooks::{WebhookDeliverySettings, WebhookSettings};
 use crate::protocol::link::{Heartbeat, Registration};
 use crate::protocol::points::Point;
 use crate::protocol::Protocol;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
-pub use server::check_webhook_url;
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
 
 /// Both settings files, validated.
@@ -74,27 +75,6 @@ pub struct ServerSettings {
     pub webhooks: Vec<WebhookSettings>,
     pub webhook_delivery: WebhookDeliverySettings,
     pub relay: RelaySettings,
-}
-
-/// How webhooks are delivered (`[webhook_delivery]`), for every subscriber alike.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookDeliverySettings {
-    /// Longest one POST may take, connecting included.
-    pub timeout: Duration,
-    /// Attempts per delivery (the first one included); at least 1.
-    pub max_attempts: u32,
-    /// Wait before the second attempt; doubled for each further one, up to `backoff_max`,
-    /// and jittered (a random 50–100 % of it).
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// A subscriber whose deliveries failed (all attempts) this many times in a row is paused.
-    pub pause_after: u32,
-    /// How long a paused subscriber rests before the next delivery is tried.
-    pub pause_for: Duration,
-    /// Events held per subscriber; when full, further events are dropped and counted (overflow).
-    pub queue: usize,
-    /// Most telemetry envelopes one batched POST carries.
-    pub batch_max: usize,
 }
 
 /// The `$TTMS` relay (listeners with protocol `ttms`).
@@ -167,19 +147,6 @@ pub struct StorageSettings {
 pub struct AuthSettings {
     /// Empty: generate one at first start.
     pub admin_token: String,
-}
-
-/// A webhook subscriber configured in the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookSettings {
-    /// http:// or https://.
-    pub url: String,
-    /// Event names (`crate::events::bus::EventKind`), or "*" for all; never empty.
-    pub events: Vec<String>,
-    /// HMAC-SHA256 key; an empty string in the file counts as none.
-    pub secret: Option<String>,
-    /// Device ids and `prefix*` patterns; None for every device.
-    pub devices: Option<Vec<String>>,
 }
 
 impl Default for ServerSettings {
@@ -380,17 +347,6 @@ pub struct Require {
     pub point: String,
     pub equals: f64,
     pub message: String,
-}
-
-/// Raises `rule.triggered` when `point` goes above `above` or below `below`, and `rule.cleared`
-/// once it is back inside by `hysteresis`. At least one bound is set; with both, above > below.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub name: String,
-    pub point: String,
-    pub above: Option<f64>,
-    pub below: Option<f64>,
-    pub hysteresis: f64,
 }
 
 /// Parses a duration such as "500ms", "30s", "5m" or "7d".

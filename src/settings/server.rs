@@ -13,9 +13,10 @@ use super::tree::{
 };
 use super::{
     AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, RelaySettings,
-    ServerSettings, StorageSettings, WebSettings, WebhookDeliverySettings, WebhookSettings,
+    ServerSettings, StorageSettings, WebSettings,
 };
 use crate::events::bus::EventKind;
+use crate::events::webhooks::{check_webhook_url, WebhookDeliverySettings, WebhookSettings};
 use crate::protocol::Protocol;
 
 /// Database URL schemes the storage layer can open.
@@ -469,42 +470,6 @@ fn webhook_delivery(
         );
     }
     Some(out)
-}
-
-/// Whether `url` is an http:// or https:// URL with a host; the reason otherwise. Shared with
-/// the API's `POST /api/webhooks`.
-pub fn check_webhook_url(url: &str) -> Result<(), String> {
-    let bad = || Err(format!("{url:?} is not an http:// or https:// URL"));
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return bad();
-    }
-    let lower = url.to_ascii_lowercase();
-    let Some(rest) = lower
-        .strip_prefix("http://")
-        .or_else(|| lower.strip_prefix("https://"))
-    else {
-        return bad();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((h, p)) => (h, p.strip_prefix(':')),
-            None => return bad(),
-        },
-        None => match host.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host, None),
-        },
-    };
-    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return bad();
-    }
-    // Let the HTTP client judge the rest, as it will when delivering.
-    match url.parse::<actix_web::http::Uri>() {
-        Ok(_) => Ok(()),
-        Err(_) => bad(),
-    }
 }
 
 fn webhook_url(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<String> {

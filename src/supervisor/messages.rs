@@ -11,7 +11,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::command::{CommandError, CommandReply, DeviceCommand};
+use crate::command::{CommandReply, DeviceCommand};
 use crate::protocol::points::Decoded;
 use crate::protocol::Protocol;
 
@@ -188,37 +188,6 @@ pub struct RouteRelay {
 #[rtype(result = "()")]
 pub struct KickRelay {
     pub target: String,
-}
-
-// ---------------------------------------------------------------------------------------
-// Commands and the offline queue
-
-/// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
-/// (`Locked`) while another token than `token` holds the device's control lock.
-#[derive(Message)]
-#[rtype(result = "Result<(), CommandError>")]
-pub struct RouteCommand {
-    pub id: String,
-    pub command: DeviceCommand,
-    pub reply: CommandReply,
-    /// The id of the API token the command comes from.
-    pub token: Option<String>,
-}
-
-/// A command has just been queued for `id`: if the device is online after all (it registered
-/// while the command was being stored), deliver it now rather than at its next registration.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct KickQueue {
-    pub id: String,
-}
-
-/// The supervisor to whoever delivers the offline queue: `id` is an online device that takes
-/// commands; deliver what is queued for it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverQueue {
-    pub id: String,
 }
 
 // ---------------------------------------------------------------------------------------

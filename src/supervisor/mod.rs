@@ -13,7 +13,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::command::CommandError;
+use crate::command::queue::DeliverQueue;
+use crate::command::{CommandError, KickQueue, RouteCommand};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::events::rules::RuleStates;
 use crate::protocol::Protocol;
@@ -21,10 +22,9 @@ use crate::settings::Profile;
 use crate::storage::rows::DeviceRow;
 use locks::Locks;
 use messages::{
-    Close, CloseAll, ConnHandle, ConnId, CountDevices, Deliver, DeliverQueue, DeviceCounts,
-    DeviceView, Execute, GetDevice, IsKnown, Kick, KickQueue, KickRelay, ListDevices, Offline,
-    OfflineReason, OnlineCount, PointValue, Registered, RouteCommand, RouteRelay, Seen, Service,
-    Telemetry, Values,
+    Close, CloseAll, ConnHandle, ConnId, CountDevices, Deliver, DeviceCounts, DeviceView, Execute,
+    GetDevice, IsKnown, Kick, KickRelay, ListDevices, Offline, OfflineReason, OnlineCount,
+    PointValue, Registered, RouteRelay, Seen, Service, Telemetry, Values,
 };
 
 struct DeviceEntry {

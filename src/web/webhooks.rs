@@ -16,8 +16,8 @@ use super::error::ApiError;
 use super::history::page_limit;
 use super::{mailbox_error, AppState};
 use crate::events::bus::{envelope, new_event_id, EventFilter};
+use crate::events::webhooks::check_webhook_url;
 use crate::events::webhooks::{self, Payload, Source, Subscriber};
-use crate::settings::check_webhook_url;
 use crate::storage::db::WebhookRecord;
 use crate::storage::rows::new_id;
 
