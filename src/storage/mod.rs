@@ -20,11 +20,16 @@
 //! The guarantee is at least once: a write that times out at shutdown but still commits, or a
 //! crash between a commit and the spool's position update, can write a batch twice.
 
+mod batch;
 pub mod db;
-pub mod queries;
+#[cfg(feature = "mysql")]
+mod mysql;
+mod repo;
 pub mod rows;
 pub mod schema;
 pub mod spool;
+mod time;
+mod url;
 mod writer;
 
 use std::collections::VecDeque;

@@ -5,6 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The longest device id storage keeps: the width of the `devices.id` column (and of every
+/// `device_id` column). A row with a longer one is dropped rather than failing its batch.
+pub const DEVICE_ID_MAX: usize = 64;
+
 /// One decoded value of one point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryRow {
@@ -111,7 +115,8 @@ pub struct DeviceRow {
 }
 
 /// One operator command and where it stands; written as an upsert by id, so each state
-/// change (`sent` → `ok`/`failed`/`timeout`) replaces the previous one.
+/// change (`sent` → `ok`/`failed`/`timeout`) replaces the previous one. Also what
+/// `Db::command` reads back (`GET /api/commands/{cid}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRow {
     pub id: String,
