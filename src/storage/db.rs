@@ -11,7 +11,8 @@
 //! `synchronous=NORMAL` and foreign keys on acquire. The embedded migrations of the chosen
 //! backend run once, on a first connection, before the pool is built: a restart applies nothing.
 //!
-//! Everything here blocks: call it from a blocking thread, never on an async executor.
+//! Everything here blocks: call it from a blocking thread, or from async code through
+//! [`Db::call`], never on an async executor.
 //!
 //! The queries of each table are in `repo/<table>.rs`, the batched write of rows in
 //! `batch.rs`, what MariaDB/MySQL needs differently in `mysql.rs`; this file is the connection.
@@ -129,6 +130,9 @@ pub enum StorageError {
     /// A statement failed.
     #[error("database query: {0}")]
     Query(String),
+    /// The blocking task of [`Db::call`] panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl From<diesel::result::Error> for StorageError {
@@ -352,6 +356,17 @@ impl Db {
         })
     }
 
+    /// Runs `f` on tokio's blocking pool, so that no async thread waits for the database: how
+    /// async code calls any method of `Db`. A panic in `f` becomes [`StorageError::Task`].
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await?
+    }
+
     /// Cheap liveness probe (`SELECT 1`) for the writer's backoff. While the server is down it
     /// answers an error after at most the checkout timeout (5 s).
     pub fn ping(&self) -> Result<(), StorageError> {
@@ -399,5 +414,29 @@ struct QuietPoolErrors;
 impl<E: std::fmt::Display> r2d2::HandleError<E> for QuietPoolErrors {
     fn handle_error(&self, error: E) {
         log::debug!("database pool: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn call_runs_off_the_async_threads_and_answers() {
+        let db = Db::connect("sqlite::memory:", 1).expect("in-memory database");
+        let here = std::thread::current().id();
+        let (n, there) = db
+            .call(|db| Ok((db.count_telemetry(None)?, std::thread::current().id())))
+            .await
+            .expect("answer");
+        assert_eq!(n, 0);
+        assert_ne!(here, there, "ran on the caller's thread");
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_call_is_a_task_error() {
+        let db = Db::connect("sqlite::memory:", 1).expect("in-memory database");
+        let result: Result<(), _> = db.call(|_| panic!("boom")).await;
+        assert!(matches!(result, Err(StorageError::Task(_))), "{result:?}");
     }
 }

@@ -51,19 +51,20 @@ pub use rows::Row;
 pub use spool::Spool;
 pub use writer::{BatchWriter, DbWriter, WriteBatch};
 
-/// Writes a row at once, on a blocking thread, for records a client may read right after an
+/// Writes a row at once, off the async threads, for records a client may read right after an
 /// event about them (a command's state after `command.completed`): the batched path could
 /// leave the old state visible for up to `flush_interval`. If the database cannot take it, the
 /// row goes to the Storage actor instead, which retries and spools it: nothing is lost, it is
 /// only later. True when the row was written now; after a false, later states of the same
 /// record must go through the buffer too ([`Store`]), so that they cannot overtake this one.
 pub async fn store_now(db: &Db, storage: &Addr<Storage>, row: Row) -> bool {
-    let db = db.clone();
     let attempt = row.clone();
-    match tokio::task::spawn_blocking(move || db.write(std::slice::from_ref(&attempt))).await {
-        Ok(Ok(_)) => return true,
-        Ok(Err(e)) => warn!("storage: direct write failed ({e}); the row goes through the buffer"),
-        Err(e) => warn!("storage: direct write task failed ({e}); the row goes through the buffer"),
+    match db
+        .call(move |db| db.write(std::slice::from_ref(&attempt)))
+        .await
+    {
+        Ok(_) => return true,
+        Err(e) => warn!("storage: direct write failed ({e}); the row goes through the buffer"),
     }
     storage.do_send(Store(row));
     false
