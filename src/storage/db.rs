@@ -11,7 +11,11 @@
 //! `synchronous=NORMAL` and foreign keys on acquire. The embedded migrations of the chosen
 //! backend run once, on a first connection, before the pool is built: a restart applies nothing.
 //!
-//! Everything here blocks: call it from a blocking thread, never on an async executor.
+//! Everything here blocks: call it from a blocking thread, or from async code through
+//! [`Db::call`], never on an async executor.
+//!
+//! The queries of each table are in `repo/<table>.rs`, the batched write of rows in
+//! `batch.rs`, what MariaDB/MySQL needs differently in `mysql.rs`; this file is the connection.
 
 #[cfg(feature = "mysql")]
 use std::net::{TcpStream, ToSocketAddrs};
@@ -27,15 +31,22 @@ use diesel::MysqlConnection;
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-pub use super::queries::{
-    CommandRecord, DeliveryRecord, Enqueued, EventRecord, ExportCursor, PacketRecord,
-    PrunableTable, QueuedCommand, RelayRecord, TelemetryQuery, TelemetryRecord, TokenRecord,
-    WebhookRecord,
-};
+use super::url::{parse_url, scrub, DbUrl, Target};
+
+// The records of every table, so that callers name one module whatever the table.
+pub use super::repo::commands::QueuedCommand;
+pub use super::repo::events::EventRecord;
+pub use super::repo::packets::PacketRecord;
+pub use super::repo::relay::{Enqueued, RelayRecord};
+pub use super::repo::retention::PrunableTable;
+pub use super::repo::telemetry::{ExportCursor, TelemetryQuery, TelemetryRecord};
+pub use super::repo::tokens::TokenRecord;
+pub use super::repo::webhooks::{DeliveryRecord, WebhookRecord};
+pub use super::url::redact;
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through
 /// it (SmallInt, Integer, BigInt, Double, Float, Text, Date, Time, Timestamp, Nullable); batch
-/// inserts and upserts run on the inner connection (see `queries.rs`).
+/// inserts and upserts run on the inner connection (see `on_inner!`).
 #[cfg(not(feature = "mysql"))]
 #[derive(diesel::MultiConnection)]
 pub enum AnyConnection {
@@ -45,7 +56,7 @@ pub enum AnyConnection {
 
 /// A connection to whichever backend the URL named. Only the portable SQL types work through
 /// it (SmallInt, Integer, BigInt, Double, Float, Text, Date, Time, Timestamp, Nullable); batch
-/// inserts and upserts run on the inner connection (see `queries.rs`).
+/// inserts and upserts run on the inner connection (see `on_inner!`).
 #[cfg(feature = "mysql")]
 #[derive(diesel::MultiConnection)]
 pub enum AnyConnection {
@@ -54,22 +65,32 @@ pub enum AnyConnection {
     Mysql(MysqlConnection),
 }
 
+/// Runs a statement on whichever inner connection `AnyConnection` holds (what
+/// `MultiConnection` cannot do itself: batch inserts, upserts). MySQL has a body of its own,
+/// because its inserts must bind times as DATETIME (see `mysql.rs`).
+macro_rules! on_inner {
+    ($conn:expr, $c:ident => $body:expr, mysql $m:ident => $mysql:expr) => {
+        match $conn {
+            $crate::storage::db::AnyConnection::Postgresql($c) => $body,
+            $crate::storage::db::AnyConnection::Sqlite($c) => $body,
+            #[cfg(feature = "mysql")]
+            $crate::storage::db::AnyConnection::Mysql($m) => $mysql,
+        }
+    };
+}
+pub(super) use on_inner;
+
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 #[cfg(feature = "mysql")]
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// How long a TCP connect to a database server may take before `connect` gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection (the server being down included).
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
-
-#[cfg(not(feature = "mysql"))]
-const MYSQL_FEATURE_HELP: &str = "this binary was built without MariaDB/MySQL support: \
-     rebuild with `cargo build --release --features mysql` \
-     (needs the client library: `apt-get install default-libmysqlclient-dev`)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -109,41 +130,14 @@ pub enum StorageError {
     /// A statement failed.
     #[error("database query: {0}")]
     Query(String),
-    /// The blocking task running a call failed (it panicked, or the runtime is stopping).
-    #[error("database task: {0}")]
-    Task(String),
+    /// The blocking task of [`Db::call`] panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl From<diesel::result::Error> for StorageError {
     fn from(e: diesel::result::Error) -> Self {
         StorageError::Query(e.to_string())
-    }
-}
-
-/// Where a URL points, after parsing.
-#[derive(Clone)]
-enum Target {
-    /// A file path, or `None` for a private in-memory database (the name of which is in
-    /// `AnyManager::memory_name`).
-    Sqlite(Option<String>),
-    Postgres(String),
-    #[cfg(feature = "mysql")]
-    Mysql {
-        url: String,
-        /// host and port to probe with a bounded TCP connect first (libmysqlclient has no
-        /// connect timeout through diesel); `None` for a Unix socket.
-        probe: Option<(String, u16)>,
-    },
-}
-
-impl Target {
-    fn backend(&self) -> Backend {
-        match self {
-            Target::Sqlite(_) => Backend::Sqlite,
-            Target::Postgres(_) => Backend::Postgres,
-            #[cfg(feature = "mysql")]
-            Target::Mysql { .. } => Backend::Mysql,
-        }
     }
 }
 
@@ -159,6 +153,26 @@ pub struct AnyManager {
 }
 
 impl AnyManager {
+    fn new(url: &str) -> Result<AnyManager, StorageError> {
+        let DbUrl {
+            target,
+            secret,
+            shown,
+        } = parse_url(url)?;
+        static MEMORY_DBS: AtomicU64 = AtomicU64::new(0);
+        let memory_name = format!(
+            "file:dtu-memory-{}-{}?mode=memory&cache=shared",
+            std::process::id(),
+            MEMORY_DBS.fetch_add(1, Ordering::Relaxed)
+        );
+        Ok(AnyManager {
+            target,
+            secret,
+            shown,
+            memory_name,
+        })
+    }
+
     fn scrub(&self, msg: String) -> String {
         scrub(msg, self.secret.as_deref())
     }
@@ -280,7 +294,7 @@ impl Db {
     /// in-memory SQLite database always has exactly one). Blocking; fails within a few seconds
     /// when the server is unreachable.
     pub fn connect(url: &str, pool_size: u32) -> Result<Db, StorageError> {
-        let manager = parse_url(url)?;
+        let manager = AnyManager::new(url)?;
         let backend = manager.target.backend();
         let shown = Arc::new((manager.shown.clone(), manager.secret.clone()));
 
@@ -330,7 +344,7 @@ impl Db {
         })
     }
 
-    /// A pooled connection, for queries that live outside this module (later tables).
+    /// A pooled connection: what the queries of `repo/` and `batch.rs` run on.
     pub fn conn(&self) -> Result<PooledConn, StorageError> {
         self.pool.get().map_err(|e| {
             StorageError::Connect(format!(
@@ -342,17 +356,15 @@ impl Db {
         })
     }
 
-    /// Runs a blocking call on a blocking thread, off the async threads: how every async
-    /// caller reaches the database.
+    /// Runs `f` on tokio's blocking pool, so that no async thread waits for the database: how
+    /// async code calls any method of `Db`. A panic in `f` becomes [`StorageError::Task`].
     pub async fn call<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         F: FnOnce(&Db) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StorageError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&db)).await?
     }
 
     /// Cheap liveness probe (`SELECT 1`) for the writer's backoff. While the server is down it
@@ -377,111 +389,6 @@ fn run_migrations(
     Ok(applied.len())
 }
 
-/// Parses a database URL into a manager; the error never repeats the password.
-fn parse_url(url: &str) -> Result<AnyManager, StorageError> {
-    let url = url.trim();
-    let secret = password_of(url);
-    let shown = redact(url);
-    let lower = url.to_ascii_lowercase();
-    let target = if lower.starts_with("sqlite:") {
-        let rest = &url["sqlite:".len()..];
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        if rest.is_empty() {
-            return Err(StorageError::Url(format!(
-                "{shown}: no file path after sqlite:"
-            )));
-        }
-        if rest == ":memory:" {
-            Target::Sqlite(None)
-        } else {
-            Target::Sqlite(Some(rest.to_string()))
-        }
-    } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        let mut pg = url.to_string();
-        if !lower.contains("connect_timeout=") {
-            pg.push(if pg.contains('?') { '&' } else { '?' });
-            pg.push_str(&format!("connect_timeout={}", CONNECT_TIMEOUT.as_secs()));
-        }
-        Target::Postgres(pg)
-    } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-        mysql_target(url, &shown)?
-    } else {
-        // Only the scheme is repeated: the rest may hold a password in a form not parsed here.
-        let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        });
-        let what = match scheme {
-            Some(s) => format!("unsupported scheme {s:?}"),
-            None => "no scheme".to_string(),
-        };
-        return Err(StorageError::Url(format!(
-            "{what}: use sqlite:PATH, postgres://…, postgresql://…, mysql://… or mariadb://…"
-        )));
-    };
-    static MEMORY_DBS: AtomicU64 = AtomicU64::new(0);
-    let memory_name = format!(
-        "file:dtu-memory-{}-{}?mode=memory&cache=shared",
-        std::process::id(),
-        MEMORY_DBS.fetch_add(1, Ordering::Relaxed)
-    );
-    Ok(AnyManager {
-        target,
-        secret,
-        shown,
-        memory_name,
-    })
-}
-
-#[cfg(not(feature = "mysql"))]
-fn mysql_target(_url: &str, shown: &str) -> Result<Target, StorageError> {
-    Err(StorageError::Url(format!("{shown}: {MYSQL_FEATURE_HELP}")))
-}
-
-#[cfg(feature = "mysql")]
-fn mysql_target(url: &str, shown: &str) -> Result<Target, StorageError> {
-    let rest = match url.find("://") {
-        Some(i) => &url[i + 3..],
-        None => return Err(StorageError::Url(format!("{shown}: malformed URL"))),
-    };
-    let url = format!("mysql://{rest}");
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = match authority.rfind('@') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
-    let (host, port) =
-        split_host_port(hostport).ok_or_else(|| StorageError::Url(format!("{shown}: bad port")))?;
-    let socket = rest.contains("unix_socket=");
-    // libmysqlclient takes "localhost" (and no host) to mean the Unix socket.
-    let probe = if socket || host.is_empty() || host.eq_ignore_ascii_case("localhost") {
-        None
-    } else {
-        Some((host, port.unwrap_or(3306)))
-    };
-    Ok(Target::Mysql { url, probe })
-}
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port`.
-#[cfg(feature = "mysql")]
-fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
-    if let Some(v6) = s.strip_prefix('[') {
-        let end = v6.find(']')?;
-        let host = v6[..end].to_string();
-        let after = &v6[end + 1..];
-        return match after.strip_prefix(':') {
-            Some(p) if !p.is_empty() => Some((host, Some(p.parse().ok()?))),
-            _ => Some((host, None)),
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() => Some((h.to_string(), Some(p.parse().ok()?))),
-        Some((h, _)) => Some((h.to_string(), None)),
-        None => Some((s.to_string(), None)),
-    }
-}
-
 /// A TCP connect bounded by `CONNECT_TIMEOUT`, tried on each resolved address.
 #[cfg(feature = "mysql")]
 fn probe_tcp(host: &str, port: u16) -> Result<(), String> {
@@ -498,156 +405,6 @@ fn probe_tcp(host: &str, port: u16) -> Result<(), String> {
     Err(last)
 }
 
-/// The password in `scheme://user:password@host…` or a `password=` query parameter,
-/// both as written and percent-decoded.
-fn password_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    if let Some(at) = authority.rfind('@') {
-        if let Some((_, pw)) = authority[..at].split_once(':') {
-            if !pw.is_empty() {
-                return Some(pw.to_string());
-            }
-        }
-    }
-    let query = rest.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("password="))
-        .filter(|pw| !pw.is_empty())
-        .map(str::to_string)
-}
-
-/// The URL with any password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some(pw) = password_of(url) else {
-        return url.to_string();
-    };
-    scrub(url.to_string(), Some(&pw))
-}
-
-/// Removes every occurrence of the password (raw and percent-decoded) from a message.
-fn scrub(msg: String, secret: Option<&str>) -> String {
-    let Some(pw) = secret else { return msg };
-    let mut out = msg.replace(pw, "***");
-    let decoded = percent_decode(pw);
-    if !decoded.is_empty() && decoded != pw {
-        out = out.replace(&decoded, "***");
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hi = (bytes[i + 1] as char).to_digit(16);
-            let lo = (bytes[i + 2] as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            redact("postgres://dtu:s3cr%21t@db:5432/dtu"),
-            "postgres://dtu:***@db:5432/dtu"
-        );
-        assert_eq!(
-            redact("postgresql://db/dtu?user=dtu&password=pw1"),
-            "postgresql://db/dtu?user=dtu&password=***"
-        );
-        assert_eq!(redact("mysql://root@db/dtu"), "mysql://root@db/dtu");
-        assert_eq!(redact("sqlite://data/dtu.db"), "sqlite://data/dtu.db");
-        assert_eq!(
-            scrub("failed for s3cr!t".into(), Some("s3cr%21t")),
-            "failed for ***"
-        );
-    }
-
-    #[test]
-    fn schemes_pick_the_backend() {
-        let b = |url: &str| parse_url(url).map(|m| m.target.backend());
-        assert!(matches!(b("sqlite://data/dtu.db"), Ok(Backend::Sqlite)));
-        assert!(matches!(b("sqlite:dtu.db"), Ok(Backend::Sqlite)));
-        assert!(matches!(b("SQLite::memory:"), Ok(Backend::Sqlite)));
-        assert!(matches!(b("postgres://h/d"), Ok(Backend::Postgres)));
-        assert!(matches!(b("postgresql://h/d"), Ok(Backend::Postgres)));
-        assert!(matches!(b("sqlite:"), Err(StorageError::Url(_))));
-        assert!(matches!(b("redis://h"), Err(StorageError::Url(_))));
-        #[cfg(feature = "mysql")]
-        assert!(matches!(b("mariadb://h/d"), Ok(Backend::Mysql)));
-        #[cfg(not(feature = "mysql"))]
-        assert!(matches!(b("mariadb://h/d"), Err(StorageError::Url(_))));
-    }
-
-    #[test]
-    fn sqlite_paths() {
-        let path = |url: &str| match parse_url(url).map(|m| m.target) {
-            Ok(Target::Sqlite(p)) => p,
-            _ => Some("not sqlite".into()),
-        };
-        assert_eq!(path("sqlite://data/dtu.db").as_deref(), Some("data/dtu.db"));
-        assert_eq!(path("sqlite:data/dtu.db").as_deref(), Some("data/dtu.db"));
-        assert_eq!(
-            path("sqlite:///var/lib/dtu.db").as_deref(),
-            Some("/var/lib/dtu.db")
-        );
-        assert_eq!(path("sqlite::memory:"), None);
-        assert_eq!(path("sqlite://:memory:"), None);
-    }
-
-    #[test]
-    fn postgres_gets_a_connect_timeout() {
-        let url = |u: &str| match parse_url(u).map(|m| m.target) {
-            Ok(Target::Postgres(u)) => u,
-            _ => String::new(),
-        };
-        assert_eq!(url("postgres://h/d"), "postgres://h/d?connect_timeout=5");
-        assert_eq!(
-            url("postgres://h/d?sslmode=disable"),
-            "postgres://h/d?sslmode=disable&connect_timeout=5"
-        );
-        assert_eq!(
-            url("postgres://h/d?connect_timeout=2"),
-            "postgres://h/d?connect_timeout=2"
-        );
-    }
-
-    #[cfg(feature = "mysql")]
-    #[test]
-    fn mysql_urls() {
-        let t = |u: &str| match parse_url(u).map(|m| m.target) {
-            Ok(Target::Mysql { url, probe }) => (url, probe),
-            _ => (String::new(), None),
-        };
-        assert_eq!(
-            t("mariadb://u:p@db.example:3307/x"),
-            (
-                "mysql://u:p@db.example:3307/x".to_string(),
-                Some(("db.example".to_string(), 3307))
-            )
-        );
-        assert_eq!(t("mysql://u@[::1]/x").1, Some(("::1".to_string(), 3306)));
-        assert_eq!(t("mysql://u@localhost/x").1, None);
-        assert_eq!(t("mysql://u@h/x?unix_socket=/run/m.sock").1, None);
-    }
-}
-
 /// r2d2 logs every failed background reconnect at error level, many a second during an
 /// outage. The storage actor already logs an outage once (with this error) and its end, so
 /// the pool's own reports go to debug.
@@ -657,5 +414,29 @@ struct QuietPoolErrors;
 impl<E: std::fmt::Display> r2d2::HandleError<E> for QuietPoolErrors {
     fn handle_error(&self, error: E) {
         log::debug!("database pool: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn call_runs_off_the_async_threads_and_answers() {
+        let db = Db::connect("sqlite::memory:", 1).expect("in-memory database");
+        let here = std::thread::current().id();
+        let (n, there) = db
+            .call(|db| Ok((db.count_telemetry(None)?, std::thread::current().id())))
+            .await
+            .expect("answer");
+        assert_eq!(n, 0);
+        assert_ne!(here, there, "ran on the caller's thread");
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_call_is_a_task_error() {
+        let db = Db::connect("sqlite::memory:", 1).expect("in-memory database");
+        let result: Result<(), _> = db.call(|_| panic!("boom")).await;
+        assert!(matches!(result, Err(StorageError::Task(_))), "{result:?}");
     }
 }

@@ -7,8 +7,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 /// Longest device id in characters: the width of the `devices.id` column (and of every
-/// `device_id` column). Anything longer is not an id but garbage; a registration is held to
-/// as many bytes, which is stricter.
+/// `device_id` column). Anything longer is not an id but garbage: a connection refuses to
+/// register it (held to as many bytes, which is stricter) and storage drops a row carrying it
+/// rather than failing its batch.
 pub const DEVICE_ID_MAX: usize = 64;
 
 /// A new random id for a stored record (`c…` commands, `t…` tokens, `w…` webhooks): random,
@@ -125,7 +126,8 @@ pub struct DeviceRow {
 }
 
 /// One operator command and where it stands; written as an upsert by id, so each state
-/// change (`sent` → `ok`/`failed`/`timeout`) replaces the previous one.
+/// change (`sent` → `ok`/`failed`/`timeout`) replaces the previous one. Also what
+/// `Db::command` reads back (`GET /api/commands/{cid}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRow {
     pub id: String,

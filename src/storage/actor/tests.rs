@@ -1,0 +1,315 @@
+//! The Storage actor against a writer in memory that can fail, hang and panic on demand.
+
+use super::*;
+use crate::storage::rows::{Direction, PacketRow, TelemetryRow};
+use chrono::{TimeZone, Utc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Records what it writes; fails while `down`; panics on the calls listed in `panic_on`.
+#[derive(Clone, Default)]
+struct MemWriter {
+    rows: Arc<Mutex<Vec<Row>>>,
+    down: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    panic_on_call: Option<usize>,
+    /// The first call takes this long.
+    slow_first_call: Option<Duration>,
+}
+
+impl BatchWriter for MemWriter {
+    fn write(&mut self, rows: &[Row]) -> Result<usize, StorageError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.panic_on_call == Some(call) {
+            panic!("boom on call {call}");
+        }
+        if let (0, Some(delay)) = (call, self.slow_first_call) {
+            std::thread::sleep(delay);
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StorageError::Connect("down for the test".into()));
+        }
+        lock_rows(&self.rows).extend_from_slice(rows);
+        Ok(rows.len())
+    }
+}
+
+fn lock_rows(rows: &Mutex<Vec<Row>>) -> MutexGuard<'_, Vec<Row>> {
+    rows.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn row(i: u32) -> Row {
+    Row::Telemetry(TelemetryRow {
+        device_id: format!("dev{}", i % 13),
+        point: "p".into(),
+        value: f64::from(i),
+        raw: f64::from(i),
+        at: Utc
+            .timestamp_opt(1_700_000_000 + i64::from(i), 0)
+            .single()
+            .expect("valid time"),
+    })
+}
+
+fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> StorageSettings {
+    StorageSettings {
+        batch_size,
+        flush_interval,
+        max_buffer,
+        store_heartbeats: true,
+        spool_path: PathBuf::from("unused.jsonl"), // Storage::start takes the path
+        retention_telemetry: None,
+        retention_packets: None,
+        retention_deliveries: None,
+    }
+}
+
+async fn stats(addr: &Addr<Storage>) -> StorageStats {
+    addr.send(GetStats).await.expect("storage answers")
+}
+
+/// Polls the stats until `done` holds; panics after a generous deadline.
+async fn wait_for(addr: &Addr<Storage>, what: &str, done: impl Fn(&StorageStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = stats(addr).await;
+        if done(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    assert_eq!(backoff(1), Duration::from_millis(200));
+    assert_eq!(backoff(2), Duration::from_millis(400));
+    assert_eq!(backoff(5), Duration::from_millis(3200));
+    assert_eq!(backoff(9), BACKOFF_MAX);
+    assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+}
+
+#[actix_rt::test]
+async fn order_is_kept_through_an_outage_and_the_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool.jsonl");
+    let writer = MemWriter::default();
+    writer.down.store(true, Ordering::SeqCst);
+    let addr = Storage::start(
+        writer.clone(),
+        settings(50, Duration::from_millis(20), 300),
+        spool.clone(),
+    );
+    let sent: Vec<Row> = (0..3000).map(row).collect();
+    for (i, chunk) in sent.chunks(100).enumerate() {
+        if i % 2 == 0 {
+            addr.do_send(StoreMany(chunk.to_vec()));
+        } else {
+            for r in chunk {
+                addr.do_send(Store(r.clone()));
+            }
+        }
+        let s = stats(&addr).await;
+        assert!(s.buffered <= 300, "memory over max_buffer: {s:?}");
+        if i == 15 {
+            // Mid-way the database comes back for a moment, then fails again.
+            writer.down.store(false, Ordering::SeqCst);
+            wait_for(&addr, "a write", |s| s.written > 0).await;
+            writer.down.store(true, Ordering::SeqCst);
+        }
+    }
+    let s = stats(&addr).await;
+    assert!(
+        s.spooled > 0 && s.spooled_now > 0 && !s.database_up,
+        "{s:?}"
+    );
+    assert!(spool.exists());
+    writer.down.store(false, Ordering::SeqCst);
+    wait_for(&addr, "everything written", |s| s.written == 3000).await;
+    let s = stats(&addr).await;
+    assert_eq!((s.buffered, s.spooled_now), (0, 0), "{s:?}");
+    assert!(s.database_up && s.failed_flushes > 0 && s.retried > 0);
+    assert_eq!(
+        *lock_rows(&writer.rows),
+        sent,
+        "rows written once each, in order"
+    );
+    assert!(!spool.exists());
+}
+
+#[actix_rt::test]
+async fn flush_all_when_down_spools_everything_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool_path = dir.path().join("spool.jsonl");
+    let writer = MemWriter::default();
+    writer.down.store(true, Ordering::SeqCst);
+    let addr = Storage::start(
+        writer.clone(),
+        settings(40, Duration::from_millis(10), 150),
+        spool_path.clone(),
+    );
+    let sent: Vec<Row> = (0..500).map(row).collect();
+    for chunk in sent.chunks(25) {
+        addr.do_send(StoreMany(chunk.to_vec()));
+    }
+    wait_for(&addr, "a failed write", |s| s.failed_flushes > 0).await;
+    let report = addr
+        .send(FlushAll {
+            deadline: Duration::from_millis(500),
+        })
+        .await
+        .expect("answer");
+    assert_eq!(
+        report,
+        FlushReport {
+            written: 0,
+            spooled: 500,
+            unsaved: 0
+        }
+    );
+    let s = stats(&addr).await;
+    assert_eq!((s.buffered, s.spooled_now), (0, 500), "{s:?}");
+    let mut spool = Spool::open(&spool_path).expect("open spool");
+    let mut back = Vec::new();
+    while !spool.is_empty() {
+        let chunk = spool.read_chunk(64).expect("read");
+        back.extend(chunk.rows);
+        spool.commit(chunk.pos).expect("commit");
+    }
+    assert_eq!(back, sent);
+}
+
+#[actix_rt::test]
+async fn flush_all_when_up_writes_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = MemWriter::default();
+    let addr = Storage::start(
+        writer.clone(),
+        settings(1000, Duration::from_secs(3600), 100_000),
+        dir.path().join("spool.jsonl"),
+    );
+    for i in 0..2500 {
+        addr.do_send(Store(row(i)));
+    }
+    let report = addr.send(FlushAll::default()).await.expect("answer");
+    assert_eq!(report.written, 2500);
+    assert_eq!((report.spooled, report.unsaved), (0, 0));
+    assert_eq!(lock_rows(&writer.rows).len(), 2500);
+    // Nothing to do: answers at once.
+    let report = addr.send(FlushAll::default()).await.expect("answer");
+    assert_eq!(report, FlushReport::default());
+}
+
+#[actix_rt::test]
+async fn a_write_hanging_past_the_deadline_is_spooled_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool.jsonl");
+    let writer = MemWriter {
+        slow_first_call: Some(Duration::from_millis(1500)),
+        ..MemWriter::default()
+    };
+    let addr = Storage::start(
+        writer.clone(),
+        settings(10, Duration::from_secs(3600), 1000),
+        spool.clone(),
+    );
+    addr.do_send(StoreMany((0..15).map(row).collect()));
+    let report = addr
+        .send(FlushAll {
+            deadline: Duration::from_millis(300),
+        })
+        .await
+        .expect("answer");
+    assert_eq!(
+        report,
+        FlushReport {
+            written: 0,
+            spooled: 15,
+            unsaved: 0
+        }
+    );
+    assert_eq!(stats(&addr).await.buffered, 0);
+    // The slow write commits after all, then the spool is replayed: at least once, here
+    // twice for the batch that was in flight.
+    wait_for(&addr, "spool replayed", |s| {
+        s.spooled_now == 0 && s.written == 25
+    })
+    .await;
+    let written = lock_rows(&writer.rows).clone();
+    let expected: Vec<Row> = (0..10).chain(0..15).map(row).collect();
+    assert_eq!(written, expected);
+    assert!(!spool.exists());
+}
+
+#[actix_rt::test]
+async fn rows_stay_in_memory_when_the_spool_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").expect("write");
+    let writer = MemWriter::default();
+    writer.down.store(true, Ordering::SeqCst);
+    let addr = Storage::start(
+        writer.clone(),
+        settings(20, Duration::from_millis(10), 50),
+        not_a_dir.join("spool.jsonl"),
+    );
+    let sent: Vec<Row> = (0..200).map(row).collect();
+    addr.do_send(StoreMany(sent.clone()));
+    let s = stats(&addr).await;
+    assert_eq!((s.buffered, s.spooled, s.spooled_now), (200, 0, 0), "{s:?}");
+    writer.down.store(false, Ordering::SeqCst);
+    wait_for(&addr, "all written", |s| s.written == 200).await;
+    assert_eq!(*lock_rows(&writer.rows), sent);
+}
+
+#[actix_rt::test]
+async fn a_panicking_writer_is_a_failed_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = MemWriter {
+        panic_on_call: Some(0),
+        ..MemWriter::default()
+    };
+    let addr = Storage::start(
+        writer.clone(),
+        settings(10, Duration::from_millis(10), 1000),
+        dir.path().join("spool.jsonl"),
+    );
+    addr.do_send(StoreMany((0..25).map(row).collect()));
+    wait_for(&addr, "all written", |s| s.written == 25).await;
+    let s = stats(&addr).await;
+    assert_eq!(s.failed_flushes, 1);
+    assert_eq!(
+        *lock_rows(&writer.rows),
+        (0..25).map(row).collect::<Vec<_>>()
+    );
+}
+
+#[actix_rt::test]
+async fn heartbeats_are_dropped_unless_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = MemWriter::default();
+    let mut s = settings(100, Duration::from_millis(10), 1000);
+    s.store_heartbeats = false;
+    let addr = Storage::start(writer.clone(), s, dir.path().join("spool.jsonl"));
+    let packet = |kind| {
+        Row::Packet(PacketRow {
+            device_id: "1".into(),
+            direction: Direction::In,
+            kind,
+            bytes: vec![2, 0],
+            at: Utc::now(),
+        })
+    };
+    addr.do_send(Store(packet(PacketKind::Heartbeat)));
+    addr.do_send(Store(packet(PacketKind::Data)));
+    let report = addr.send(FlushAll::default()).await.expect("answer");
+    assert_eq!(report.written, 1);
+    let written = lock_rows(&writer.rows).clone();
+    assert!(
+        matches!(written.as_slice(), [Row::Packet(p)] if p.kind == PacketKind::Data),
+        "{written:?}"
+    );
+}

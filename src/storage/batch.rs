@@ -1,0 +1,459 @@
+//! The batched write of [`Row`]s: one transaction, rows sorted by table and checked, then
+//! multi-row INSERTs per table chunked under the backend's bind-parameter limit, devices and
+//! commands upserted by id, and telemetry through COPY on PostgreSQL.
+//!
+//! PostgreSQL and SQLite share one diesel statement per table; MySQL's, which bind times as
+//! DATETIME, are in `mysql.rs`.
+
+use std::collections::HashSet;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+use super::db::{on_inner, AnyConnection, Backend, Db, StorageError};
+#[cfg(feature = "mysql")]
+use super::mysql;
+use super::rows::{
+    CommandRow, ConnEventRow, DeliveryRow, DeviceRow, PacketRow, Row, TelemetryRow, DEVICE_ID_MAX,
+};
+use super::schema::{
+    commands, connection_events, devices, raw_packets, telemetry, webhook_deliveries,
+};
+use super::time::naive;
+
+/// Bind parameters one statement may carry, per backend (SQLite's default
+/// SQLITE_MAX_VARIABLE_NUMBER is 32766; PostgreSQL's and MySQL's wire limit is 65535).
+fn max_binds(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 32_000,
+        Backend::Postgres | Backend::Mysql => 65_000,
+    }
+}
+
+/// Rows per multi-row INSERT, whatever the bind limit allows.
+const MAX_ROWS_PER_INSERT: usize = 5_000;
+
+/// Width of the name-like columns of the migrations (points, profiles, remote addresses). A
+/// longer value would fail the whole batch on PostgreSQL and MySQL, so such a row is dropped
+/// with a warning instead (likewise for the other widths checked below).
+const NAME_MAX: usize = 128;
+
+fn rows_per_insert(max_binds: usize, columns: usize) -> usize {
+    (max_binds / columns).clamp(1, MAX_ROWS_PER_INSERT)
+}
+
+#[derive(Insertable, Clone)]
+#[diesel(table_name = telemetry)]
+// No optional fields; this only makes the derive fit PostgreSQL's COPY.
+#[diesel(treat_none_as_default_value = false)]
+pub(crate) struct NewTelemetry<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) point: &'a str,
+    pub(crate) value: f64,
+    pub(crate) raw: f64,
+    pub(crate) at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = raw_packets)]
+pub(crate) struct NewPacket<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) direction: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) hex: String,
+    pub(crate) at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = connection_events)]
+pub(crate) struct NewEvent<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) event: &'static str,
+    pub(crate) remote_addr: &'a str,
+    pub(crate) detail: &'a str,
+    pub(crate) at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = devices)]
+pub(crate) struct NewDevice<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) protocol: &'a str,
+    pub(crate) profile: Option<&'a str>,
+    pub(crate) remote_addr: &'a str,
+    pub(crate) online: i16,
+    pub(crate) connected_at: NaiveDateTime,
+    pub(crate) last_seen: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = commands)]
+pub(crate) struct NewCommand<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) device_id: &'a str,
+    pub(crate) request: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) result: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) requested_by: Option<&'a str>,
+    pub(crate) created_at: NaiveDateTime,
+    pub(crate) updated_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = webhook_deliveries)]
+#[diesel(treat_none_as_default_value = false)]
+pub(crate) struct NewDelivery<'a> {
+    pub(crate) webhook_id: &'a str,
+    pub(crate) delivery: &'a str,
+    pub(crate) event: &'a str,
+    pub(crate) events: i32,
+    pub(crate) attempt: i32,
+    pub(crate) outcome: &'a str,
+    pub(crate) status_code: Option<i32>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) latency_ms: i64,
+    pub(crate) at: NaiveDateTime,
+}
+
+/// One write, sorted by table and checked.
+#[derive(Default)]
+struct Batch<'a> {
+    devices: Vec<NewDevice<'a>>,
+    commands: Vec<NewCommand<'a>>,
+    deliveries: Vec<NewDelivery<'a>>,
+    events: Vec<NewEvent<'a>>,
+    packets: Vec<NewPacket<'a>>,
+    telemetry: Vec<NewTelemetry<'a>>,
+    dropped: usize,
+}
+
+fn too_long(what: &str, value: &str, max: usize) -> bool {
+    let long = value.chars().count() > max;
+    if long {
+        log::warn!(
+            "storage: dropping a row whose {what} is longer than {max} characters: {:?}…",
+            value.chars().take(max).collect::<String>()
+        );
+    }
+    long
+}
+
+/// The last version of each id, in the order of those last versions, and how many earlier
+/// versions were left out. One upsert statement may not touch a key twice (PostgreSQL
+/// refuses): the last version wins, as it would have row by row.
+fn latest_by_id<'a, T>(rows: Vec<T>, id: impl Fn(&T) -> &'a str) -> (Vec<T>, usize) {
+    let mut seen = HashSet::new();
+    let mut latest = Vec::with_capacity(rows.len());
+    let mut left_out = 0;
+    for row in rows.into_iter().rev() {
+        if seen.insert(id(&row)) {
+            latest.push(row);
+        } else {
+            left_out += 1;
+        }
+    }
+    latest.reverse();
+    (latest, left_out)
+}
+
+impl<'a> Batch<'a> {
+    fn new(rows: &'a [Row]) -> Self {
+        let mut b = Batch::default();
+        for row in rows {
+            match row {
+                Row::Telemetry(t) => b.telemetry_row(t),
+                Row::Packet(p) => b.packet_row(p),
+                Row::Event(e) => b.event_row(e),
+                Row::Device(d) => b.device_row(d),
+                Row::Command(c) => b.command_row(c),
+                Row::Delivery(d) => b.delivery_row(d),
+            }
+        }
+        let (commands, left_out) = latest_by_id(std::mem::take(&mut b.commands), |c| c.id);
+        b.commands = commands;
+        b.dropped += left_out;
+        let (devices, left_out) = latest_by_id(std::mem::take(&mut b.devices), |d| d.id);
+        b.devices = devices;
+        b.dropped += left_out;
+        b
+    }
+
+    fn telemetry_row(&mut self, t: &'a TelemetryRow) {
+        if too_long("device id", &t.device_id, DEVICE_ID_MAX)
+            || too_long("point name", &t.point, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        if !t.value.is_finite() || !t.raw.is_finite() {
+            // SQLite stores NaN as NULL and MySQL refuses NaN and infinities.
+            log::warn!(
+                "storage: dropping a non-finite value of {}/{} at {} (value {}, raw {})",
+                t.device_id,
+                t.point,
+                t.at,
+                t.value,
+                t.raw
+            );
+            self.dropped += 1;
+            return;
+        }
+        self.telemetry.push(NewTelemetry {
+            device_id: &t.device_id,
+            point: &t.point,
+            value: t.value,
+            raw: t.raw,
+            at: naive(t.at),
+        });
+    }
+
+    fn packet_row(&mut self, p: &'a PacketRow) {
+        if too_long("device id", &p.device_id, DEVICE_ID_MAX) {
+            self.dropped += 1;
+            return;
+        }
+        self.packets.push(NewPacket {
+            device_id: &p.device_id,
+            direction: p.direction.as_str(),
+            kind: p.kind.as_str(),
+            hex: hex::encode_upper(&p.bytes),
+            at: naive(p.at),
+        });
+    }
+
+    fn event_row(&mut self, e: &'a ConnEventRow) {
+        if too_long("device id", &e.device_id, DEVICE_ID_MAX)
+            || too_long("remote address", &e.remote_addr, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.events.push(NewEvent {
+            device_id: &e.device_id,
+            event: e.event.as_str(),
+            remote_addr: &e.remote_addr,
+            detail: &e.detail,
+            at: naive(e.at),
+        });
+    }
+
+    fn device_row(&mut self, d: &'a DeviceRow) {
+        if too_long("device id", &d.id, DEVICE_ID_MAX)
+            || too_long("protocol", &d.protocol, 32)
+            || too_long("profile", d.profile.as_deref().unwrap_or(""), NAME_MAX)
+            || too_long("remote address", &d.remote_addr, NAME_MAX)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.devices.push(NewDevice {
+            id: &d.id,
+            protocol: &d.protocol,
+            profile: d.profile.as_deref(),
+            remote_addr: &d.remote_addr,
+            online: i16::from(d.online),
+            connected_at: naive(d.connected_at),
+            last_seen: naive(d.last_seen),
+        });
+    }
+
+    fn command_row(&mut self, c: &'a CommandRow) {
+        if too_long("command id", &c.id, 40)
+            || too_long("device id", &c.device_id, DEVICE_ID_MAX)
+            || too_long("status", &c.status, 16)
+            || too_long(
+                "requested_by",
+                c.requested_by.as_deref().unwrap_or(""),
+                DEVICE_ID_MAX,
+            )
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.commands.push(NewCommand {
+            id: &c.id,
+            device_id: &c.device_id,
+            request: &c.request,
+            status: &c.status,
+            result: c.result.as_deref(),
+            error: c.error.as_deref(),
+            requested_by: c.requested_by.as_deref(),
+            created_at: naive(c.created_at),
+            updated_at: naive(c.updated_at),
+        });
+    }
+
+    fn delivery_row(&mut self, d: &'a DeliveryRow) {
+        if too_long("webhook id", &d.webhook_id, 40)
+            || too_long("delivery id", &d.delivery, 64)
+            || too_long("event", &d.event, 32)
+            || too_long("outcome", &d.outcome, 16)
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.deliveries.push(NewDelivery {
+            webhook_id: &d.webhook_id,
+            delivery: &d.delivery,
+            event: &d.event,
+            events: i32::try_from(d.events).unwrap_or(i32::MAX),
+            attempt: i32::try_from(d.attempt).unwrap_or(i32::MAX),
+            outcome: &d.outcome,
+            status_code: d.status_code.map(i32::from),
+            error: d.error.as_deref(),
+            latency_ms: i64::try_from(d.latency_ms).unwrap_or(i64::MAX),
+            at: naive(d.at),
+        });
+    }
+
+    /// Runs inside the caller's transaction.
+    fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
+        let binds = max_binds(backend);
+        for chunk in self.devices.chunks(rows_per_insert(binds, 7)) {
+            on_inner!(conn, c => c.upsert(chunk),
+                      mysql c => mysql::upsert_devices(c, chunk))?;
+        }
+        for chunk in self.commands.chunks(rows_per_insert(binds, 9)) {
+            on_inner!(conn, c => c.upsert(chunk),
+                      mysql c => mysql::upsert_commands(c, chunk))?;
+        }
+        for chunk in self.deliveries.chunks(rows_per_insert(binds, 10)) {
+            on_inner!(conn, c => diesel::insert_into(webhook_deliveries::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::deliveries(c, chunk))?;
+        }
+        for chunk in self.events.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(connection_events::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::events(c, chunk))?;
+        }
+        for chunk in self.packets.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(raw_packets::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::packets(c, chunk))?;
+        }
+        // Telemetry is the bulk of every batch: PostgreSQL takes it through binary COPY, the
+        // others through multi-row INSERTs.
+        if let AnyConnection::Postgresql(c) = conn {
+            if !self.telemetry.is_empty() {
+                diesel::copy_from(telemetry::table)
+                    .from_insertable(self.telemetry.clone())
+                    .execute(c)?;
+            }
+            return Ok(());
+        }
+        for chunk in self.telemetry.chunks(rows_per_insert(binds, 5)) {
+            on_inner!(conn, c => diesel::insert_into(telemetry::table)
+                .values(chunk)
+                .execute(c),
+                mysql c => mysql::telemetry(c, chunk))?;
+        }
+        Ok(())
+    }
+}
+
+/// Insert-or-update by id (`ON CONFLICT (id) DO UPDATE`), on PostgreSQL and SQLite.
+trait Upsert<R> {
+    fn upsert(&mut self, chunk: &[R]) -> QueryResult<usize>;
+}
+
+/// Implements [`Upsert`] of the rows `$row` with the statement macro `$statement`: one
+/// multi-row statement on PostgreSQL; one statement per row on SQLite, where diesel has no
+/// multi-row upsert (a batch holds few, and this runs inside the batch's transaction).
+macro_rules! upsert_by_id {
+    ($row:ident, $statement:ident) => {
+        impl Upsert<$row<'_>> for diesel::PgConnection {
+            fn upsert(&mut self, chunk: &[$row<'_>]) -> QueryResult<usize> {
+                $statement!(chunk).execute(self)
+            }
+        }
+
+        impl Upsert<$row<'_>> for diesel::SqliteConnection {
+            fn upsert(&mut self, chunk: &[$row<'_>]) -> QueryResult<usize> {
+                chunk.iter().map(|row| $statement!(row).execute(self)).sum()
+            }
+        }
+    };
+}
+
+/// A device's facts replace the stored ones.
+macro_rules! upsert_devices {
+    ($values:expr) => {{
+        use super::schema::devices::dsl::*;
+        diesel::insert_into(devices)
+            .values($values)
+            .on_conflict(id)
+            .do_update()
+            .set((
+                protocol.eq(excluded(protocol)),
+                profile.eq(excluded(profile)),
+                remote_addr.eq(excluded(remote_addr)),
+                online.eq(excluded(online)),
+                connected_at.eq(excluded(connected_at)),
+                last_seen.eq(excluded(last_seen)),
+            ))
+    }};
+}
+
+/// A command's state replaces the stored one; what was asked, by whom and when stay.
+macro_rules! upsert_commands {
+    ($values:expr) => {{
+        use super::schema::commands::dsl::*;
+        diesel::insert_into(commands)
+            .values($values)
+            .on_conflict(id)
+            .do_update()
+            .set((
+                status.eq(excluded(status)),
+                result.eq(excluded(result)),
+                error.eq(excluded(error)),
+                updated_at.eq(excluded(updated_at)),
+            ))
+    }};
+}
+
+upsert_by_id!(NewDevice, upsert_devices);
+upsert_by_id!(NewCommand, upsert_commands);
+
+impl Db {
+    /// Writes rows in one transaction: multi-row INSERTs per table (chunked under the backend's
+    /// bind-parameter limit), devices and commands upserted by id (the last of a batch wins).
+    /// All or nothing. Returns the rows stored: a row that no backend could store the same way
+    /// (a non-finite value, a device id over 64 characters) is dropped with a warning rather
+    /// than failing the whole batch forever. Blocking.
+    pub fn write(&self, rows: &[Row]) -> Result<usize, StorageError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let batch = Batch::new(rows);
+        let mut conn = self.conn()?;
+        let backend = self.backend;
+        conn.transaction(|c| batch.insert(c, backend))?;
+        Ok(rows.len() - batch.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_stay_under_the_bind_limits() {
+        assert!(rows_per_insert(max_binds(Backend::Sqlite), 7) * 7 <= 32_766);
+        assert!(rows_per_insert(max_binds(Backend::Postgres), 5) * 5 <= 65_535);
+        assert_eq!(rows_per_insert(10, 20), 1);
+    }
+
+    #[test]
+    fn the_last_version_of_each_id_wins_in_order() {
+        let rows = vec![("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2)];
+        let (latest, left_out) = latest_by_id(rows, |r| r.0);
+        assert_eq!(latest, vec![("a", 2), ("c", 1), ("b", 2)]);
+        assert_eq!(left_out, 2);
+    }
+}
