@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{TimeZone, Utc};
-use dtu_supervisor::settings::StorageSettings;
 use dtu_supervisor::storage::rows::{ConnEvent, ConnEventRow, Row, TelemetryRow};
+use dtu_supervisor::storage::StorageSettings;
 use dtu_supervisor::storage::{
     BatchWriter, Db, FlushAll, FlushReport, GetStats, Storage, StorageError, StorageStats, Store,
     StoreMany,

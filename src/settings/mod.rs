@@ -29,6 +29,7 @@ use crate::events::webhooks::{WebhookDeliverySettings, WebhookSettings};
 use crate::protocol::link::{Heartbeat, Registration};
 use crate::protocol::points::Point;
 use crate::protocol::Protocol;
+use crate::storage::StorageSettings;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
 
@@ -122,25 +123,6 @@ pub struct DatabaseSettings {
     pub url: String,
     /// At least 1.
     pub pool_size: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StorageSettings {
-    /// Rows per write; at least 1.
-    pub batch_size: usize,
-    /// Longest a row waits in memory.
-    pub flush_interval: Duration,
-    /// Rows held while the database is unreachable; at least 1.
-    pub max_buffer: usize,
-    pub store_heartbeats: bool,
-    /// Where rows go while the database is unreachable and the buffer is full.
-    pub spool_path: PathBuf,
-    /// Telemetry older than this is deleted; None keeps it for good ("forever").
-    pub retention_telemetry: Option<Duration>,
-    /// Raw packets older than this are deleted; None keeps them for good.
-    pub retention_packets: Option<Duration>,
-    /// Webhook delivery attempts older than this are deleted; None keeps them for good.
-    pub retention_deliveries: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use super::rows::{PacketKind, Row};
 use super::spool::{Spool, SpoolPos};
 use super::writer::{BatchWriter, DbWriter, WriteBatch};
 use super::{FlushAll, FlushReport, GetStats, StorageError, StorageStats, Store, StoreMany};
-use crate::settings::StorageSettings;
+use crate::storage::StorageSettings;
 
 /// First retry delay after a failed write; doubles per failure up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);

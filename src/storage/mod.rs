@@ -39,6 +39,7 @@ mod time;
 mod url;
 mod writer;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -50,6 +51,27 @@ pub use db::{Db, StorageError};
 pub use rows::Row;
 pub use spool::Spool;
 pub use writer::{BatchWriter, DbWriter, WriteBatch};
+
+/// `[storage]`: how rows are batched, where they wait while the database is away, and how
+/// long history is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSettings {
+    /// Rows per write; at least 1.
+    pub batch_size: usize,
+    /// Longest a row waits in memory.
+    pub flush_interval: Duration,
+    /// Rows held while the database is unreachable; at least 1.
+    pub max_buffer: usize,
+    pub store_heartbeats: bool,
+    /// Where rows go while the database is unreachable and the buffer is full.
+    pub spool_path: PathBuf,
+    /// Telemetry older than this is deleted; None keeps it for good ("forever").
+    pub retention_telemetry: Option<Duration>,
+    /// Raw packets older than this are deleted; None keeps them for good.
+    pub retention_packets: Option<Duration>,
+    /// Webhook delivery attempts older than this are deleted; None keeps them for good.
+    pub retention_deliveries: Option<Duration>,
+}
 
 /// Writes a row at once, off the async threads, for records a client may read right after an
 /// event about them (a command's state after `command.completed`): the batched path could
