@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dtu_supervisor::sim::{spawn_fleet, SimConfig, SimProtocol};
+use dtu_supervisor::protocol::{framed, Protocol};
+use dtu_supervisor::sim::{spawn_fleet, SimConfig};
 use dtu_supervisor::storage::db::Db;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -251,7 +252,7 @@ type = "u16"
     rt.block_on(async {
         let config = SimConfig {
             server: format!("127.0.0.1:{framed}").parse().expect("addr"),
-            protocol: SimProtocol::Framed,
+            protocol: Protocol::of(&framed::PROTOCOL),
             heartbeat: Duration::from_secs(10),
             ..SimConfig::default()
         };

@@ -1,44 +1,39 @@
 //! `dtu-sim` — N simulated DTUs that dial the server, register, heartbeat and answer
 //! Modbus polls with changing register values. The logic lives in `dtu_supervisor::sim`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use dtu_supervisor::protocol::link::Role;
+use dtu_supervisor::protocol::Protocol;
+use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
-use dtu_supervisor::sim::{self, FixedValue, SimConfig, SimProtocol};
+use dtu_supervisor::sim::{self, FixedValue, SimConfig};
 
-/// What `--protocol` accepts: the two Modbus DTU protocols and `$TTMS` relay terminals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CliProtocol {
-    Dtu(SimProtocol),
-    Ttms,
+/// `--protocol`: any protocol a listener speaks, in any case.
+fn protocol(s: &str) -> Result<Protocol, String> {
+    s.to_ascii_lowercase().parse()
 }
 
-impl std::str::FromStr for CliProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.eq_ignore_ascii_case("ttms") {
-            return Ok(CliProtocol::Ttms);
-        }
-        s.parse()
-            .map(CliProtocol::Dtu)
-            .map_err(|_| format!("unknown protocol {s:?} (expected framed, transparent or ttms)"))
-    }
+fn protocol_help() -> String {
+    format!("Wire protocol: {}", Protocol::names())
 }
 
-/// Simulate dial-in DTUs (framed or transparent) or `$TTMS` relay terminals (ttms: each sends
-/// `--data-every` a frame to the next terminal of the ring) for demos, tests and load.
+/// Simulate dial-in DTUs of any polled protocol (framed, transparent, ...) or `$TTMS` relay
+/// terminals (ttms: each sends `--data-every` a frame to the next terminal of the ring) for
+/// demos, tests and load.
 #[derive(Debug, Parser)]
 #[command(name = "dtu-sim", version)]
 struct Args {
     /// Server address to dial (host:port).
     #[arg(long, env = "DTU_SIM_SERVER", default_value = "127.0.0.1:22334")]
     server: String,
-    /// Wire protocol: framed, transparent or ttms.
-    #[arg(long, default_value = "framed")]
-    protocol: CliProtocol,
+    // The names come from the list of protocols, so a new one shows up here by itself.
+    #[arg(long, default_value = "framed", value_parser = protocol, help = protocol_help())]
+    protocol: Protocol,
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
     count: usize,
@@ -46,8 +41,8 @@ struct Args {
     /// 860000000000000 + n, or n itself when it has 15 digits; ttms: the first 4-byte ccid).
     #[arg(long, default_value_t = 1001)]
     first_id: u64,
-    /// Heartbeat interval (500ms, 30s, 5m, ...).
-    #[arg(long, default_value = "30s", value_parser = sim::parse_duration)]
+    /// Heartbeat interval, with its unit: 500ms, 30s, 5m, ...
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     heartbeat: Duration,
     /// Modbus slave address the simulated meters answer to.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
@@ -61,11 +56,12 @@ struct Args {
     /// Send the first heartbeat in the same TCP write as the registration.
     #[arg(long)]
     glue: bool,
-    /// Transparent heartbeat text.
+    /// Heartbeat text, where the protocol leaves the heartbeat to the DTU (transparent).
     #[arg(long, default_value = "www.usr.cn")]
     heartbeat_ascii: String,
-    /// Framed: send a `03 LL data` packet this often; ttms: a data frame to the next terminal.
-    #[arg(long, value_parser = sim::parse_duration)]
+    /// Send a data packet this often where the protocol has them (framed: `03 LL data`);
+    /// ttms: a data frame to the next terminal.
+    #[arg(long, value_parser = parse_duration)]
     data_every: Option<Duration>,
     // Plain `help` rather than a doc comment: rustdoc would read the brackets as links.
     #[arg(
@@ -75,7 +71,7 @@ struct Args {
     )]
     set: Vec<FixedValue>,
     /// Print counters this often at info level (0s: never).
-    #[arg(long, default_value = "10s", value_parser = sim::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stats_every: Duration,
 }
 
@@ -91,6 +87,23 @@ async fn main() -> ExitCode {
     }
 }
 
+/// What to run, checked.
+#[derive(Debug)]
+enum Plan {
+    /// `$TTMS` relay terminals, ccids `first..first + count`.
+    Terminals {
+        config: TtmsSimConfig,
+        count: u32,
+        first: u32,
+    },
+    /// Polled DTUs numbered `first..first + count`.
+    Devices {
+        config: SimConfig,
+        count: usize,
+        first: u64,
+    },
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     // Prefer IPv4: "localhost" often resolves to ::1 first while servers bind 0.0.0.0.
     let addresses: Vec<_> = tokio::net::lookup_host(&args.server)
@@ -103,6 +116,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|| addresses.first())
         .copied()
         .with_context(|| format!("{} resolves to no address", args.server))?;
+    let (rate, stats_every) = (args.rate, args.stats_every);
+    match plan(args, server)? {
+        Plan::Terminals {
+            config,
+            count,
+            first,
+        } => {
+            let total = sim_ttms::run_terminals(config, count, first, stats_every).await;
+            if total.connects == 0 {
+                bail!("no terminal could connect to {server}");
+            }
+        }
+        Plan::Devices {
+            config,
+            count,
+            first,
+        } => {
+            let total = sim::run_fleet(config, count, first, rate, stats_every).await;
+            if total.connects == 0 && total.connect_failures > 0 {
+                bail!("no device could connect to {server}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the arguments and says what to run against `server`; the protocol's role decides
+/// whether its devices are simulated DTUs or relay terminals.
+fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -110,42 +152,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .first_id
         .checked_add(args.count as u64 - 1)
         .context("--first-id + --count overflows")?;
-    let protocol = match args.protocol {
-        CliProtocol::Dtu(p) => p,
-        CliProtocol::Ttms => SimProtocol::Framed,
-    };
-    if args.protocol != CliProtocol::Dtu(SimProtocol::Transparent) && last_id > u64::from(u32::MAX)
-    {
-        bail!("framed device numbers and ttms ccids are 4 bytes: {last_id} is too large");
-    }
     if args.heartbeat.is_zero() {
         bail!("--heartbeat must be more than 0");
-    }
-    if protocol == SimProtocol::Transparent && args.heartbeat_ascii.is_empty() {
-        bail!("--heartbeat-ascii must not be empty");
     }
     if args.data_every.is_some_and(|d| d.is_zero()) {
         bail!("--data-every must be more than 0");
     }
-
-    if args.protocol == CliProtocol::Ttms {
+    if let Role::Relay = args.protocol.role() {
+        let (Ok(count), Ok(first), true) = (
+            u32::try_from(args.count),
+            u32::try_from(args.first_id),
+            last_id <= u64::from(u32::MAX),
+        ) else {
+            bail!(
+                "{} ccids are 4 bytes: {last_id} is too large",
+                args.protocol
+            );
+        };
         let config = TtmsSimConfig {
             server,
             heartbeat: args.heartbeat,
             data_every: args.data_every,
             reconnect: args.reconnect,
         };
-        // Both fit in 4 bytes: checked against last_id above.
-        let (count, first) = (args.count as u32, args.first_id as u32);
-        let total = sim_ttms::run_terminals(config, count, first, args.stats_every).await;
-        if total.connects == 0 {
-            bail!("no terminal could connect to {server}");
-        }
-        return Ok(());
+        return Ok(Plan::Terminals {
+            config,
+            count,
+            first,
+        });
     }
     let config = SimConfig {
         server,
-        protocol,
+        protocol: args.protocol,
         slave: args.slave,
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
@@ -155,17 +193,99 @@ async fn run(args: Args) -> anyhow::Result<()> {
         initial_values: args.set,
         ..SimConfig::default()
     };
-
-    let total = sim::run_fleet(
-        config,
-        args.count,
-        args.first_id,
-        args.rate,
-        args.stats_every,
-    )
-    .await;
-    if total.connects == 0 && total.connect_failures > 0 {
-        bail!("no device could connect to {server}");
+    let link = config.device_link()?;
+    for number in [args.first_id, last_id] {
+        link.registration_id(number).map_err(anyhow::Error::msg)?;
     }
-    Ok(())
+    if link.heartbeat().is_empty() {
+        bail!("--heartbeat-ascii must not be empty");
+    }
+    Ok(Plan::Devices {
+        config,
+        count: args.count,
+        first: args.first_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtu_supervisor::protocol::PROTOCOLS;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("dtu-sim").chain(args.iter().copied()))
+    }
+
+    fn planned(args: &[&str]) -> anyhow::Result<Plan> {
+        plan(parse(args)?, SocketAddr::from(([127, 0, 0, 1], 22334)))
+    }
+
+    #[test]
+    fn every_protocol_is_accepted_in_any_case() {
+        for entry in PROTOCOLS {
+            for name in [entry.name.to_string(), entry.name.to_ascii_uppercase()] {
+                let args = ["--protocol", name.as_str()];
+                let protocol = parse(&args).unwrap().protocol;
+                assert_eq!(protocol.as_str(), entry.name);
+                match planned(&args).unwrap() {
+                    Plan::Terminals { .. } => assert!(protocol.is_relay(), "{name}"),
+                    Plan::Devices { config, .. } => {
+                        assert!(!protocol.is_relay(), "{name}");
+                        assert_eq!(config.protocol, protocol);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_protocol_lists_every_name() {
+        let err = parse(&["--protocol", "modbus"]).unwrap_err().to_string();
+        assert!(err.contains(&Protocol::names()), "{err}");
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        let args = parse(&["--heartbeat", "500ms", "--stats-every", "0s"]).unwrap();
+        assert_eq!(args.heartbeat, Duration::from_millis(500));
+        assert_eq!(args.stats_every, Duration::ZERO);
+        assert_eq!(
+            parse(&["--data-every", "5m"]).unwrap().data_every,
+            Some(Duration::from_secs(300))
+        );
+        for bad in ["30", "1x", ""] {
+            assert!(parse(&["--heartbeat", bad]).is_err(), "{bad:?}");
+        }
+        assert!(planned(&["--heartbeat", "0s"]).is_err());
+        assert!(planned(&["--data-every", "0s"]).is_err());
+    }
+
+    #[test]
+    fn device_numbers_must_fit_the_protocol() {
+        let top = u64::from(u32::MAX).to_string();
+        assert!(planned(&["--first-id", &top]).is_ok());
+        let err = planned(&["--first-id", &top, "--count", "2"]).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        assert!(planned(&[
+            "--protocol",
+            "transparent",
+            "--first-id",
+            &top,
+            "--count",
+            "2"
+        ])
+        .is_ok());
+        let err = planned(&["--protocol", "ttms", "--first-id", &top, "--count", "2"]).unwrap_err();
+        assert!(err.to_string().contains("4 bytes"), "{err}");
+        assert!(planned(&["--count", "0"]).is_err());
+        assert!(planned(&["--first-id", &u64::MAX.to_string(), "--count", "2"]).is_err());
+    }
+
+    #[test]
+    fn a_configured_heartbeat_must_not_be_empty() {
+        let err = planned(&["--protocol", "transparent", "--heartbeat-ascii", ""]).unwrap_err();
+        assert!(err.to_string().contains("--heartbeat-ascii"), "{err}");
+        // The framed heartbeat is the protocol's own.
+        assert!(planned(&["--heartbeat-ascii", ""]).is_ok());
+    }
 }

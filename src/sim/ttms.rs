@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 
 use tokio_util::codec::Decoder;
 
+use super::fleet::until_stopped;
+use crate::protocol::hex::to_hex;
 use crate::protocol::ttms::{
     ccid_id, TtmsCodec, TtmsFrame, TtmsItem, CMD_DATA, CMD_HEARTBEAT, HEADER_IN, HEADER_OUT,
 };
@@ -119,10 +121,7 @@ fn next_frame(buf: &mut BytesMut) -> Option<FromServer> {
         Ok(None) => return None,
         Ok(Some(TtmsItem::Frame(frame))) => frame,
         Ok(Some(TtmsItem::BadChecksum { raw, .. })) => {
-            return Some(FromServer::Bad(format!(
-                "bad checksum {}",
-                hex::encode(&raw)
-            )))
+            return Some(FromServer::Bad(format!("bad checksum {}", to_hex(&raw))))
         }
         Err(e) => {
             // No way to find the next frame in garbage: drop what is buffered.
@@ -131,23 +130,14 @@ fn next_frame(buf: &mut BytesMut) -> Option<FromServer> {
         }
     };
     let forwarded = &frame.header == HEADER_OUT;
-    Some(match (forwarded, frame.cmd) {
-        (false, CMD_HEARTBEAT) if frame.body.len() == 4 => FromServer::HeartbeatAnswer {
-            unix_time: u32::from_be_bytes([
-                frame.body[0],
-                frame.body[1],
-                frame.body[2],
-                frame.body[3],
-            ]),
-        },
-        (true, CMD_DATA) => FromServer::Forwarded {
+    let unix_time = <[u8; 4]>::try_from(&frame.body[..]).map(u32::from_be_bytes);
+    Some(match (forwarded, frame.cmd, unix_time) {
+        (false, CMD_HEARTBEAT, Ok(unix_time)) => FromServer::HeartbeatAnswer { unix_time },
+        (true, CMD_DATA, _) => FromServer::Forwarded {
             sender: frame.addr,
             body: frame.body.to_vec(),
         },
-        _ => FromServer::Bad(format!(
-            "unexpected frame {}",
-            hex::encode(frame.to_bytes())
-        )),
+        _ => FromServer::Bad(format!("unexpected frame {}", to_hex(&frame.to_bytes()))),
     })
 }
 
@@ -228,7 +218,8 @@ async fn run_connection(
 }
 
 /// Runs `count` terminals with ccids `first..`, each sending to the next (the last to the
-/// first), until SIGINT/SIGTERM; logs the counters every `report_every`.
+/// first), until SIGINT/SIGTERM (or until every terminal has stopped, without `reconnect`);
+/// logs the counters every `report_every` (`Duration::ZERO`: never).
 pub async fn run_terminals(
     config: TtmsSimConfig,
     count: u32,
@@ -249,24 +240,13 @@ pub async fn run_terminals(
             spawn_terminal(ccid, next, config.clone(), stats.clone())
         })
         .collect();
-    let mut ticker = tokio::time::interval(if report_every.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        report_every
-    });
-    ticker.tick().await;
-    let all_ended = futures_util::future::join_all(tasks);
-    tokio::pin!(all_ended);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = &mut all_ended => {
-                info!("every terminal has stopped");
-                break;
-            }
-            _ = ticker.tick(), if !report_every.is_zero() => info!("{}", stats.snapshot()),
-        }
-    }
+    let all_ended = async {
+        futures_util::future::join_all(tasks).await;
+    };
+    until_stopped(all_ended, "terminal", report_every, || {
+        info!("{}", stats.snapshot())
+    })
+    .await;
     let total = stats.snapshot();
     info!("{total}");
     total
