@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::command::queue::{OfflineQueue, QueueContext};
 use crate::command::send::Commands;
+use crate::command::Routes;
 use crate::conn::listener::{Listener, Services};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
@@ -106,13 +107,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // The supervisor and the offline queue each need the other's address.
     let supervisor_ctx = Context::<Supervisor>::new();
+    let routes = Routes {
+        route: supervisor_ctx.address().recipient(),
+        kick: supervisor_ctx.address().recipient(),
+    };
     let queue = OfflineQueue::new(
         QueueContext {
             db: db.clone(),
             storage: storage.clone(),
             events: events.clone(),
         },
-        supervisor_ctx.address(),
+        routes.clone(),
     )
     .start();
     let supervisor = supervisor_ctx.run(
@@ -166,7 +171,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         db: db.clone(),
         storage: storage.clone(),
         commands: Commands {
-            supervisor: supervisor.clone(),
+            routes,
             db: db.clone(),
             storage: storage.clone(),
             events: events.clone(),

@@ -10,7 +10,7 @@ pub mod record;
 pub mod request;
 pub mod send;
 
-use actix::Message;
+use actix::{Message, Recipient};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
@@ -118,6 +118,13 @@ pub fn status_of(result: &Result<CommandOutcome, CommandError>) -> &'static str 
 }
 
 // The messages that route a command; the supervisor answers them.
+
+/// How commands reach the supervisor.
+#[derive(Clone)]
+pub struct Routes {
+    pub route: Recipient<RouteCommand>,
+    pub kick: Recipient<KickQueue>,
+}
 
 /// Hands a command to the connection holding `id`; its end comes through `reply`. Refused
 /// (`Locked`) while another token than `token` holds the device's control lock.

@@ -29,12 +29,11 @@ use tokio::sync::oneshot;
 use crate::command::record;
 use crate::command::request::parse_request;
 use crate::command::{CommandError, CommandOutcome};
-use crate::command::{KickQueue, RouteCommand};
+use crate::command::{KickQueue, RouteCommand, Routes};
 use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::CommandRow;
 use crate::storage::Storage;
-use crate::supervisor::Supervisor;
 
 /// How often queued commands past their expiry are marked `expired`.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -62,17 +61,17 @@ pub struct DeliverQueue {
 /// order, and the expiry sweep.
 pub struct OfflineQueue {
     ctx: Arc<QueueContext>,
-    supervisor: Addr<Supervisor>,
+    routes: Routes,
     /// Devices whose queue is being delivered, and whether to look again when that ends (the
     /// device registered again, or a command was queued, meanwhile).
     delivering: HashMap<String, bool>,
 }
 
 impl OfflineQueue {
-    pub fn new(ctx: QueueContext, supervisor: Addr<Supervisor>) -> OfflineQueue {
+    pub fn new(ctx: QueueContext, routes: Routes) -> OfflineQueue {
         OfflineQueue {
             ctx: Arc::new(ctx),
-            supervisor,
+            routes,
             delivering: HashMap::new(),
         }
     }
@@ -82,7 +81,7 @@ impl Actor for OfflineQueue {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        actix_rt::spawn(sweep(self.ctx.clone(), self.supervisor.clone()));
+        actix_rt::spawn(sweep(self.ctx.clone(), self.routes.kick.clone()));
     }
 }
 
@@ -95,9 +94,9 @@ impl Handler<DeliverQueue> for OfflineQueue {
             return;
         }
         self.delivering.insert(msg.id.clone(), false);
-        let (queue, supervisor, me) = (self.ctx.clone(), self.supervisor.clone(), ctx.address());
+        let (queue, route, me) = (self.ctx.clone(), self.routes.route.clone(), ctx.address());
         actix_rt::spawn(async move {
-            deliver(queue, supervisor, msg.id.clone()).await;
+            deliver(queue, route, msg.id.clone()).await;
             me.do_send(DeliveryDone { id: msg.id });
         });
     }
@@ -116,7 +115,7 @@ impl Handler<DeliveryDone> for OfflineQueue {
     fn handle(&mut self, msg: DeliveryDone, _: &mut Context<Self>) {
         if self.delivering.remove(&msg.id) == Some(true) {
             // Asked again while delivering: the supervisor checks it is still online.
-            self.supervisor.do_send(KickQueue { id: msg.id });
+            self.routes.kick.do_send(KickQueue { id: msg.id });
         }
     }
 }
@@ -144,10 +143,10 @@ enum Step {
 /// Delivers the queued commands of `device` in order while it stays online; returns when none
 /// is left, the device is gone, or the database fails (the rest then wait for the next
 /// registration).
-async fn deliver(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>, device: String) {
+async fn deliver(ctx: Arc<QueueContext>, route: Recipient<RouteCommand>, device: String) {
     let mut delivered = 0usize;
     loop {
-        match deliver_next(&ctx, &supervisor, &device).await {
+        match deliver_next(&ctx, &route, &device).await {
             Ok(Step::Next) => delivered += 1,
             Ok(Step::Stop) => break,
             Err(e) => {
@@ -163,7 +162,7 @@ async fn deliver(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>, device: S
 
 async fn deliver_next(
     ctx: &QueueContext,
-    supervisor: &Addr<Supervisor>,
+    route: &Recipient<RouteCommand>,
     device: &str,
 ) -> Result<Step, StorageError> {
     let key = device.to_string();
@@ -192,7 +191,7 @@ async fn deliver_next(
         }
     };
     let (reply, answer) = oneshot::channel();
-    let routed = supervisor
+    let routed = route
         .send(RouteCommand {
             id: device.to_string(),
             command,
@@ -292,7 +291,7 @@ const KICK_BATCH: i64 = 10_000;
 /// queued, so that a delivery stopped by a database error resumes while the device stays
 /// online (the supervisor ignores offline devices and ones being delivered). Runs for the
 /// life of the server.
-async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
+async fn sweep(ctx: Arc<QueueContext>, kick: Recipient<KickQueue>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -304,7 +303,7 @@ async fn sweep(ctx: Arc<QueueContext>, supervisor: Addr<Supervisor>) {
         match ctx.db.call(|db| db.queued_devices(KICK_BATCH)).await {
             Ok(devices) => {
                 for id in devices {
-                    supervisor.do_send(KickQueue { id });
+                    kick.do_send(KickQueue { id });
                 }
             }
             Err(e) => log::warn!("offline queue: cannot list waiting devices: {e}"),

@@ -10,17 +10,17 @@ use tokio::sync::oneshot;
 
 use crate::command::record::finish;
 use crate::command::request::{CommandBody, RequestError};
-use crate::command::{CommandError, CommandOutcome, KickQueue, RouteCommand};
+use crate::command::{CommandError, CommandOutcome, KickQueue, RouteCommand, Routes};
 use crate::events::bus::EventBus;
 use crate::storage::db::{Db, QueuedCommand, StorageError};
 use crate::storage::rows::{new_id, CommandRow, Row};
 use crate::storage::{store_now, Storage};
-use crate::supervisor::Supervisor;
 
 /// What sending a command needs. Cheap to clone.
 #[derive(Clone)]
 pub struct Commands {
-    pub supervisor: Addr<Supervisor>,
+    /// The supervisor, which routes commands.
+    pub routes: Routes,
     pub db: Db,
     /// Where records go when the database cannot take them at once.
     pub storage: Addr<Storage>,
@@ -86,7 +86,8 @@ impl Commands {
         let cid = new_id('c');
         let (reply, answer) = oneshot::channel();
         let routed = self
-            .supervisor
+            .routes
+            .route
             .send(RouteCommand {
                 id: device.to_string(),
                 command,
@@ -173,7 +174,7 @@ impl Commands {
             "device {device}: command {cid} queued (#{seq}) by {} until {expires_at}",
             by.name
         );
-        self.supervisor.do_send(KickQueue {
+        self.routes.kick.do_send(KickQueue {
             id: device.to_string(),
         });
         Ok(Sent::Queued {

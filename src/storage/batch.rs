@@ -7,19 +7,17 @@
 
 use std::collections::HashSet;
 
-use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
 use super::db::{on_inner, AnyConnection, Backend, Db, StorageError};
+use super::insert::{NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewTelemetry};
 #[cfg(feature = "mysql")]
 use super::mysql;
 use super::rows::{
     CommandRow, ConnEventRow, DeliveryRow, DeviceRow, PacketRow, Row, TelemetryRow, DEVICE_ID_MAX,
 };
-use super::schema::{
-    commands, connection_events, devices, raw_packets, telemetry, webhook_deliveries,
-};
+use super::schema::{connection_events, raw_packets, telemetry, webhook_deliveries};
 use super::time::naive;
 
 /// Bind parameters one statement may carry, per backend (SQLite's default
@@ -41,80 +39,6 @@ const NAME_MAX: usize = 128;
 
 fn rows_per_insert(max_binds: usize, columns: usize) -> usize {
     (max_binds / columns).clamp(1, MAX_ROWS_PER_INSERT)
-}
-
-#[derive(Insertable, Clone)]
-#[diesel(table_name = telemetry)]
-// No optional fields; this only makes the derive fit PostgreSQL's COPY.
-#[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewTelemetry<'a> {
-    pub(crate) device_id: &'a str,
-    pub(crate) point: &'a str,
-    pub(crate) value: f64,
-    pub(crate) raw: f64,
-    pub(crate) at: NaiveDateTime,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = raw_packets)]
-pub(crate) struct NewPacket<'a> {
-    pub(crate) device_id: &'a str,
-    pub(crate) direction: &'static str,
-    pub(crate) kind: &'static str,
-    pub(crate) hex: String,
-    pub(crate) at: NaiveDateTime,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = connection_events)]
-pub(crate) struct NewEvent<'a> {
-    pub(crate) device_id: &'a str,
-    pub(crate) event: &'static str,
-    pub(crate) remote_addr: &'a str,
-    pub(crate) detail: &'a str,
-    pub(crate) at: NaiveDateTime,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = devices)]
-pub(crate) struct NewDevice<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) protocol: &'a str,
-    pub(crate) profile: Option<&'a str>,
-    pub(crate) remote_addr: &'a str,
-    pub(crate) online: i16,
-    pub(crate) connected_at: NaiveDateTime,
-    pub(crate) last_seen: NaiveDateTime,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = commands)]
-pub(crate) struct NewCommand<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) request: &'a str,
-    pub(crate) status: &'a str,
-    pub(crate) result: Option<&'a str>,
-    pub(crate) error: Option<&'a str>,
-    pub(crate) requested_by: Option<&'a str>,
-    pub(crate) created_at: NaiveDateTime,
-    pub(crate) updated_at: NaiveDateTime,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = webhook_deliveries)]
-#[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewDelivery<'a> {
-    pub(crate) webhook_id: &'a str,
-    pub(crate) delivery: &'a str,
-    pub(crate) event: &'a str,
-    pub(crate) events: i32,
-    pub(crate) attempt: i32,
-    pub(crate) outcome: &'a str,
-    pub(crate) status_code: Option<i32>,
-    pub(crate) error: Option<&'a str>,
-    pub(crate) latency_ms: i64,
-    pub(crate) at: NaiveDateTime,
 }
 
 /// One write, sorted by table and checked.

@@ -31,6 +31,10 @@ use diesel::MysqlConnection;
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+pub use super::error::StorageError;
+pub use super::url::Backend;
+#[cfg(feature = "mysql")]
+use super::url::CONNECT_TIMEOUT;
 use super::url::{parse_url, scrub, DbUrl, Target};
 
 // The records of every table, so that callers name one module whatever the table.
@@ -85,61 +89,10 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 #[cfg(feature = "mysql")]
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
-/// How long a TCP connect to a database server may take before `connect` gives up.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection (the server being down included).
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-    Mysql,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-            Backend::Mysql => "mysql",
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What went wrong. No message ever carries the password of the database URL.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The URL cannot be used (unknown scheme, backend not compiled in, malformed).
-    #[error("database URL: {0}")]
-    Url(String),
-    /// The server (or file) could not be reached or opened, or no pooled connection was free.
-    #[error("database connection: {0}")]
-    Connect(String),
-    /// The schema migrations failed.
-    #[error("database migration: {0}")]
-    Migration(String),
-    /// A statement failed.
-    #[error("database query: {0}")]
-    Query(String),
-    /// The blocking task of [`Db::call`] panicked or was cancelled.
-    #[error("database task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl From<diesel::result::Error> for StorageError {
-    fn from(e: diesel::result::Error) -> Self {
-        StorageError::Query(e.to_string())
-    }
-}
 
 /// The r2d2 manager: opens the variant of `AnyConnection` that the URL's scheme names.
 pub struct AnyManager {

@@ -29,6 +29,8 @@
 mod actor;
 mod batch;
 pub mod db;
+mod error;
+mod insert;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod repo;

@@ -10,11 +10,10 @@
 use diesel::prelude::*;
 use diesel::MysqlConnection;
 
-use super::batch::{NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewTelemetry};
-use super::repo::commands::NewQueued;
-use super::repo::relay::NewRelay;
-use super::repo::tokens::NewToken;
-use super::repo::webhooks::NewWebhook;
+use super::insert::{
+    NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewQueued, NewRelay, NewTelemetry,
+    NewToken, NewWebhook,
+};
 
 /// `schema.rs` as MySQL inserts must bind it: `Datetime` wherever a time is stored.
 mod datetime_tables {

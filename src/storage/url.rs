@@ -1,7 +1,36 @@
 //! Database URLs: which backend a URL names, where it points, and its password, which no
 //! message may repeat (`redact`, `scrub`).
 
-use super::db::{Backend, StorageError, CONNECT_TIMEOUT};
+use std::time::Duration;
+
+use super::error::StorageError;
+
+/// How long a TCP connect to a database server may take before `connect` gives up.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database product a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[cfg(not(feature = "mysql"))]
 const MYSQL_FEATURE_HELP: &str = "this binary was built without MariaDB/MySQL support: \

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use crate::storage::db::{AnyConnection, Db, MultiBackend, StorageError};
+use crate::storage::insert::NewQueued;
 #[cfg(feature = "mysql")]
 use crate::storage::mysql;
 use crate::storage::rows::{CommandRow, DEVICE_ID_MAX};
@@ -27,21 +28,6 @@ pub struct QueuedCommand {
     pub expires_at: DateTime<Utc>,
     /// Delivery order within the device, from 1; assigned by `enqueue_command`.
     pub seq: i64,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = commands)]
-pub(crate) struct NewQueued<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) device_id: &'a str,
-    pub(crate) request: &'a str,
-    pub(crate) status: &'static str,
-    pub(crate) requested_by: Option<&'a str>,
-    pub(crate) token_id: Option<&'a str>,
-    pub(crate) created_at: NaiveDateTime,
-    pub(crate) updated_at: NaiveDateTime,
-    pub(crate) expires_at: NaiveDateTime,
-    pub(crate) queue_seq: i64,
 }
 
 /// How often `enqueue_command` tries again when a concurrent enqueue took the same sequence

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::storage::db::{on_inner, AnyConnection, Db, MultiBackend, StorageError};
+use crate::storage::insert::NewRelay;
 #[cfg(feature = "mysql")]
 use crate::storage::mysql;
 use crate::storage::schema::relay_queue;
@@ -29,15 +30,6 @@ pub enum Enqueued {
     Queued { depth: i64 },
     /// Not stored: the target already has `depth` frames waiting, the configured maximum.
     Full { depth: i64 },
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = relay_queue)]
-pub(crate) struct NewRelay<'a> {
-    pub(crate) target: &'a str,
-    pub(crate) sender: &'a str,
-    pub(crate) hex: String,
-    pub(crate) queued_at: NaiveDateTime,
 }
 
 impl Db {

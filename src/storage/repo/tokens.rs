@@ -4,6 +4,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use crate::storage::db::{on_inner, AnyConnection, Db, StorageError};
+use crate::storage::insert::NewToken;
 #[cfg(feature = "mysql")]
 use crate::storage::mysql;
 use crate::storage::schema::tokens;
@@ -20,18 +21,6 @@ pub struct TokenRecord {
     pub devices: Option<String>,
     pub created_at: DateTime<Utc>,
     pub revoked: bool,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = tokens)]
-pub(crate) struct NewToken<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) name: &'a str,
-    pub(crate) role: &'a str,
-    pub(crate) hash: &'a str,
-    pub(crate) devices: Option<&'a str>,
-    pub(crate) created_at: NaiveDateTime,
-    pub(crate) revoked: i16,
 }
 
 type TokenTuple = (

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::storage::db::{on_inner, AnyConnection, Db, StorageError};
+use crate::storage::insert::NewWebhook;
 #[cfg(feature = "mysql")]
 use crate::storage::mysql;
 use crate::storage::schema::webhooks;
@@ -37,18 +38,6 @@ pub struct DeliveryRecord {
     pub error: Option<String>,
     pub latency_ms: i64,
     pub at: DateTime<Utc>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = webhooks)]
-#[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewWebhook<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) url: &'a str,
-    pub(crate) events: &'a str,
-    pub(crate) secret: Option<&'a str>,
-    pub(crate) devices: Option<&'a str>,
-    pub(crate) created_at: NaiveDateTime,
 }
 
 type WebhookTuple = (
