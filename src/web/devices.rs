@@ -6,7 +6,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::{mailbox_error, AppState};
-use crate::supervisor::messages::{GetDevice, ListDevices};
+use crate::supervisor::messages::{DeviceView, GetDevice, ListDevices, Values};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/devices", web::get().to(list))
@@ -24,19 +24,27 @@ async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse
     Ok(HttpResponse::Ok().json(devices))
 }
 
+/// A device the caller may see, with its latest values; 404 when the server does not know it.
+async fn device(
+    state: &AppState,
+    caller: &Caller,
+    id: String,
+) -> Result<(DeviceView, Values), ApiError> {
+    caller.device(&id)?;
+    state
+        .supervisor
+        .send(GetDevice { id: id.clone() })
+        .await
+        .map_err(mailbox_error)?
+        .ok_or_else(|| ApiError::not_found(format!("unknown device {id}")))
+}
+
 async fn one(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    caller.device(&id)?;
-    let (view, values) = state
-        .supervisor
-        .send(GetDevice { id: id.clone() })
-        .await
-        .map_err(mailbox_error)?
-        .ok_or_else(|| ApiError::not_found(format!("unknown device {id}")))?;
+    let (view, values) = device(&state, &caller, id.into_inner()).await?;
     let mut body = serde_json::to_value(view).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(obj) = body.as_object_mut() {
         obj.insert("values".into(), json!(values));
@@ -49,13 +57,6 @@ async fn values(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    caller.device(&id)?;
-    let (_, values) = state
-        .supervisor
-        .send(GetDevice { id: id.clone() })
-        .await
-        .map_err(mailbox_error)?
-        .ok_or_else(|| ApiError::not_found(format!("unknown device {id}")))?;
+    let (_, values) = device(&state, &caller, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(values))
 }

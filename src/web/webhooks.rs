@@ -5,6 +5,8 @@
 //! DELETE answers 409 for them (remove them from the file). API ones live in the `webhooks`
 //! table and are started again at every start.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
@@ -122,13 +124,16 @@ async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse
     Ok(HttpResponse::Ok().json(state.webhooks.list()))
 }
 
-fn check_id(wid: &str) -> Result<(), ApiError> {
+/// The subscriber `wid` names, for an admin: 400 for an id longer than any, 404 for one
+/// that is not there.
+fn subscriber(state: &AppState, caller: &Caller, wid: &str) -> Result<Arc<Subscriber>, ApiError> {
+    caller.require(Role::Admin)?;
     if wid.chars().count() > 40 {
         return Err(ApiError::bad_request(
             "a webhook id has at most 40 characters",
         ));
     }
-    Ok(())
+    state.webhooks.get(wid).ok_or_else(|| unknown(wid))
 }
 
 fn unknown(wid: &str) -> ApiError {
@@ -140,10 +145,8 @@ async fn remove(
     caller: Caller,
     wid: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Role::Admin)?;
     let wid = wid.into_inner();
-    check_id(&wid)?;
-    let sub = state.webhooks.get(&wid).ok_or_else(|| unknown(&wid))?;
+    let sub = subscriber(&state, &caller, &wid)?;
     if sub.source == Source::Settings {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -166,10 +169,8 @@ async fn test(
     caller: Caller,
     wid: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Role::Admin)?;
     let wid = wid.into_inner();
-    check_id(&wid)?;
-    let sub = state.webhooks.get(&wid).ok_or_else(|| unknown(&wid))?;
+    let sub = subscriber(&state, &caller, &wid)?;
     let id = new_event_id();
     let body = envelope(
         &id,
@@ -217,12 +218,8 @@ async fn deliveries(
     wid: web::Path<String>,
     params: web::Query<DeliveryParams>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Role::Admin)?;
     let wid = wid.into_inner();
-    check_id(&wid)?;
-    if state.webhooks.get(&wid).is_none() {
-        return Err(unknown(&wid));
-    }
+    subscriber(&state, &caller, &wid)?;
     let limit = page_limit(params.limit, DELIVERIES_DEFAULT, DELIVERIES_MAX)?;
     let rows = state.db.call(move |db| db.deliveries(&wid, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))
