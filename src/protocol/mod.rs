@@ -24,8 +24,12 @@ use std::str::FromStr;
 use link::{LinkProtocol, Role};
 
 /// Every link protocol a listener can speak, one line each.
-pub const PROTOCOLS: &[&LinkProtocol] =
-    &[&framed::PROTOCOL, &transparent::PROTOCOL, &ttms::PROTOCOL];
+#[rustfmt::skip]
+pub const PROTOCOLS: &[&LinkProtocol] = &[
+    &framed::PROTOCOL,
+    &transparent::PROTOCOL,
+    &ttms::PROTOCOL,
+];
 
 /// A listener's link protocol: an entry of [`PROTOCOLS`], found by its name.
 #[derive(Clone, Copy)]
@@ -122,10 +126,20 @@ mod tests {
         let ttms = Protocol::by_name("ttms").unwrap();
         assert!(ttms.is_relay() && !ttms.needs_profile());
         assert_ne!(framed, transparent);
+        // The message names every protocol of the list, the last after "or".
         let err = "modbus".parse::<Protocol>().unwrap_err();
+        let names: Vec<&str> = PROTOCOLS.iter().map(|p| p.name).collect();
+        let (last, rest) = names.split_last().unwrap();
         assert_eq!(
             err,
-            "unknown protocol \"modbus\" (expected framed, transparent or ttms)"
+            format!(
+                "unknown protocol \"modbus\" (expected {} or {last})",
+                rest.join(", ")
+            )
+        );
+        assert!(
+            err.contains("framed, ") && err.ends_with(" or ttms)"),
+            "{err}"
         );
     }
 
