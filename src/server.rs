@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::command::queue::{OfflineQueue, QueueContext};
 use crate::command::send::Commands;
 use crate::command::Routes;
+use crate::conn;
 use crate::conn::listener::{Listener, Services};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
@@ -57,6 +58,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             ),
             _ => None,
         };
+        conn::listener::check(&l.name, l.protocol, profile.as_deref())
+            .map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.bind))?;

@@ -12,7 +12,7 @@
 //! - one whose device went away before it was written to the socket is put back (`sent` →
 //!   `queued`) and delivery stops: the rest stay queued, in order, for the next registration;
 //!   one that was written and then lost its connection ends `failed` (never sent twice);
-//! - one past its expiry is marked `expired` instead, at delivery time and by [`sweep`] every
+//! - one past its expiry is marked `expired` instead, at delivery time and by the sweep every
 //!   [`SWEEP_EVERY`] even if its device never comes back.
 //!
 //! Every end is recorded and raises `command.completed` through the same function as commands

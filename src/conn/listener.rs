@@ -54,9 +54,28 @@ enum Kind {
     Relay(Arc<RelayContext>),
 }
 
+/// Whether a listener speaking `protocol` can serve devices of `profile`: a polled protocol's
+/// codec must be buildable from it (a transparent DTU's profile says how it registers).
+pub fn check(name: &str, protocol: Protocol, profile: Option<&Profile>) -> Result<(), String> {
+    match protocol.role() {
+        Role::Polled { server, .. } => server(&link_options(profile))
+            .map(|_| ())
+            .map_err(|e| format!("listener {name}: {e}")),
+        Role::Relay => Ok(()),
+    }
+}
+
+/// What a polled protocol's codec takes from the profile.
+fn link_options(profile: Option<&Profile>) -> LinkOptions {
+    LinkOptions {
+        registration: profile.and_then(|p| p.registration.clone()),
+        heartbeat: profile.and_then(|p| p.heartbeat.clone()),
+    }
+}
+
 impl Listener {
     /// A listener speaking `protocol`, its devices polled with `profile`. Fails when the
-    /// protocol cannot make a codec from the profile (checked once here, not per connection).
+    /// protocol cannot make a codec from the profile ([`check`]).
     pub fn new(
         name: &str,
         protocol: Protocol,
@@ -73,11 +92,8 @@ impl Listener {
         });
         let kind = match protocol.role() {
             Role::Polled { server, .. } => {
-                let options = LinkOptions {
-                    registration: profile.as_ref().and_then(|p| p.registration.clone()),
-                    heartbeat: profile.as_ref().and_then(|p| p.heartbeat.clone()),
-                };
-                server(&options).map_err(|e| format!("listener {name}: {e}"))?;
+                check(name, protocol, profile.as_deref())?;
+                let options = link_options(profile.as_deref());
                 Kind::Polled {
                     ctx: Arc::new(PollContext {
                         profile,

@@ -323,7 +323,7 @@ pub enum WriteSpec {
 }
 
 /// A precondition: the point's latest value must equal `equals`, else the command is refused
-/// with `message` (default: "<point> must equal <equals>").
+/// with `message` (default: "`<point>` must equal `<equals>`").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Require {
     pub point: String,

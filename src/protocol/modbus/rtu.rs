@@ -388,7 +388,7 @@ pub fn parse_raw_response(slave: u8, function: u8, adu: &[u8]) -> Result<Vec<u8>
     }
 }
 
-/// Length of the response ADU at the start of `buf` (buf[0]=slave, buf[1]=function or
+/// Length of the response ADU at the start of `buf` (`buf[0]` = slave, `buf[1]` = function or
 /// |0x80), including CRC: None until enough header bytes are there.
 ///
 /// Exceptions 5; FC5/6/15/16 (and 0B): 8; FC1-4 (and the other byte-count functions
