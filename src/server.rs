@@ -82,14 +82,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot read the known devices")?;
 
-    let tokens = {
-        let db = db.clone();
-        let admin = settings.server.auth.admin_token.clone();
-        tokio::task::spawn_blocking(move || Tokens::start(db, &admin))
-            .await
-            .context("token setup task failed")?
-            .context("cannot set up the API tokens")?
-    };
+    let admin = settings.server.auth.admin_token.clone();
+    let tokens = db
+        .call(move |db| Tokens::start(db.clone(), &admin))
+        .await
+        .context("cannot set up the API tokens")?;
 
     let storage = Storage::start(
         db.clone(),

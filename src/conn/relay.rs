@@ -312,19 +312,15 @@ impl Conn {
 async fn deliver_queue(ctx: Arc<RelayContext>, id: String, out: Outbox) {
     let mut total = 0usize;
     loop {
-        let db = ctx.db.clone();
         let target = id.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || db.relay_pending(Some(&target), DELIVERY_BATCH))
-                .await;
+        let loaded = ctx
+            .db
+            .call(move |db| db.relay_pending(Some(&target), DELIVERY_BATCH))
+            .await;
         let rows = match loaded {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                log::warn!("device {id}: cannot load queued frames: {e}");
-                break;
-            }
+            Ok(rows) => rows,
             Err(e) => {
-                log::warn!("device {id}: loading queued frames failed: {e}");
+                log::warn!("device {id}: cannot load queued frames: {e}");
                 break;
             }
         };
@@ -334,18 +330,13 @@ async fn deliver_queue(ctx: Arc<RelayContext>, id: String, out: Outbox) {
         let full_batch = rows.len() as i64 >= DELIVERY_BATCH;
         let (written, failed) = write_rows(&ctx, &id, rows, &out).await;
         let n = written.len();
-        let db = ctx.db.clone();
-        match tokio::task::spawn_blocking(move || db.relay_delivered(&written)).await {
-            Ok(Ok(_)) => total += n,
-            Ok(Err(e)) => {
+        match ctx.db.call(move |db| db.relay_delivered(&written)).await {
+            Ok(_) => total += n,
+            Err(e) => {
                 log::error!(
                     "device {id}: {n} queued frame(s) were written but not marked delivered \
                      (they will be sent again): {e}"
                 );
-                break;
-            }
-            Err(e) => {
-                log::error!("device {id}: marking {n} frame(s) delivered failed: {e}");
                 break;
             }
         }
@@ -441,13 +432,14 @@ async fn route_loop(mut rx: mpsc::UnboundedReceiver<Routed>, ctx: Arc<RelayConte
 /// Inserts a frame into `relay_queue` on a blocking thread; logs the outcome. True when the
 /// frame was stored.
 async fn enqueue(ctx: Arc<RelayContext>, r: Routed) -> bool {
-    let db = ctx.db.clone();
     let max = ctx.max_queue;
     let (target, sender, frame) = (r.target.clone(), r.sender.clone(), r.frame.clone());
-    let result =
-        tokio::task::spawn_blocking(move || db.relay_enqueue(&target, &sender, &frame, max)).await;
+    let result = ctx
+        .db
+        .call(move |db| db.relay_enqueue(&target, &sender, &frame, max))
+        .await;
     match result {
-        Ok(Ok(Enqueued::Queued { depth })) => {
+        Ok(Enqueued::Queued { depth }) => {
             log::info!(
                 "device {}: offline; frame from {} queued ({depth} waiting)",
                 r.target,
@@ -455,23 +447,18 @@ async fn enqueue(ctx: Arc<RelayContext>, r: Routed) -> bool {
             );
             return true;
         }
-        Ok(Ok(Enqueued::Full { depth })) => log::warn!(
+        Ok(Enqueued::Full { depth }) => log::warn!(
             "device {}: relay queue full ({depth} frames waiting, [relay] max_queue = {max}); \
              dropped frame from {}: {}",
             r.target,
             r.sender,
             to_hex(&r.frame)
         ),
-        Ok(Err(e)) => log::error!(
+        Err(e) => log::error!(
             "device {}: cannot queue frame from {} ({e}); dropped: {}",
             r.target,
             r.sender,
             to_hex(&r.frame)
-        ),
-        Err(e) => log::error!(
-            "device {}: queueing task failed ({e}); dropped frame from {}",
-            r.target,
-            r.sender
         ),
     }
     false
