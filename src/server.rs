@@ -43,6 +43,7 @@ impl Arbiters {
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+    raise_open_files_limit();
     // Everything that can fail comes first, before any actor runs: a server that cannot have
     // all its ports and its database does not start half-way.
     let mut bound = Vec::new();
@@ -402,6 +403,31 @@ fn hand_over(
     });
     if !spawned {
         log::warn!("{peer}: device arbiter is stopping; connection dropped");
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and logs both: every connected DTU
+/// holds a socket, and the usual soft default (1,024) would refuse DTUs long before the host
+/// runs out of anything else. The hard limit is the host's to set (see the README).
+fn raise_open_files_limit() {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            log::warn!("open files: cannot read the limit: {e}");
+            return;
+        }
+    };
+    if soft >= hard {
+        log::info!("open files: limit {soft} (hard limit {hard}); each connected DTU holds one");
+        return;
+    }
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => log::info!(
+            "open files: soft limit raised from {soft} to {now} (hard limit {hard}); each connected DTU holds one"
+        ),
+        Err(e) => log::warn!(
+            "open files: cannot raise the soft limit {soft} to the hard limit {hard}: {e}"
+        ),
     }
 }
 

@@ -236,3 +236,42 @@ fn console_and_its_assets_are_served_by_the_server() {
     );
     assert_eq!(server.get("/static/nope.js").0, 404);
 }
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    // The server starts with a soft limit below the fleet it must hold; the hard limit is
+    // this process's (the shell that starts the server lowers only the soft one).
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("limits");
+    let soft = 256;
+    assert!(
+        hard > 400,
+        "this test needs a hard limit above 400, not {hard}"
+    );
+    let server = TestServer::start_with(Options {
+        soft_open_files: Some(soft),
+        ..Options::default()
+    });
+    assert!(
+        server.log_text().contains(&format!(
+            "open files: soft limit raised from {soft} to {hard}"
+        )),
+        "log: {}",
+        server.log_text()
+    );
+    // More DTUs than the soft limit it started with are all online.
+    let count = 300u32;
+    let mut sockets = Vec::new();
+    for n in 0..count {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.framed)).expect("connect");
+        std::io::Write::write_all(&mut s, &(70_000 + n).to_be_bytes()).expect("register");
+        sockets.push(s);
+    }
+    wait_for("every DTU online", || {
+        let (_, list) = server.get("/api/devices");
+        let online = list
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|d| d["online"] == true).count());
+        (online == count as usize).then_some(())
+    });
+    drop(sockets);
+}

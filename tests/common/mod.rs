@@ -145,6 +145,8 @@ pub struct TestServer {
     pub token: Option<String>,
     /// Extra environment of the server process (kept for restarts).
     pub env: Vec<(String, String)>,
+    /// The soft open-files limit the process starts with (kept for restarts).
+    pub soft_open_files: Option<u64>,
 }
 
 pub struct Options {
@@ -162,6 +164,9 @@ pub struct Options {
     /// Environment variables for the server process, e.g. `DTU__WEB__STREAM_QUEUE` to set a
     /// key of a section the harness writes itself.
     pub env: Vec<(String, String)>,
+    /// The soft limit on open files the server process starts with (the hard limit is left
+    /// as it is); None: inherited.
+    pub soft_open_files: Option<u64>,
 }
 
 impl Default for Options {
@@ -175,6 +180,7 @@ impl Default for Options {
             database_url: None,
             admin_token: Some(ADMIN_TOKEN.to_string()),
             env: Vec::new(),
+            soft_open_files: None,
         }
     }
 }
@@ -240,7 +246,7 @@ flush_interval = "200ms"
         std::fs::write(dir.path().join("server.toml"), server_toml).expect("write server.toml");
         std::fs::write(dir.path().join("data.toml"), &opts.data_toml).expect("write data.toml");
         let log = dir.path().join("server.log");
-        let child = spawn_server(dir.path(), &log, &opts.env);
+        let child = spawn_server(dir.path(), &log, &opts.env, opts.soft_open_files);
         let mut server = TestServer {
             child,
             dir,
@@ -251,6 +257,7 @@ flush_interval = "200ms"
             log,
             token: opts.admin_token.clone(),
             env: opts.env.clone(),
+            soft_open_files: opts.soft_open_files,
         };
         server.read_ports();
         server.wait_healthy();
@@ -303,7 +310,7 @@ flush_interval = "200ms"
     /// gets new ports.
     pub fn restart(&mut self) {
         let log = self.dir.path().join("server-restarted.log");
-        self.child = spawn_server(self.dir.path(), &log, &self.env);
+        self.child = spawn_server(self.dir.path(), &log, &self.env, self.soft_open_files);
         self.log = log;
         self.read_ports();
         self.wait_healthy();
@@ -411,10 +418,26 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_dtu-supervisor")
 }
 
-fn spawn_server(settings: &Path, log: &Path, env: &[(String, String)]) -> Child {
+fn spawn_server(
+    settings: &Path,
+    log: &Path,
+    env: &[(String, String)],
+    soft_open_files: Option<u64>,
+) -> Child {
     let out = std::fs::File::create(log).expect("create log");
     let err = out.try_clone().expect("clone log");
-    Command::new(binary())
+    // A lower soft limit is set by the shell that then becomes the server.
+    let mut command = match soft_open_files {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -S -n {n} && exec \"$0\" \"$@\""))
+                .arg(binary());
+            c
+        }
+        None => Command::new(binary()),
+    };
+    command
         .arg("--settings")
         .arg(settings)
         .env(
