@@ -21,7 +21,7 @@ use dtu_supervisor::sim::{spawn_fleet, SimConfig};
 use dtu_supervisor::storage::db::Db;
 
 mod common;
-use common::{env_or, free_port, usage, Server};
+use common::{bench_profile, env_or, free_port, usage, Server};
 
 /// Envelopes and POSTs a webhook receiver took.
 #[derive(Default)]
@@ -133,16 +133,8 @@ spool_path = "{spool}"
     .expect("server.toml");
     std::fs::write(
         dir.path().join("data.toml"),
-        r#"
-[profiles.bench]
-slave = 1
-response_timeout = "2s"
-[[profiles.bench.polls]]
-name = "block"
-function = 3
-start = 2000
-count = 100
-every = "1s"
+        bench_profile(100, "1s")
+            + r#"
 [[profiles.bench.polls]]
 name = "hb"
 function = 3

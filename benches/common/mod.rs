@@ -23,6 +23,23 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The start of data.toml for the benches: profile `bench` (slave 1) and its timer poll
+/// `block`, `count` holding registers from 2000 every `every`. Points and other polls follow.
+pub fn bench_profile(count: u16, every: &str) -> String {
+    format!(
+        r#"[profiles.bench]
+slave = 1
+response_timeout = "2s"
+[[profiles.bench.polls]]
+name = "block"
+function = 3
+start = 2000
+count = {count}
+every = "{every}"
+"#
+    )
+}
+
 /// A server process of the bench: SIGTERM and a wait when dropped, so that a failing bench
 /// leaves nothing running.
 pub struct Server(pub Child);

@@ -10,8 +10,9 @@
 //! are `dtu-sim`'s library in this process, their sockets bound to 127.0.0.1–250):
 //!
 //! - **poll**: `DTU_BENCH_DEVICES` framed DTUs (2,000), each polled for one block of 10
-//!   registers (`DTU_BENCH_POINTS` points decoded, 1 to 3, default 1) every `DTU_BENCH_POLL_MS` (100), heartbeating every 10 s; measured
-//!   over `DTU_BENCH_SECONDS` (30) after they registered and 3 s of warm-up: polls answered,
+//!   registers (`DTU_BENCH_POINTS` points decoded, 1 to 3, default 1) every
+//!   `DTU_BENCH_POLL_MS` (100), heartbeating every 10 s; measured over `DTU_BENCH_SECONDS`
+//!   (30) after they registered and 3 s of warm-up: polls answered,
 //!   server CPU per 1,000 polls and peak RSS (/proc), telemetry points stored, the poll round
 //!   trip as the DTUs see it (below) and, for dtu-supervisor, its own poll latency histogram.
 //! - **storm**: `DTU_BENCH_STORM` DTUs (19,000) dial within `DTU_BENCH_STORM_MS` (1,000 ms)
@@ -47,7 +48,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{env_or, free_port, usage, Server};
+use common::{bench_profile, env_or, free_port, usage, Server};
 use dtu_supervisor::sim::{spawn_fleet, RoundTrips, SimConfig};
 
 /// Device numbers of the simulated DTUs start here.
@@ -165,19 +166,7 @@ spool_path = "{spool}"
 
 /// One block of 10 registers, `points` points in it.
 fn data_toml(setup: &Setup, points: usize) -> String {
-    let mut data = format!(
-        r#"[profiles.bench]
-slave = 1
-response_timeout = "2s"
-[[profiles.bench.polls]]
-name = "block"
-function = 3
-start = 2000
-count = 10
-every = "{every}"
-"#,
-        every = setup.poll_every
-    );
+    let mut data = bench_profile(10, &setup.poll_every);
     for point in POINTS.iter().take(points) {
         data += &format!("[[profiles.bench.points]]\n{point}\n");
     }
@@ -428,8 +417,10 @@ fn poll_phase(target: Target, k: &Knobs, rt: &tokio::runtime::Runtime, f: &mut F
         let hist0 = (target == Target::Ours).then(|| latency_buckets(running.web));
         round_trips.clear();
         let w0 = Instant::now();
+        eprintln!("   window opens (server pid {pid})");
         tokio::time::sleep(window).await;
         let secs = w0.elapsed().as_secs_f64();
+        eprintln!("   window closes");
         let (u1, polls1, rows1, packets1) = (
             usage(pid),
             fleet.stats().polls_answered,
@@ -694,7 +685,7 @@ fn report(k: &Knobs, figures: &[(Target, Figures)], before: &str, took: Duration
         "---|".repeat(figures.len()),
         if ratio { "---|" } else { "" }
     );
-    let mut row = |label: String, get: &dyn Fn(&Figures) -> Option<f64>, digits: usize| {
+    let mut row = |label: &str, get: &dyn Fn(&Figures) -> Option<f64>, digits: usize| {
         let values: Vec<Option<f64>> = figures.iter().map(|(_, f)| get(f)).collect();
         if values.iter().all(Option::is_none) {
             return;
@@ -723,110 +714,146 @@ fn report(k: &Knobs, figures: &[(Target, Figures)], before: &str, took: Duration
         let _ = writeln!(out);
     };
     let load = format!("{} DTUs × {} ms", k.devices, k.poll_ms);
-    row(
-        format!("{load}: all registered in, s"),
-        &|f| f.registered_in,
-        2,
-    );
-    row(format!("{load}: polls answered /s"), &|f| f.polls_per_s, 0);
-    row("polls offered /s".into(), &|f| f.offered, 0);
-    row(
-        "server CPU ms per 1,000 polls".into(),
-        &|f| f.cpu_per_1000,
-        1,
-    );
-    row("server CPU, % of one core".into(), &|f| f.cpu_share, 1);
-    row("peak RSS under load, MiB".into(), &|f| f.peak_mib, 1);
-    row(
-        "telemetry points stored /s (in the window)".into(),
-        &|f| f.points_per_s,
-        0,
-    );
-    row(
-        format!(
-            "telemetry points offered /s (polls answered × {})",
-            k.points
-        ),
-        &|f| f.polls_per_s.map(|p| p * k.points as f64),
-        0,
-    );
-    row(
-        "telemetry points in the database after stop".into(),
-        &|f| f.points_after_stop,
-        0,
-    );
-    row("raw packet rows stored /s".into(), &|f| f.packets_per_s, 0);
-    row(
-        "rows left in the spool after stop".into(),
-        &|f| f.spooled_lines,
-        0,
-    );
-    row("spool file after stop, MiB".into(), &|f| f.spooled_mib, 1);
-    row(
-        "poll round trip at the DTU p50, ms".into(),
-        &|f| f.rtt_p50_ms,
-        2,
-    );
-    row(
-        "poll round trip at the DTU p99, ms".into(),
-        &|f| f.rtt_p99_ms,
-        2,
-    );
-    row("  (samples)".into(), &|f| f.rtt_samples, 0);
-    row(
-        "server's poll latency p50, ms ≤ (/metrics bucket)".into(),
-        &|f| f.server_p50_ms,
-        0,
-    );
-    row(
-        "server's poll latency p99, ms ≤ (/metrics bucket)".into(),
-        &|f| f.server_p99_ms,
-        0,
-    );
-    row("  /metrics answered in, s".into(), &|f| f.metrics_s, 2);
-    row(
-        "stop (SIGTERM to exit, flushing), s".into(),
-        &|f| f.stop_s,
-        1,
-    );
     let storm = format!("storm of {} in {} ms", k.storm, k.storm_ms);
-    row(
-        format!("{storm}: registered at first dial"),
-        &|f| f.storm_first_dial,
-        0,
-    );
-    row(
-        format!("{storm}: closed \"no registration\" (log lines)"),
-        &|f| f.storm_closed,
-        0,
-    );
-    row(
-        "  sessions ended before the ack (DTU side: closed, or ack awaited 10 s)".into(),
-        &|f| f.storm_unregistered_sessions,
-        0,
-    );
-    row(
-        "  connect failures (DTU side)".into(),
-        &|f| f.storm_connect_failures,
-        0,
-    );
-    row(
-        format!("  online at the end (of {})", k.storm),
-        &|f| f.storm_online,
-        0,
-    );
-    row("  all online after, s".into(), &|f| f.storm_all_online_s, 2);
-    row(
-        "  registrations /s (all / time until all online)".into(),
-        &|f| f.storm_regs_per_s,
-        0,
-    );
-    row("  peak RSS, MiB".into(), &|f| f.storm_peak_mib, 1);
-    row(
-        "idle fleet: RSS per connection, KiB".into(),
-        &|f| f.idle_kib_per_conn,
-        2,
-    );
+    let points = k.points as f64;
+    // (label, the figure, decimals); a row no server has a figure for is left out.
+    type Get<'a> = Box<dyn Fn(&Figures) -> Option<f64> + 'a>;
+    let rows: Vec<(String, Get, usize)> = vec![
+        (
+            format!("{load}: all registered in, s"),
+            Box::new(|f| f.registered_in),
+            2,
+        ),
+        (
+            format!("{load}: polls answered /s"),
+            Box::new(|f| f.polls_per_s),
+            0,
+        ),
+        ("polls offered /s".into(), Box::new(|f| f.offered), 0),
+        (
+            "server CPU ms per 1,000 polls".into(),
+            Box::new(|f| f.cpu_per_1000),
+            1,
+        ),
+        (
+            "server CPU, % of one core".into(),
+            Box::new(|f| f.cpu_share),
+            1,
+        ),
+        (
+            "peak RSS under load, MiB".into(),
+            Box::new(|f| f.peak_mib),
+            1,
+        ),
+        (
+            "telemetry points stored /s (in the window)".into(),
+            Box::new(|f| f.points_per_s),
+            0,
+        ),
+        (
+            format!(
+                "telemetry points offered /s (polls answered × {})",
+                k.points
+            ),
+            Box::new(move |f| f.polls_per_s.map(|p| p * points)),
+            0,
+        ),
+        (
+            "telemetry points in the database after stop".into(),
+            Box::new(|f| f.points_after_stop),
+            0,
+        ),
+        (
+            "raw packet rows stored /s".into(),
+            Box::new(|f| f.packets_per_s),
+            0,
+        ),
+        (
+            "rows left in the spool after stop".into(),
+            Box::new(|f| f.spooled_lines),
+            0,
+        ),
+        (
+            "spool file after stop, MiB".into(),
+            Box::new(|f| f.spooled_mib),
+            1,
+        ),
+        (
+            "poll round trip at the DTU p50, ms".into(),
+            Box::new(|f| f.rtt_p50_ms),
+            2,
+        ),
+        (
+            "poll round trip at the DTU p99, ms".into(),
+            Box::new(|f| f.rtt_p99_ms),
+            2,
+        ),
+        ("  (samples)".into(), Box::new(|f| f.rtt_samples), 0),
+        (
+            "server's poll latency p50, ms ≤ (/metrics bucket)".into(),
+            Box::new(|f| f.server_p50_ms),
+            0,
+        ),
+        (
+            "server's poll latency p99, ms ≤ (/metrics bucket)".into(),
+            Box::new(|f| f.server_p99_ms),
+            0,
+        ),
+        (
+            "  /metrics answered in, s".into(),
+            Box::new(|f| f.metrics_s),
+            2,
+        ),
+        (
+            "stop (SIGTERM to exit, flushing), s".into(),
+            Box::new(|f| f.stop_s),
+            1,
+        ),
+        (
+            format!("{storm}: registered at first dial"),
+            Box::new(|f| f.storm_first_dial),
+            0,
+        ),
+        (
+            format!("{storm}: closed \"no registration\" (log lines)"),
+            Box::new(|f| f.storm_closed),
+            0,
+        ),
+        (
+            "  sessions ended before the ack (DTU side: closed, or ack awaited 10 s)".into(),
+            Box::new(|f| f.storm_unregistered_sessions),
+            0,
+        ),
+        (
+            "  connect failures (DTU side)".into(),
+            Box::new(|f| f.storm_connect_failures),
+            0,
+        ),
+        (
+            format!("  online at the end (of {})", k.storm),
+            Box::new(|f| f.storm_online),
+            0,
+        ),
+        (
+            "  all online after, s".into(),
+            Box::new(|f| f.storm_all_online_s),
+            2,
+        ),
+        (
+            "  registrations /s (all / time until all online)".into(),
+            Box::new(|f| f.storm_regs_per_s),
+            0,
+        ),
+        ("  peak RSS, MiB".into(), Box::new(|f| f.storm_peak_mib), 1),
+        (
+            "idle fleet: RSS per connection, KiB".into(),
+            Box::new(|f| f.idle_kib_per_conn),
+            2,
+        ),
+    ];
+    for (label, get, digits) in &rows {
+        row(label, get.as_ref(), *digits);
+    }
     for (t, f) in figures {
         for l in &f.storm_log {
             let _ = writeln!(out, "{} log: {l}", t.name());
