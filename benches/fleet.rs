@@ -11,7 +11,7 @@
 //! subscriber does not lower the poll rate.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,46 +20,8 @@ use dtu_supervisor::protocol::{framed, Protocol};
 use dtu_supervisor::sim::{spawn_fleet, SimConfig};
 use dtu_supervisor::storage::db::Db;
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// (user+system CPU seconds, RSS in KiB) of a process, from /proc.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12).
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss)
-}
+mod common;
+use common::{bench_profile, env_or, free_port, usage, Server};
 
 /// Envelopes and POSTs a webhook receiver took.
 #[derive(Default)]
@@ -125,15 +87,6 @@ fn start_receiver() -> (u16, Arc<Received>) {
     (port, counts)
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let devices: usize = env_or("DTU_BENCH_DEVICES", 1000);
     let seconds: u64 = env_or("DTU_BENCH_SECONDS", 20);
@@ -180,16 +133,8 @@ spool_path = "{spool}"
     .expect("server.toml");
     std::fs::write(
         dir.path().join("data.toml"),
-        r#"
-[profiles.bench]
-slave = 1
-response_timeout = "2s"
-[[profiles.bench.polls]]
-name = "block"
-function = 3
-start = 2000
-count = 100
-every = "1s"
+        bench_profile(100, "1s")
+            + r#"
 [[profiles.bench.polls]]
 name = "hb"
 function = 3
@@ -226,7 +171,7 @@ type = "u16"
             .spawn()
             .expect("start server"),
     );
-    let pid = server.0.id();
+    let pid = server.pid();
     let started = Instant::now();
     while ureq::get(&format!("http://127.0.0.1:{web}/api/health"))
         .call()
@@ -268,7 +213,7 @@ type = "u16"
         let registered_in = t0.elapsed();
         // Let the first-poll burst pass, then measure a steady window.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (cpu0, _) = usage(pid);
+        let cpu0 = usage(pid).cpu;
         let polls0 = fleet.stats().polls_answered;
         let rows0 = stored();
         let hook0 = receiver.as_ref().map(|(_, c)| {
@@ -281,7 +226,8 @@ type = "u16"
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let window = w0.elapsed().as_secs_f64();
         let polls = fleet.stats().polls_answered - polls0;
-        let (cpu1, rss) = usage(pid);
+        let now = usage(pid);
+        let (cpu1, rss) = (now.cpu, now.rss_kib);
         let rows = stored() - rows0;
         let hooks = receiver.as_ref().zip(hook0).map(|((_, c), (e0, p0))| {
             (

@@ -73,6 +73,11 @@ struct Args {
     /// Print counters this often at info level (0s: never).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stats_every: Duration,
+    /// Bind device n's socket to 127.0.0.(1 + n % 250) before connecting, so that one process
+    /// can hold more connections than one source address has ephemeral ports (the server must
+    /// be on 127.0.0.x; raise `ulimit -n` to the count and some).
+    #[arg(long)]
+    spread_sources: bool,
 }
 
 #[tokio::main]
@@ -158,7 +163,16 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
     if args.data_every.is_some_and(|d| d.is_zero()) {
         bail!("--data-every must be more than 0");
     }
+    if args.spread_sources && !(server.is_ipv4() && server.ip().is_loopback()) {
+        bail!("--spread-sources binds to 127.0.0.x: the server must be on 127.0.0.x, not {server}");
+    }
     if let Role::Relay = args.protocol.role() {
+        if args.spread_sources {
+            bail!(
+                "--spread-sources is for polled DTUs, not {} terminals",
+                args.protocol
+            );
+        }
         let (Ok(count), Ok(first), true) = (
             u32::try_from(args.count),
             u32::try_from(args.first_id),
@@ -191,6 +205,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         heartbeat_payload: args.heartbeat_ascii.into_bytes(),
         data_every: args.data_every,
         initial_values: args.set,
+        spread_sources: args.spread_sources,
         ..SimConfig::default()
     };
     let link = config.device_link()?;
@@ -279,6 +294,19 @@ mod tests {
         assert!(err.to_string().contains("4 bytes"), "{err}");
         assert!(planned(&["--count", "0"]).is_err());
         assert!(planned(&["--first-id", &u64::MAX.to_string(), "--count", "2"]).is_err());
+    }
+
+    #[test]
+    fn spread_sources_needs_a_loopback_server() {
+        match planned(&["--spread-sources", "--count", "300"]).unwrap() {
+            Plan::Devices { config, .. } => assert!(config.spread_sources),
+            other => panic!("{other:?}"),
+        }
+        let away = SocketAddr::from(([192, 0, 2, 1], 22334));
+        let err = plan(parse(&["--spread-sources"]).unwrap(), away).unwrap_err();
+        assert!(err.to_string().contains("127.0.0.x"), "{err}");
+        let err = planned(&["--spread-sources", "--protocol", "ttms"]).unwrap_err();
+        assert!(err.to_string().contains("polled"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! How a simulated DTU behaves ([`SimConfig`]), the values it starts with ([`FixedValue`],
 //! the CLI's `--set`) and why it stops ([`SimError`]).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use crate::protocol::points::{PointType, WordOrder};
 use crate::protocol::transparent::USR_HEARTBEAT;
 use crate::protocol::{framed, Protocol};
 
-use super::SimHandle;
+use super::{RoundTrips, SimHandle};
 
 /// How a simulated DTU behaves. `SimConfig::default()` is a framed DTU for
 /// `127.0.0.1:22334`, slave 1, 30 s heartbeat, no reconnect.
@@ -55,6 +55,18 @@ pub struct SimConfig {
     pub frame_gap: Duration,
     /// Values fixed on every device when it is created (CLI `--set`).
     pub initial_values: Vec<FixedValue>,
+    /// Bind device `n`'s socket to 127.0.0.(1 + n % 250) before connecting
+    /// ([`SimConfig::source_address`]), so that tens of thousands of devices in one process
+    /// are not limited by the ephemeral ports of one source address (about 28,000, fewer while
+    /// earlier connections sit in TIME_WAIT). Only for a server on the loopback network.
+    pub spread_sources: bool,
+    /// Measure poll round trips as a DTU sees them: each heartbeat, when due, waits for the next
+    /// request and leaves in the same write as its answer; the time from that request's arrival
+    /// to the heartbeat's acknowledgement is recorded here. The server handles a connection's
+    /// bytes in order, so the acknowledgement means it has taken the answer and could answer
+    /// again. Only where the protocol acknowledges heartbeats (framed); `None`: heartbeats on
+    /// their own timer, nothing recorded.
+    pub round_trips: Option<Arc<RoundTrips>>,
 }
 
 impl Default for SimConfig {
@@ -74,6 +86,8 @@ impl Default for SimConfig {
             backoff_max: Duration::from_secs(30),
             frame_gap: Duration::from_millis(500),
             initial_values: Vec::new(),
+            spread_sources: false,
+            round_trips: None,
         }
     }
 }
@@ -105,7 +119,19 @@ pub enum SimError {
     NotPolled(Protocol),
 }
 
+/// Source addresses [`SimConfig::spread_sources`] spreads over: 127.0.0.1 ..= 127.0.0.250.
+const SPREAD_ADDRESSES: u64 = 250;
+
 impl SimConfig {
+    /// The address device `number`'s socket is bound to before it connects: with
+    /// `spread_sources`, 127.0.0.(1 + number % 250) and a port the kernel picks; `None` without.
+    pub fn source_address(&self, number: u64) -> Option<SocketAddr> {
+        // Below 250 by the modulo: the cast cannot truncate.
+        let host = 1 + (number % SPREAD_ADDRESSES) as u8;
+        self.spread_sources
+            .then(|| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), 0).into())
+    }
+
     /// The device side of the configured protocol, or why it has none.
     pub fn device_link(&self) -> Result<Arc<dyn DeviceLink>, SimError> {
         match self.protocol.role() {

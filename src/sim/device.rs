@@ -2,6 +2,7 @@
 //! [`meter`](super::meter), reconnect with backoff. What goes on the wire comes from the
 //! protocol's [`DeviceLink`]; this file knows no protocol by name.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use bytes::BytesMut;
 use log::{debug, warn};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -180,10 +181,24 @@ impl SimDevice {
 
     async fn connect(&mut self) -> Result<Option<TcpStream>, SimError> {
         let stats = &self.shared.stats;
-        let connect = timeout(
-            self.config.connect_timeout,
-            TcpStream::connect(self.config.server),
+        let (server, source) = (
+            self.config.server,
+            self.config.source_address(self.shared.id),
         );
+        let connect = timeout(self.config.connect_timeout, async move {
+            match source {
+                // Bound first, so the kernel picks the port among this address's own.
+                Some(source) => {
+                    let socket = match source {
+                        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                    };
+                    socket.bind(source)?;
+                    socket.connect(server).await
+                }
+                None => TcpStream::connect(server).await,
+            }
+        });
         let result = tokio::select! {
             r = connect => r,
             _ = stopped(&mut self.stop_rx) => return Ok(None),
@@ -229,9 +244,18 @@ impl SimDevice {
         let heartbeat = link.heartbeat();
         let mut first = registration.to_vec();
         let mut next_heartbeat = Instant::now() + config.heartbeat;
+        // Round trips are measured with heartbeats, so only where they are acknowledged.
+        let round_trips = config.round_trips.as_ref().filter(|_| link.acknowledged());
+        let mut acks = AckCount::default();
+        // A heartbeat due, waiting to leave behind the next answer (round trips only).
+        let mut heartbeat_due = false;
+        // The request that a heartbeat rode behind: when it arrived, and which acknowledgement
+        // answers that heartbeat.
+        let mut probe: Option<(Instant, u64)> = None;
         if config.glue_registration {
             first.extend_from_slice(&heartbeat);
             inc(&stats.heartbeats_sent);
+            acks.sent += 1;
         }
         write(&mut wr, &first, stats).await?;
         // A registration the server does not acknowledge counts once it is sent.
@@ -257,6 +281,7 @@ impl SimDevice {
                     }
                     add(&stats.bytes_in, n);
                     last_rx = Instant::now();
+                    let arrived = last_rx;
                     loop {
                         match link.decode(&mut buf) {
                             Ok(None) => break,
@@ -271,11 +296,27 @@ impl SimDevice {
                                     }
                                 }
                             }
-                            Ok(Some(FromServer::Ack)) => inc(&stats.acks),
+                            Ok(Some(FromServer::Ack)) => {
+                                inc(&stats.acks);
+                                acks.received += 1;
+                                if let (Some(rt), Some((at, nth))) = (round_trips, probe) {
+                                    if acks.received >= nth {
+                                        rt.record(arrived.saturating_duration_since(at));
+                                        probe = None;
+                                    }
+                                }
+                            }
                             Ok(Some(FromServer::Request(adu))) => {
                                 let answer = shared.answer(&adu);
                                 if !answer.is_empty() {
                                     link.answer(&answer, &mut out);
+                                    if heartbeat_due {
+                                        heartbeat_due = false;
+                                        out.extend_from_slice(&heartbeat);
+                                        inc(&stats.heartbeats_sent);
+                                        acks.sent += 1;
+                                        probe = Some((arrived, acks.sent));
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -293,9 +334,17 @@ impl SimDevice {
                     }
                 }
                 _ = sleep_until(next_heartbeat), if registered => {
-                    write(&mut wr, &heartbeat, stats).await?;
-                    inc(&stats.heartbeats_sent);
                     next_heartbeat = Instant::now() + config.heartbeat;
+                    if round_trips.is_some() && !heartbeat_due {
+                        // Leaves behind the next answer; alone if no request comes for a
+                        // whole heartbeat interval (next turn of this arm).
+                        heartbeat_due = true;
+                    } else {
+                        heartbeat_due = false;
+                        write(&mut wr, &heartbeat, stats).await?;
+                        inc(&stats.heartbeats_sent);
+                        acks.sent += 1;
+                    }
                 }
                 _ = sleep_until(register_deadline), if !registered => {
                     debug!("device {id}: registration not acknowledged within {:?}", config.register_timeout);
@@ -308,6 +357,7 @@ impl SimDevice {
                             data_seq += 1;
                             write(&mut wr, &packet, stats).await?;
                             inc(&stats.data_sent);
+                            acks.sent += 1;
                             next_data = config.data_every.map(|d| Instant::now() + d);
                         }
                         // The protocol has no data packets: `data_every` does not apply.
@@ -321,6 +371,15 @@ impl SimDevice {
             }
         }
     }
+}
+
+/// Packets of one session that the server acknowledges in order (heartbeats, data packets):
+/// how many were sent and how many acknowledgements came back, so that the one answering a
+/// given heartbeat is known.
+#[derive(Debug, Default)]
+struct AckCount {
+    sent: u64,
+    received: u64,
 }
 
 async fn write(

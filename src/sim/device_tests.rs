@@ -2,6 +2,8 @@
 //! through the protocol's own server codec ([`Peer`]); the tests that check exact bytes name
 //! their protocol.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -12,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use super::*;
-use crate::protocol::link::FromServer;
+use crate::protocol::link::{FromServer, Inbound, Outbound};
 use crate::protocol::modbus::rtu::MAX_ADU;
 use crate::protocol::modbus::{self, Request, Response};
 use crate::protocol::points::{PointType, WordOrder};
@@ -20,6 +22,7 @@ use crate::protocol::Protocol;
 use crate::sim::test_util::{
     accept, adu, config, device_link, framed, listener, polled, read_n, transparent, Peer, DEADLINE,
 };
+use crate::sim::RoundTrips;
 
 /// Start device `id`, accept it and complete registration; returns the server side.
 async fn connected(
@@ -462,6 +465,62 @@ async fn framed_data_packets_and_acks() {
         assert!(Instant::now() < deadline, "acks not counted");
         sleep(Duration::from_millis(10)).await;
     }
+    handle.stop();
+    timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn spread_sources_bind_one_of_250_loopback_addresses() {
+    let (l, addr) = listener().await;
+    let cfg = SimConfig {
+        spread_sources: true,
+        ..config(addr, framed())
+    };
+    for (number, host) in [(1001, 2), (249, 250), (250, 1)] {
+        assert_eq!(
+            cfg.source_address(number),
+            Some(SocketAddr::from(([127, 0, 0, host], 0)))
+        );
+    }
+    assert_eq!(config(addr, framed()).source_address(1001), None);
+    let (device, handle) = SimDevice::new(1001, cfg);
+    let task = device.spawn();
+    let s = accept(&l).await;
+    assert_eq!(s.peer_addr().unwrap().ip(), IpAddr::from([127, 0, 0, 2]));
+    handle.stop();
+    timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn round_trips_ride_heartbeats_behind_answers() {
+    let (l, addr) = listener().await;
+    let round_trips = Arc::new(RoundTrips::default());
+    let cfg = SimConfig {
+        heartbeat: Duration::from_millis(50),
+        round_trips: Some(round_trips.clone()),
+        ..config(addr, framed())
+    };
+    let (device, handle) = SimDevice::new(1001, cfg.clone());
+    let task = device.spawn();
+    let mut peer = Peer::accept(&l, &cfg, 1001).await;
+    let request = adu(1, &Request::ReadHoldingRegisters { start: 0, count: 1 });
+    // Past the heartbeat's time nothing arrives alone: it waits for the next request.
+    sleep(Duration::from_millis(80)).await;
+    peer.request(&request).await;
+    peer.answer().await;
+    assert!(matches!(peer.next().await, Inbound::Heartbeat { .. }));
+    assert_eq!(round_trips.count(), 0);
+    peer.send(Outbound::HeartbeatAck).await;
+    let deadline = Instant::now() + DEADLINE;
+    while round_trips.count() == 0 {
+        assert!(Instant::now() < deadline, "round trip not recorded");
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert!(round_trips.quantile(0.5).is_some());
+    round_trips.clear();
+    assert_eq!(round_trips.quantile(0.99), None);
+    // Without requests for a whole interval, the heartbeat goes alone.
+    assert!(matches!(peer.next().await, Inbound::Heartbeat { .. }));
     handle.stop();
     timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
 }

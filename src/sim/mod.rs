@@ -61,4 +61,4 @@ pub use config::{FixedValue, SimConfig, SimError};
 pub use device::SimDevice;
 pub use fleet::{run_fleet, spawn_fleet, Fleet};
 pub use meter::{signal, signal_bit, SimHandle};
-pub use stats::{SimStats, StatsSnapshot};
+pub use stats::{RoundTrips, SimStats, StatsSnapshot};

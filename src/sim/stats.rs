@@ -1,8 +1,11 @@
 //! A simulated device's counters: live atomics ([`SimStats`]) and copies of them
-//! ([`StatsSnapshot`]) that add up over a fleet.
+//! ([`StatsSnapshot`]) that add up over a fleet; poll round trips a fleet measured
+//! ([`RoundTrips`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Live counters of one device (all atomics, readable while it runs).
 #[derive(Debug, Default)]
@@ -156,5 +159,66 @@ impl Drop for ConnectedGuard<'_> {
     fn drop(&mut self) {
         self.0.connected.fetch_sub(1, Ordering::Relaxed);
         inc(&self.0.disconnects);
+    }
+}
+
+/// Poll round trips measured by the devices of a fleet
+/// ([`SimConfig::round_trips`](super::SimConfig::round_trips)), kept as samples so that any
+/// quantile can be read. A few hundred a second at most (one per device and heartbeat), so a
+/// lock is cheap enough.
+#[derive(Debug, Default)]
+pub struct RoundTrips {
+    micros: Mutex<Vec<u32>>,
+}
+
+impl RoundTrips {
+    pub(super) fn record(&self, d: Duration) {
+        let micros = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        // A poisoned lock only means a panic elsewhere while pushing; the samples are intact.
+        self.samples().push(micros);
+    }
+
+    fn samples(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.micros.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forget every sample (e.g. at the start of a measuring window).
+    pub fn clear(&self) {
+        self.samples().clear();
+    }
+
+    /// Samples recorded since the last [`RoundTrips::clear`].
+    pub fn count(&self) -> usize {
+        self.samples().len()
+    }
+
+    /// The `q` quantile (0.0..=1.0, nearest rank) of the samples; `None` without any.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let mut sorted = self.samples().clone();
+        sorted.sort_unstable();
+        let last = sorted.len().checked_sub(1)?;
+        // Rounded to the nearest rank and clamped into the slice.
+        let rank = ((q.clamp(0.0, 1.0) * last as f64).round() as usize).min(last);
+        sorted
+            .get(rank)
+            .map(|&m| Duration::from_micros(u64::from(m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_quantiles() {
+        let rt = RoundTrips::default();
+        for ms in 1..=100 {
+            rt.record(Duration::from_millis(ms));
+        }
+        assert_eq!(rt.count(), 100);
+        assert_eq!(rt.quantile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(rt.quantile(0.5), Some(Duration::from_millis(51)));
+        assert_eq!(rt.quantile(0.99), Some(Duration::from_millis(99)));
+        assert_eq!(rt.quantile(1.0), Some(Duration::from_millis(100)));
     }
 }
