@@ -2,19 +2,18 @@
 //! connections over one arbiter per core, and the HTTP server. Returns when a stop signal has
 //! been handled.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_web::{App, HttpServer};
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::command::queue::{OfflineQueue, QueueContext};
 use crate::command::send::Commands;
 use crate::command::Routes;
 use crate::conn;
+use crate::conn::accept;
 use crate::conn::listener::{Listener, Services};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
@@ -26,24 +25,12 @@ use crate::supervisor::Supervisor;
 use crate::web::auth::Tokens;
 use crate::web::{self, AppState};
 
-/// Round-robin over the device arbiters.
-struct Arbiters {
-    handles: Vec<ArbiterHandle>,
-    next: usize,
-}
-
-impl Arbiters {
-    fn next(&mut self) -> &ArbiterHandle {
-        let i = self.next % self.handles.len();
-        self.next = self.next.wrapping_add(1);
-        &self.handles[i]
-    }
-}
-
 /// Runs the server until SIGINT or SIGTERM, then stops it gracefully.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     raise_open_files_limit();
+    // One arbiter (thread) per core runs the connections; each accepts its own.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Everything that can fail comes first, before any actor runs: a server that cannot have
     // all its ports and its database does not start half-way.
     let mut bound = Vec::new();
@@ -61,10 +48,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         conn::listener::check(&l.name, l.protocol, profile.as_deref())
             .map_err(|e| anyhow::anyhow!(e))?;
-        let listener = TcpListener::bind(l.bind)
-            .await
+        let sockets = accept::bind(l.bind, threads)
             .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.bind))?;
-        bound.push((l, profile, listener));
+        bound.push((l, profile, sockets));
     }
     let (url, pool_size) = (
         settings.server.database.url.clone(),
@@ -127,9 +113,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-    let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
 
     let services = Services {
         supervisor: supervisor.clone(),
@@ -142,29 +126,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         relay_delivering: Arc::default(),
         relay_in_flight: InFlight::default(),
     };
-    let mut accept_tasks = Vec::new();
-    for (l, profile, listener) in bound {
-        let local = listener.local_addr()?;
+    // Each accept loop holds a sender; when every one is dropped, no loop accepts any more.
+    let (accepting, mut accepting_ended) = mpsc::channel::<()>(1);
+    for (l, profile, sockets) in bound {
+        let local = sockets
+            .first()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
         log::info!(
             "listener {}: {} devices on {} (profile {})",
             l.name,
             l.protocol.as_str(),
-            local,
+            local.map_or_else(|| l.bind.to_string(), |a| a.to_string()),
             l.profile.as_deref().unwrap_or("-")
         );
-        let service = Listener::new(&l.name, l.protocol, profile, &services)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let arbiters = Arbiters {
-            handles: handles.clone(),
-            next: 0,
-        };
-        accept_tasks.push(actix_rt::spawn(accept_loop(
-            listener,
-            Arc::new(service),
-            arbiters,
-            stop_rx.clone(),
-        )));
+        let service = Arc::new(
+            Listener::new(&l.name, l.protocol, profile, &services)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+        for (socket, arbiter) in sockets.into_iter().zip(&arbiters) {
+            let run =
+                accept::accept_loop(socket, service.clone(), stop_rx.clone(), accepting.clone());
+            if !arbiter.spawn(run) {
+                anyhow::bail!("listener {}: a device arbiter is not running", l.name);
+            }
+        }
     }
+    drop(accepting);
 
     let state = AppState {
         supervisor: supervisor.clone(),
@@ -201,9 +189,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     wait_for_stop_signal().await?;
     log::info!("stop signal: no longer accepting connections");
     let _ = stop_tx.send(true);
-    for t in accept_tasks {
-        let _ = t.await;
-    }
+    // Ends when every accept loop has dropped its sender.
+    let _ = accepting_ended.recv().await;
     close_devices(&supervisor).await;
     relay_drained(&services.relay_in_flight).await;
     web::stream::stop_all();
@@ -347,62 +334,6 @@ async fn retention(db: Db, settings: Arc<Settings>) {
                 Err(e) => log::warn!("retention: deleting old {name} failed: {e}"),
             }
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<Listener>,
-    mut arbiters: Arbiters,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                log::error!("listener {}: accept failed: {e}", ctx.name());
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        crate::metrics::METRICS.connections_total.inc();
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("listener {}: {peer}: set_nodelay: {e}", ctx.name());
-        }
-        hand_over(stream, peer, ctx.clone(), arbiters.next());
-    }
-}
-
-/// Moves an accepted socket to a device arbiter and starts its actor there.
-fn hand_over(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<Listener>,
-    arbiter: &ArbiterHandle,
-) {
-    let std_stream = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!(
-                "listener {}: {peer}: cannot hand over socket: {e}",
-                ctx.name()
-            );
-            return;
-        }
-    };
-    let spawned = arbiter.spawn(async move {
-        match tokio::net::TcpStream::from_std(std_stream) {
-            Ok(stream) => ctx.start(stream, peer),
-            Err(e) => log::error!("listener {}: {peer}: cannot adopt socket: {e}", ctx.name()),
-        }
-    });
-    if !spawned {
-        log::warn!("{peer}: device arbiter is stopping; connection dropped");
     }
 }
 

@@ -4,6 +4,7 @@
 //! any request/response link protocol, [`relay`] relays `$TTMS` frames. [`listener`] starts
 //! the right one for a listener's protocol.
 
+pub mod accept;
 pub mod device;
 pub mod lifecycle;
 pub mod link;
