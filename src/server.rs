@@ -1,6 +1,6 @@
-//! Wires the running server: the supervisor, one accept loop per device listener spreading
-//! connections over one arbiter per core, and the HTTP server. Returns when a stop signal has
-//! been handled.
+//! Wires the running server: storage, events, the supervisor and the offline queue, one
+//! arbiter per core that accepts and runs device connections (`conn::accept`), and the HTTP
+//! server. Returns when a stop signal has been handled.
 
 use std::sync::Arc;
 
