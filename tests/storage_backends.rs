@@ -255,6 +255,8 @@ fn device(id: &str, online: bool, profile: Option<&str>, at: DateTime<Utc>) -> D
         online,
         connected_at: at,
         last_seen: at + chrono::Duration::milliseconds(1500),
+        parent: None,
+        unit: None,
     }
 }
 
@@ -389,7 +391,15 @@ fn device_upsert_updates(url: &str, backend: Backend) {
         1,
         "the earlier duplicate is not counted"
     );
-    assert_eq!(db.devices().expect("devices"), vec![a3, b]);
+    assert_eq!(db.devices().expect("devices"), vec![a3.clone(), b.clone()]);
+    // A unit keeps its DTU and slave address; an update may not lose them.
+    let mut unit = device("a.7", true, Some("plc"), secs(40));
+    unit.parent = Some("a".into());
+    unit.unit = Some(7);
+    db.write(&[Row::Device(unit.clone())]).expect("unit");
+    unit.online = false;
+    db.write(&[Row::Device(unit.clone())]).expect("unit offline");
+    assert_eq!(db.devices().expect("devices"), vec![a3, unit, b]);
 }
 
 fn command(id: &str, status: &str, at: DateTime<Utc>) -> CommandRow {

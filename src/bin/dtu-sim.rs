@@ -47,6 +47,13 @@ struct Args {
     /// Modbus slave address the simulated meters answer to.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
     slave: u8,
+    /// Several slaves on each DTU's RS-485 bus instead of --slave, e.g. 1,7 (each answers with
+    /// values of its own).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=247))]
+    units: Vec<u8>,
+    /// Slaves of --units that never answer, e.g. 7 (a unit switched off).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=247))]
+    silent: Vec<u8>,
     /// New connections per second over the whole fleet, reconnects included (0: no limit).
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -199,6 +206,8 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         server,
         protocol: args.protocol,
         slave: args.slave,
+        units: args.units,
+        silent: args.silent,
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
         glue_registration: args.glue,
@@ -208,6 +217,9 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         spread_sources: args.spread_sources,
         ..SimConfig::default()
     };
+    if let Some(s) = config.silent.iter().find(|s| !config.units.contains(s)) {
+        bail!("--silent {s} is not one of --units");
+    }
     let link = config.device_link()?;
     for number in [args.first_id, last_id] {
         link.registration_id(number).map_err(anyhow::Error::msg)?;
@@ -251,6 +263,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn units_and_silent_units() {
+        let Plan::Devices { config, .. } = planned(&["--units", "1,7", "--silent", "7"]).unwrap()
+        else {
+            panic!("devices");
+        };
+        assert_eq!((config.units, config.silent), (vec![1, 7], vec![7]));
+        assert!(planned(&["--units", "1,7", "--silent", "3"]).is_err());
+        assert!(parse(&["--units", "0"]).is_err());
+        assert!(parse(&["--units", "1,248"]).is_err());
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The driver of polled devices: a DTU in front of a Modbus slave, whatever link protocol
-//! frames its bytes (a [`LinkCodec`] from the protocol list).
+//! The driver of polled devices: a DTU in front of a Modbus slave, or of several on an
+//! RS-485 bus (units, [`crate::conn::target`]), whatever link protocol frames its bytes (a
+//! [`LinkCodec`] from the protocol list).
 //!
 //! Once registered, heartbeats are acknowledged and trigger the heartbeat polls, timer polls
-//! run, and operator commands queue behind polls. All outbound work goes through one queue
-//! with exactly one request in flight; its answer is matched by slave, function, length and
-//! CRC; a timeout retries per profile, then fails it and lets the next one go.
+//! run, and operator commands queue behind polls. All outbound work — every unit's — goes
+//! through one queue with exactly one request in flight, as a bus carries one request at a
+//! time; its answer is matched by slave, function, length and CRC; a timeout retries per
+//! profile, then fails it and lets the next one go.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use chrono::Utc;
 
 use crate::command::{CommandError, CommandOutcome, CommandReply};
 use crate::conn::lifecycle::{Connection, Driver, State};
+use crate::conn::link::Link;
 use crate::conn::plan::{Answer, Mismatch, Plan, Wire};
+use crate::conn::target::{Change, Target};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
 use crate::protocol::hex::to_hex;
@@ -24,9 +28,11 @@ use crate::protocol::link::{CodecError, Inbound, LinkCodec, Outbound};
 use crate::protocol::modbus::Response;
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
 use crate::settings::{PollTrigger, Profile, Require};
-use crate::storage::rows::{Direction, PacketKind, Row, TelemetryRow};
+use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
 use crate::storage::StoreMany;
-use crate::supervisor::messages::{Execute, Service, Telemetry};
+use crate::supervisor::messages::{
+    ConnHandle, Execute, OfflineReason, Registered, Service, Telemetry,
+};
 
 /// Operator commands waiting on one device beyond this are refused rather than piling up.
 const MAX_QUEUED_COMMANDS: usize = 64;
@@ -39,18 +45,31 @@ pub struct PollContext {
 }
 
 enum Job {
-    Poll(usize),
+    /// Poll `poll` of target `target`.
+    Poll { target: usize, poll: usize },
     // Boxed: polls are the common job and should stay small in the queue.
     Command {
+        /// The target it goes to; None: the DTU itself, when its slaves are units.
+        target: Option<usize>,
         plan: Box<Plan>,
         reply: CommandReply,
     },
+}
+
+impl Job {
+    fn target(&self) -> Option<usize> {
+        match self {
+            Job::Poll { target, .. } => Some(*target),
+            Job::Command { target, .. } => *target,
+        }
+    }
 }
 
 struct InFlight {
     job: Job,
     wire: Wire,
     attempt: u32,
+    retries: u32,
     timeout: Duration,
     timer: SpawnHandle,
 }
@@ -59,10 +78,10 @@ struct InFlight {
 pub struct PollDriver {
     ctx: Arc<PollContext>,
     codec: Box<dyn LinkCodec>,
+    /// What it polls: the DTU's slave, or its units.
+    targets: Vec<Target>,
     queue: VecDeque<Job>,
     in_flight: Option<InFlight>,
-    /// Per poll of the profile: queued or in flight, so a slow device never piles up polls.
-    poll_pending: Vec<bool>,
     /// When the poll in flight was first transmitted (its retries keep it), for the poll
     /// latency metric.
     poll_sent_at: Option<Instant>,
@@ -70,17 +89,18 @@ pub struct PollDriver {
 
 impl PollDriver {
     pub fn new(ctx: Arc<PollContext>, codec: Box<dyn LinkCodec>) -> PollDriver {
-        let polls = ctx.profile.as_ref().map_or(0, |p| p.polls.len());
+        let targets = ctx.profile.as_ref().map(Target::of).unwrap_or_default();
         PollDriver {
             ctx,
             codec,
+            targets,
             queue: VecDeque::new(),
             in_flight: None,
-            poll_pending: vec![false; polls],
             poll_sent_at: None,
         }
     }
 
+    /// The DTU's profile: its timing, and its units if it has any.
     fn profile(&self) -> Option<&Profile> {
         self.ctx.profile.as_deref()
     }
@@ -150,6 +170,13 @@ impl Driver for PollDriver {
 
     fn on_registered(conn: &mut Conn, ctx: &mut Context<Conn>) {
         conn.send(Outbound::RegisterAck);
+        let dtu = conn.life.id.clone().unwrap_or_default();
+        for t in &mut conn.driver.targets {
+            t.id = match t.unit {
+                Some(_) => format!("{dtu}.{}", t.slave),
+                None => dtu.clone(),
+            };
+        }
         conn.start_timer_polls(ctx);
     }
 
@@ -165,6 +192,13 @@ impl Driver for PollDriver {
         for job in conn.driver.queue.drain(..) {
             if let Job::Command { reply, .. } = job {
                 let _ = reply.send(Err(CommandError::Offline(id.clone())));
+            }
+        }
+        // Its units end with it, for the same reason.
+        let reason = conn.life.close_reason();
+        for i in 0..conn.driver.targets.len() {
+            if conn.driver.targets[i].is_online_unit() {
+                conn.unit_link(i).went_offline(reason);
             }
         }
     }
@@ -187,41 +221,54 @@ impl Conn {
     }
 
     fn start_timer_polls(&mut self, ctx: &mut Context<Conn>) {
-        let Some(profile) = self.driver.ctx.profile.clone() else {
-            return;
-        };
-        for (index, poll) in profile.polls.iter().enumerate() {
-            if let PollTrigger::Every(every) = poll.trigger {
-                // First poll at once: an operator expects values right after a DTU comes online.
-                self.queue_poll(index);
-                ctx.run_interval(every, move |act, ctx| {
-                    act.queue_poll(index);
-                    act.pump(ctx);
-                });
+        for target in 0..self.driver.targets.len() {
+            let profile = self.driver.targets[target].profile.clone();
+            for (poll, p) in profile.polls.iter().enumerate() {
+                if let PollTrigger::Every(every) = p.trigger {
+                    // First poll at once: an operator expects values right after a DTU comes
+                    // online.
+                    self.queue_poll(target, poll);
+                    ctx.run_interval(every, move |act, ctx| {
+                        act.queue_poll(target, poll);
+                        act.pump(ctx);
+                    });
+                }
             }
         }
         self.pump(ctx);
     }
 
     fn queue_polls(&mut self, which: impl Fn(&PollTrigger) -> bool) {
-        let Some(profile) = self.driver.ctx.profile.clone() else {
-            return;
-        };
-        for (index, poll) in profile.polls.iter().enumerate() {
-            if which(&poll.trigger) {
-                self.queue_poll(index);
+        for target in 0..self.driver.targets.len() {
+            let profile = self.driver.targets[target].profile.clone();
+            for (poll, p) in profile.polls.iter().enumerate() {
+                if which(&p.trigger) {
+                    self.queue_poll(target, poll);
+                }
             }
         }
     }
 
-    fn queue_poll(&mut self, index: usize) {
+    fn queue_poll(&mut self, target: usize, poll: usize) {
         let driver = &mut self.driver;
-        match driver.poll_pending.get_mut(index) {
-            Some(pending) if !*pending => {
-                *pending = true;
-                driver.queue.push_back(Job::Poll(index));
-            }
-            _ => {}
+        let pending = driver
+            .targets
+            .get_mut(target)
+            .and_then(|t| t.poll_pending.get_mut(poll));
+        if let Some(pending) = pending.filter(|p| !**p) {
+            *pending = true;
+            driver.queue.push_back(Job::Poll { target, poll });
+        }
+    }
+
+    fn poll_ended(&mut self, target: usize, poll: usize) {
+        let pending = self
+            .driver
+            .targets
+            .get_mut(target)
+            .and_then(|t| t.poll_pending.get_mut(poll));
+        if let Some(p) = pending {
+            *p = false;
         }
     }
 
@@ -230,34 +277,50 @@ impl Conn {
         if self.life.state != State::Online || self.driver.in_flight.is_some() {
             return;
         }
+        let now = Instant::now();
         while let Some(job) = self.driver.queue.pop_front() {
             let wire = match &job {
-                Job::Poll(index) => match self.poll_wire(*index) {
-                    Some(w) => w,
-                    None => continue,
-                },
+                Job::Poll { target, poll } => {
+                    let (target, poll) = (*target, *poll);
+                    let wire = self.poll_wire(target, poll, now);
+                    match wire {
+                        Some(w) => w,
+                        None => {
+                            self.poll_ended(target, poll);
+                            continue;
+                        }
+                    }
+                }
                 Job::Command { reply, .. } if reply.is_closed() => continue,
                 Job::Command { plan, .. } => plan.first().clone(),
             };
-            let timeout = self
+            let (timeout, configured) = self
                 .driver
                 .profile()
-                .map_or(Duration::from_secs(2), |p| p.response_timeout);
-            self.transmit(job, wire, 0, timeout, ctx);
+                .map_or((Duration::from_secs(2), 0), |p| (p.response_timeout, p.retries));
+            let retries = match job.target().and_then(|t| self.driver.targets.get(t)) {
+                Some(t) => t.retries(configured),
+                None => configured,
+            };
+            self.transmit(job, wire, 0, retries, timeout, ctx);
             return;
         }
     }
 
-    fn poll_wire(&self, index: usize) -> Option<Wire> {
-        let profile = self.driver.profile()?;
-        let poll = profile.polls.get(index)?;
-        match Wire::read(profile, poll.function, poll.start, poll.count) {
+    /// The request of a poll, unless its target is a silent unit not due for a probe.
+    fn poll_wire(&mut self, target: usize, poll: usize, now: Instant) -> Option<Wire> {
+        let t = self.driver.targets.get_mut(target)?;
+        if !t.may_poll(now) {
+            return None;
+        }
+        let p = t.profile.polls.get(poll)?;
+        match Wire::read(t.slave, p.function, p.start, p.count) {
             Ok(wire) => Some(wire),
             Err(e) => {
                 log::error!(
-                    "{}: poll {} cannot be built: {e}",
-                    self.life.who(),
-                    poll.name
+                    "device {}: poll {} cannot be built: {e}",
+                    t.id,
+                    p.name
                 );
                 None
             }
@@ -269,6 +332,7 @@ impl Conn {
         job: Job,
         wire: Wire,
         attempt: u32,
+        retries: u32,
         timeout: Duration,
         ctx: &mut Context<Conn>,
     ) {
@@ -279,7 +343,7 @@ impl Conn {
             attempt + 1,
             to_hex(&adu)
         );
-        if matches!(job, Job::Poll(_)) && attempt == 0 {
+        if matches!(job, Job::Poll { .. }) && attempt == 0 {
             METRICS.polls_sent.inc();
             self.driver.poll_sent_at = Some(Instant::now());
         }
@@ -293,6 +357,7 @@ impl Conn {
             job,
             wire,
             attempt,
+            retries,
             timeout,
             timer,
         });
@@ -302,8 +367,7 @@ impl Conn {
         let Some(flight) = self.driver.in_flight.take() else {
             return;
         };
-        let retries = self.driver.profile().map_or(0, |p| p.retries);
-        if flight.attempt < retries {
+        if flight.attempt < flight.retries {
             log::debug!(
                 "{}: no answer within {} ms; retrying",
                 self.life.who(),
@@ -313,6 +377,7 @@ impl Conn {
                 flight.job,
                 flight.wire,
                 flight.attempt + 1,
+                flight.retries,
                 flight.timeout,
                 ctx,
             );
@@ -352,6 +417,10 @@ impl Conn {
         };
         ctx.cancel_future(flight.timer);
         self.driver.codec.set_expect(None);
+        // Data or a device exception: either way the slave is there.
+        if let Some(target) = flight.job.target() {
+            self.target_answered(target, ctx);
+        }
         match result {
             Ok(answer) => self.answered(flight.job, &flight.wire, answer, ctx),
             Err(e) => self.finish(flight.job, Err(e), ctx),
@@ -361,9 +430,14 @@ impl Conn {
     /// A request was answered: a checked command goes on to its write, anything else ends.
     fn answered(&mut self, job: Job, wire: &Wire, answer: Answer, ctx: &mut Context<Conn>) {
         match (job, answer) {
-            (Job::Command { plan, reply }, Answer::Modbus(response))
-                if matches!(*plan, Plan::Checked { .. }) =>
-            {
+            (
+                Job::Command {
+                    target,
+                    plan,
+                    reply,
+                },
+                Answer::Modbus(response),
+            ) if matches!(*plan, Plan::Checked { .. }) => {
                 if let Plan::Checked {
                     point,
                     require,
@@ -371,11 +445,12 @@ impl Conn {
                     ..
                 } = *plan
                 {
-                    self.check_precondition(&point, require, then, reply, &response, ctx);
+                    let checked = (target, then, reply);
+                    self.check_precondition(&point, require, checked, &response, ctx);
                 }
             }
             (job, Answer::Modbus(response)) => {
-                let values = self.decode_answer(wire, &response);
+                let values = self.decode_answer(job.target(), wire, &response);
                 let outcome = CommandOutcome::Modbus { response, values };
                 self.finish(job, Ok(outcome), ctx);
             }
@@ -388,8 +463,7 @@ impl Conn {
         &mut self,
         point: &Point,
         require: Require,
-        then: Wire,
-        reply: CommandReply,
+        (target, then, reply): (Option<usize>, Wire, CommandReply),
         response: &Response,
         ctx: &mut Context<Conn>,
     ) {
@@ -403,6 +477,7 @@ impl Conn {
             Some(v) if (v - require.equals).abs() < 1e-9 => {
                 // Ahead of everything else, so no poll slips between check and write.
                 self.driver.queue.push_front(Job::Command {
+                    target,
                     plan: Box::new(Plan::Single(then)),
                     reply,
                 });
@@ -422,11 +497,18 @@ impl Conn {
         self.pump(ctx);
     }
 
-    /// The profile's points covered by a read answer.
-    fn decode_answer(&self, wire: &Wire, response: &Response) -> Vec<Decoded> {
-        let (Some(profile), Some(start)) = (self.driver.profile(), wire.read_start()) else {
+    /// The points of the target's profile covered by a read answer.
+    fn decode_answer(
+        &self,
+        target: Option<usize>,
+        wire: &Wire,
+        response: &Response,
+    ) -> Vec<Decoded> {
+        let target = target.and_then(|t| self.driver.targets.get(t));
+        let (Some(t), Some(start)) = (target, wire.read_start()) else {
             return Vec::new();
         };
+        let profile = &t.profile;
         match response {
             Response::Registers(regs) => {
                 decode_block(&profile.points, start, &BlockData::Registers(regs))
@@ -443,7 +525,7 @@ impl Conn {
         ctx: &mut Context<Conn>,
     ) {
         match job {
-            Job::Poll(index) => self.poll_done(index, result),
+            Job::Poll { target, poll } => self.poll_done(target, poll, result, ctx),
             Job::Command { reply, .. } => {
                 if let Err(e) = &result {
                     log::info!("{}: command failed: {e}", self.life.who());
@@ -456,10 +538,14 @@ impl Conn {
     }
 
     /// A poll ended: its values go to storage and the supervisor, its failure to the events.
-    fn poll_done(&mut self, index: usize, result: Result<CommandOutcome, CommandError>) {
-        if let Some(p) = self.driver.poll_pending.get_mut(index) {
-            *p = false;
-        }
+    fn poll_done(
+        &mut self,
+        target: usize,
+        poll: usize,
+        result: Result<CommandOutcome, CommandError>,
+        ctx: &mut Context<Conn>,
+    ) {
+        self.poll_ended(target, poll);
         match &result {
             Ok(_) => {
                 METRICS.polls_answered.inc();
@@ -467,19 +553,18 @@ impl Conn {
                     METRICS.poll_latency.observe(sent.elapsed());
                 }
             }
-            Err(CommandError::Timeout(_)) => METRICS.polls_timeout.inc(),
+            Err(CommandError::Timeout(_)) => {
+                METRICS.polls_timeout.inc();
+                self.target_unanswered(target, ctx);
+            }
             Err(_) => METRICS.polls_failed.inc(),
         }
         self.driver.poll_sent_at = None;
-        let name = self
-            .driver
-            .profile()
-            .and_then(|p| p.polls.get(index))
-            .map_or("?", |p| p.name.as_str())
-            .to_string();
-        let Some(id) = self.life.id.clone() else {
+        let Some(t) = self.driver.targets.get(target) else {
             return;
         };
+        let name = t.profile.polls.get(poll).map_or("?", |p| p.name.as_str());
+        let id = t.id.clone();
         match result {
             Ok(CommandOutcome::Modbus { values, .. }) => {
                 log::debug!("device {id}: poll {name}: {} values", values.len());
@@ -518,6 +603,76 @@ impl Conn {
             }
         }
     }
+
+    /// A target answered: a unit that was not online is now.
+    fn target_answered(&mut self, target: usize, ctx: &mut Context<Conn>) {
+        let change = self.driver.targets.get_mut(target).and_then(Target::answered);
+        if change == Some(Change::CameOnline) {
+            self.unit_online(target, ctx);
+        }
+    }
+
+    /// A poll to a target went unanswered: `max_failed` in a row take a unit offline.
+    fn target_unanswered(&mut self, target: usize, ctx: &mut Context<Conn>) {
+        let max_failed = self.driver.profile().map_or(3, |p| p.max_failed);
+        let change = self
+            .driver
+            .targets
+            .get_mut(target)
+            .and_then(|t| t.unanswered(max_failed, Instant::now()));
+        if change == Some(Change::WentSilent) {
+            let Some(t) = self.driver.targets.get(target) else {
+                return;
+            };
+            log::info!(
+                "device {}: no answer to {max_failed} polls in a row; offline",
+                t.id
+            );
+            self.unit_link(target).went_offline(OfflineReason::NoResponse);
+        }
+        let _ = ctx;
+    }
+
+    /// A unit answered for the first time on this connection, or again after `no_response`:
+    /// it is a device online through this connection.
+    fn unit_online(&mut self, target: usize, ctx: &mut Context<Conn>) {
+        let Some(t) = self.driver.targets.get(target) else {
+            return;
+        };
+        let (id, slave, profile) = (t.id.clone(), t.slave, t.profile.name.clone());
+        let dtu = self.life.id.clone().unwrap_or_default();
+        let link = self.unit_link(target);
+        link.store_event(ConnEvent::Connect, format!("unit {slave} of {dtu}"));
+        link.store_device(true);
+        log::info!("device {id}: unit {slave} of {dtu} answers; online");
+        let listener = &self.life.listener;
+        listener.supervisor.do_send(Registered {
+            id,
+            conn: self.life.conn,
+            handle: ConnHandle {
+                close: ctx.address().recipient(),
+                service: Service::Commands(ctx.address().recipient()),
+            },
+            protocol: listener.protocol,
+            profile: Some(profile),
+            remote_addr: self.life.peer,
+            unit: Some((dtu, slave)),
+        });
+    }
+
+    /// A unit's facts, for reporting it as the device it is.
+    fn unit_link(&self, target: usize) -> Link<'_> {
+        let mut link = self.life.link();
+        if let Some(t) = self.driver.targets.get(target) {
+            link.id = Some(&t.id);
+            link.profile = Some(&t.profile.name);
+            if let (Some(dtu), Some(u)) = (self.life.id.as_deref(), &t.unit) {
+                link.unit = Some((dtu, t.slave));
+                link.connected_at = u.since;
+            }
+        }
+        link
+    }
 }
 
 impl Handler<Execute> for Conn {
@@ -536,9 +691,37 @@ impl Handler<Execute> for Conn {
             ))));
             return;
         }
-        match Plan::of(msg.command, self.driver.profile()) {
+        let target = match msg.unit {
+            Some(slave) => {
+                let unit = self
+                    .driver
+                    .targets
+                    .iter()
+                    .position(|t| t.unit.is_some() && t.slave == slave);
+                match unit {
+                    Some(i) => Some(i),
+                    None => {
+                        let _ = msg.reply.send(Err(CommandError::Invalid(format!(
+                            "no unit with slave {slave} on this DTU"
+                        ))));
+                        return;
+                    }
+                }
+            }
+            // The DTU itself: its one slave, or nothing when its slaves are units.
+            None => self
+                .driver
+                .targets
+                .iter()
+                .position(|t| t.unit.is_none()),
+        };
+        let resolved = target
+            .and_then(|i| self.driver.targets.get(i))
+            .map(|t| (t.profile.as_ref(), t.slave));
+        match Plan::of(msg.command, resolved) {
             Ok(plan) => {
                 self.driver.queue.push_back(Job::Command {
+                    target,
                     plan: Box::new(plan),
                     reply: msg.reply,
                 });

@@ -132,10 +132,16 @@ impl Life {
             id: self.id.as_deref(),
             protocol: self.listener.protocol,
             profile: self.listener.profile.as_deref(),
+            unit: None,
             connected_at: self.connected_at,
             supervisor: &self.listener.supervisor,
             storage: &self.listener.storage,
         }
+    }
+
+    /// Why the connection ended (or will end, once closing).
+    pub fn close_reason(&self) -> OfflineReason {
+        self.close_reason
     }
 
     /// The connection's write path.
@@ -239,6 +245,7 @@ impl<D: Driver> Connection<D> {
             protocol: listener.protocol,
             profile: listener.profile.clone(),
             remote_addr: self.life.peer,
+            unit: None,
         });
         self.start_liveness(ctx);
         D::on_registered(self, ctx);

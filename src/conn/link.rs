@@ -28,6 +28,8 @@ pub struct Link<'a> {
     pub id: Option<&'a str>,
     pub protocol: Protocol,
     pub profile: Option<&'a str>,
+    /// For a unit on the DTU's bus: the DTU's id and the slave address.
+    pub unit: Option<(&'a str, u8)>,
     pub connected_at: DateTime<Utc>,
     pub supervisor: &'a Addr<Supervisor>,
     pub storage: &'a Addr<Storage>,
@@ -73,6 +75,8 @@ impl Link<'_> {
                 online,
                 connected_at: self.connected_at,
                 last_seen: Utc::now(),
+                parent: self.unit.map(|(parent, _)| parent.to_string()),
+                unit: self.unit.map(|(_, slave)| slave),
             }));
         }
     }
@@ -99,6 +103,7 @@ impl Link<'_> {
             OfflineReason::HeartbeatTimeout => ConnEvent::HeartbeatTimeout,
             OfflineReason::Replaced => ConnEvent::Replaced,
             OfflineReason::Closed => ConnEvent::Disconnect,
+            OfflineReason::NoResponse => ConnEvent::NoResponse,
         };
         self.store_event(event, reason.as_str().to_string());
         self.store_device(false);

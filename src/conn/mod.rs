@@ -11,6 +11,7 @@ pub mod link;
 pub mod listener;
 pub mod plan;
 pub mod relay;
+pub mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -30,13 +30,10 @@ pub enum Answer {
 }
 
 impl Wire {
-    /// The poll `function`/`start`/`count` of `profile`, as a request to its slave.
-    pub fn read(profile: &Profile, function: u8, start: u16, count: u16) -> Result<Wire, String> {
+    /// A read of `count` from `start` with `function`, to `slave`.
+    pub fn read(slave: u8, function: u8, start: u16, count: u16) -> Result<Wire, String> {
         Request::read(function, start, count)
-            .map(|request| Wire::Modbus {
-                slave: profile.slave,
-                request,
-            })
+            .map(|request| Wire::Modbus { slave, request })
             .map_err(|e| e.to_string())
     }
 
@@ -123,20 +120,26 @@ impl Plan {
         }
     }
 
-    /// Resolves an operator command against the device's profile.
-    pub fn of(command: DeviceCommand, profile: Option<&Profile>) -> Result<Plan, CommandError> {
+    /// Resolves an operator command against the device it goes to: the profile and slave
+    /// address of its slave (None: a DTU whose slaves are units, which takes raw frames only).
+    pub fn of(
+        command: DeviceCommand,
+        target: Option<(&Profile, u8)>,
+    ) -> Result<Plan, CommandError> {
+        let no_profile = || {
+            CommandError::Invalid(
+                "this device has no Modbus profile of its own (a DTU with units takes raw frames; \
+                 send the others to its units, <id>.<slave>)"
+                    .into(),
+            )
+        };
         match command {
             DeviceCommand::Modbus(request) => {
-                let profile = profile.ok_or_else(|| {
-                    CommandError::Invalid("this device has no Modbus profile".into())
-                })?;
+                let (_, slave) = target.ok_or_else(no_profile)?;
                 request
                     .validate()
                     .map_err(|e| CommandError::Invalid(e.to_string()))?;
-                Ok(Plan::Single(Wire::Modbus {
-                    slave: profile.slave,
-                    request,
-                }))
+                Ok(Plan::Single(Wire::Modbus { slave, request }))
             }
             DeviceCommand::Raw(adu) => match (adu.first(), adu.get(1)) {
                 (Some(&slave), Some(&function)) if adu.len() >= 4 && adu.len() <= MAX_ADU => {
@@ -154,22 +157,20 @@ impl Plan {
                 ))),
             },
             DeviceCommand::Named(name) => {
-                let profile = profile.ok_or_else(|| {
-                    CommandError::Invalid("this device has no Modbus profile".into())
-                })?;
+                let (profile, slave) = target.ok_or_else(no_profile)?;
                 let command = profile.command(&name).ok_or_else(|| {
                     CommandError::Invalid(format!(
                         "profile {} has no command {name:?}",
                         profile.name
                     ))
                 })?;
-                named(profile, command)
+                named(profile, slave, command)
             }
         }
     }
 }
 
-fn named(profile: &Profile, command: &NamedCommand) -> Result<Plan, CommandError> {
+fn named(profile: &Profile, slave: u8, command: &NamedCommand) -> Result<Plan, CommandError> {
     let request = match &command.write {
         WriteSpec::Register { address, value } => Request::WriteSingleRegister {
             address: *address,
@@ -184,10 +185,7 @@ fn named(profile: &Profile, command: &NamedCommand) -> Result<Plan, CommandError
             value: *value,
         },
     };
-    let then = Wire::Modbus {
-        slave: profile.slave,
-        request,
-    };
+    let then = Wire::Modbus { slave, request };
     let Some(require) = &command.require else {
         return Ok(Plan::Single(then));
     };
@@ -211,7 +209,7 @@ fn named(profile: &Profile, command: &NamedCommand) -> Result<Plan, CommandError
         .map_err(|e| CommandError::Invalid(e.to_string()))?;
     Ok(Plan::Checked {
         read: Wire::Modbus {
-            slave: profile.slave,
+            slave,
             request: read,
         },
         point: point.clone(),

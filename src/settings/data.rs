@@ -10,7 +10,7 @@ use super::tree::{
     array, array_of, child_path, duration, float, hex_bytes, index_path, int_in, name, parsed,
     report_duplicates, string, uint, Ctx, Field, Section,
 };
-use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, WriteSpec};
+use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, Unit, WriteSpec};
 use crate::events::rules::Rule;
 use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration};
 use crate::protocol::points::{Point, PointType, WordOrder};
@@ -26,6 +26,8 @@ pub const MAX_WRITE_REGISTERS: usize = 123;
 /// (so a broken profile does not also make every listener naming it "unknown").
 pub(super) struct ProfileInfo {
     pub has_registration: bool,
+    /// Whether it lists `units` (and so cannot be a unit itself).
+    pub has_units: bool,
 }
 
 /// The profiles data.toml names, and the file's name for messages.
@@ -51,27 +53,124 @@ pub(super) fn validate(ctx: &mut Ctx<'_>, root: &Value) -> (DataSettings, Profil
     else {
         return (data, index);
     };
+    // Profiles with units name other profiles: those are read first, then the buses.
+    let mut buses = Vec::new();
     for (profile_name, value) in profiles.entries() {
         let path = child_path("profiles", profile_name);
-        let has_registration = matches!(&value.kind, ValueKind::Table(t)
-            if t.get("registration").is_some_and(|r| !matches!(r.kind, ValueKind::Nil)));
-        index
-            .profiles
-            .insert(profile_name.clone(), ProfileInfo { has_registration });
+        let has_key = |key: &str| {
+            matches!(&value.kind, ValueKind::Table(t)
+                if t.get(key).is_some_and(|r| !matches!(r.kind, ValueKind::Nil)))
+        };
+        let info = ProfileInfo {
+            has_registration: has_key("registration"),
+            has_units: has_key("units"),
+        };
+        index.profiles.insert(profile_name.clone(), info);
         let before = ctx.errors.len();
         if profile_name.trim().is_empty() {
             ctx.err(&path, Some(value), "a profile name must not be empty");
         }
-        let profile = profile(ctx, profile_name, &path, value);
-        if let (Some(profile), true) = (profile, ctx.errors.len() == before) {
-            data.profiles
-                .insert(profile_name.clone(), Arc::new(profile));
+        let Some((profile, units)) = profile(ctx, profile_name, &path, value) else {
+            continue;
+        };
+        let valid = ctx.errors.len() == before;
+        if units.is_empty() {
+            if valid {
+                data.profiles.insert(profile_name.clone(), Arc::new(profile));
+            }
+        } else {
+            // Its units are looked up even when it has problems: every problem is reported.
+            buses.push((profile, units, valid));
+        }
+    }
+    for (mut bus, units, valid) in buses {
+        let before = ctx.errors.len();
+        bus.units = resolve_units(ctx, units, &data, &index);
+        if valid && ctx.errors.len() == before {
+            data.profiles.insert(bus.name.clone(), Arc::new(bus));
         }
     }
     (data, index)
 }
 
-fn profile(ctx: &mut Ctx<'_>, profile_name: &str, path: &str, v: &Value) -> Option<Profile> {
+/// A unit as the file names it, before its profile is looked up.
+struct UnitRef {
+    slave: u8,
+    profile: String,
+    /// Its path in the file and the value of its `profile` key, for messages.
+    path: String,
+    value: Value,
+}
+
+/// Reads `[[profiles.X.units]]`: each a slave 1..=247 (no slave twice) and a profile.
+fn units(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Vec<UnitRef> {
+    let mut out = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (i, item) in list(ctx, s, "units").iter().enumerate() {
+        let path = index_path(&s.key("units"), i);
+        let Some(u) = Section::new(ctx, &path, item, &["slave", "profile"]) else {
+            continue;
+        };
+        let slave = u.required(ctx, "slave", uint::<u8>(1, 247));
+        let profile = u.required(ctx, "profile", name);
+        if let Some(slave) = slave {
+            if let Some(first) = seen.insert(slave, u.key("slave")) {
+                ctx.err(
+                    &u.key("slave"),
+                    u.get("slave"),
+                    format!("slave {slave} is already a unit at {first}"),
+                );
+            }
+        }
+        if let (Some(slave), Some(profile), Some(value)) = (slave, profile, u.get("profile")) {
+            out.push(UnitRef {
+                slave,
+                profile,
+                path: u.key("profile"),
+                value: value.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Looks each unit's profile up: it must be defined and have no units itself.
+fn resolve_units(
+    ctx: &mut Ctx<'_>,
+    units: Vec<UnitRef>,
+    data: &DataSettings,
+    index: &ProfileIndex,
+) -> Vec<Unit> {
+    let mut out = Vec::new();
+    for u in units {
+        let problem = match (data.profiles.get(&u.profile), index.profiles.get(&u.profile)) {
+            (Some(profile), _) => {
+                out.push(Unit {
+                    slave: u.slave,
+                    profile: profile.clone(),
+                });
+                continue;
+            }
+            (None, None) => format!("profile {:?} is not defined in {}", u.profile, index.file),
+            (None, Some(info)) if info.has_units => format!(
+                "profile {:?} has units of its own; a unit is one slave",
+                u.profile
+            ),
+            // A profile with problems of its own, reported where they are.
+            (None, Some(_)) => continue,
+        };
+        ctx.err(&u.path, Some(&u.value), problem);
+    }
+    out
+}
+
+/// One profile, and the units it names (looked up once every profile is read).
+fn profile(
+    ctx: &mut Ctx<'_>,
+    profile_name: &str,
+    path: &str,
+    v: &Value,
+) -> Option<(Profile, Vec<UnitRef>)> {
     let s = Section::new(
         ctx,
         path,
@@ -86,6 +185,8 @@ fn profile(ctx: &mut Ctx<'_>, profile_name: &str, path: &str, v: &Value) -> Opti
             "rules",
             "registration",
             "heartbeat",
+            "units",
+            "max_failed",
         ],
     )?;
     let slave = s.field(ctx, "slave", uint::<u8>(1, 247)).or(1);
@@ -144,8 +245,24 @@ fn profile(ctx: &mut Ctx<'_>, profile_name: &str, path: &str, v: &Value) -> Opti
 
     let registration = s.field(ctx, "registration", registration).optional();
     let heartbeat = s.field(ctx, "heartbeat", heartbeat).optional();
+    let units = units(ctx, &s);
+    let max_failed = s
+        .field(ctx, "max_failed", uint::<u32>(1, u32::MAX.into()))
+        .or(3);
+    if !units.is_empty() {
+        // A bus is polled through its units; its own polls would have no slave to go to.
+        for key in ["slave", "polls", "points", "commands", "rules"] {
+            if s.get(key).is_some() {
+                ctx.err(
+                    &s.key(key),
+                    s.get(key),
+                    format!("a profile with units has no {key} of its own: each unit's profile has them"),
+                );
+            }
+        }
+    }
 
-    Some(Profile {
+    let profile = Profile {
         name: profile_name.to_string(),
         slave: slave?,
         response_timeout: response_timeout?,
@@ -156,7 +273,10 @@ fn profile(ctx: &mut Ctx<'_>, profile_name: &str, path: &str, v: &Value) -> Opti
         rules: rules.into_iter().collect::<Option<_>>()?,
         registration: registration?,
         heartbeat: heartbeat?,
-    })
+        units: Vec::new(),
+        max_failed: max_failed?,
+    };
+    Some((profile, units))
 }
 
 /// The array at `key` (empty when missing or not an array; the latter is recorded).
@@ -704,5 +824,104 @@ type = "f32"
         assert_eq!(errors.len(), 1);
         let names: Vec<&str> = data.profiles.keys().map(String::as_str).collect();
         assert_eq!(names, ["good"]);
+    }
+
+    const UNIT_PROFILES: &str = r#"
+[profiles.meter]
+[[profiles.meter.polls]]
+name = "block"
+function = 3
+start = 0
+count = 2
+every = "1s"
+[[profiles.meter.points]]
+name = "voltage"
+address = 0
+type = "u16"
+
+[profiles.plc]
+slave = 9
+[[profiles.plc.polls]]
+name = "coils"
+function = 1
+start = 0
+count = 8
+every = "1s"
+"#;
+
+    #[test]
+    fn units_name_a_slave_and_a_profile_each() {
+        let text = format!(
+            "{UNIT_PROFILES}
+[profiles.bus]
+response_timeout = \"1s\"
+max_failed = 5
+[[profiles.bus.units]]
+slave = 1
+profile = \"meter\"
+[[profiles.bus.units]]
+slave = 7
+profile = \"plc\"
+"
+        );
+        let (data, errors) = check(&text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let bus = &data.profiles["bus"];
+        assert_eq!(bus.max_failed, 5);
+        let units: Vec<(u8, &str)> = bus
+            .units
+            .iter()
+            .map(|u| (u.slave, u.profile.name.as_str()))
+            .collect();
+        assert_eq!(units, vec![(1, "meter"), (7, "plc")]);
+        // The unit profiles are profiles like any other; without units, max_failed is 3.
+        assert!(data.profiles["meter"].units.is_empty());
+        assert_eq!(data.profiles["meter"].max_failed, 3);
+    }
+
+    #[test]
+    fn bad_units_are_reported_at_their_keys() {
+        let text = format!(
+            "{UNIT_PROFILES}
+[profiles.bus]
+[[profiles.bus.units]]
+slave = 0
+profile = \"meter\"
+[[profiles.bus.units]]
+slave = 7
+profile = \"nope\"
+[[profiles.bus.units]]
+slave = 7
+profile = \"plc\"
+[[profiles.bus.units]]
+slave = 8
+profile = \"bus2\"
+
+[profiles.bus2]
+[[profiles.bus2.units]]
+slave = 2
+profile = \"meter\"
+[[profiles.bus2.polls]]
+name = \"own\"
+function = 3
+start = 0
+count = 1
+every = \"1s\"
+"
+        );
+        let (data, errors) = check(&text);
+        let has = |key: &str, what: &str| {
+            assert!(
+                errors.iter().any(|e| e.contains(key) && e.contains(what)),
+                "no error at {key} saying {what:?} in {errors:#?}"
+            )
+        };
+        has("profiles.bus.units[0].slave", "1..=247");
+        has("profiles.bus.units[1].profile", "\"nope\" is not defined");
+        has("profiles.bus.units[2].slave", "slave 7 is already a unit");
+        has("profiles.bus.units[3].profile", "has units of its own");
+        has("profiles.bus2.polls", "a profile with units has no polls of its own");
+        assert!(!data.profiles.contains_key("bus") && !data.profiles.contains_key("bus2"));
+        assert!(data.profiles.contains_key("meter"));
     }
 }

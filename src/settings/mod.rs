@@ -256,6 +256,11 @@ pub struct Profile {
     pub points: Vec<Point>,
     pub commands: Vec<NamedCommand>,
     pub rules: Vec<Rule>,
+    /// Several slaves on the DTU's RS-485 bus, each a device of its own polled with its own
+    /// profile; empty: the DTU polls its one slave with this profile.
+    pub units: Vec<Unit>,
+    /// Polls in a row a unit may leave unanswered before it is offline (`no_response`).
+    pub max_failed: u32,
     /// How a DTU registers where its protocol leaves that to the profile (transparent).
     pub registration: Option<Registration>,
     /// What such a DTU's heartbeat looks like.
@@ -270,6 +275,13 @@ impl Profile {
     pub fn command(&self, name: &str) -> Option<&NamedCommand> {
         self.commands.iter().find(|c| c.name == name)
     }
+}
+
+/// One slave on a DTU's bus: a device `<dtu id>.<slave>` polled with `profile`.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub slave: u8,
+    pub profile: Arc<Profile>,
 }
 
 /// One block read: `count` coils/inputs/registers from `start` with Modbus `function` 1..=4.

@@ -26,6 +26,11 @@ pub struct SimConfig {
     pub protocol: Protocol,
     /// Modbus slave address the simulated meter answers to (1..=247).
     pub slave: u8,
+    /// Several slaves on the DTU's RS-485 bus instead of `slave`, each with values of its own
+    /// (CLI `--units 1,7`); empty: just `slave`.
+    pub units: Vec<u8>,
+    /// Slaves of `units` that never answer (CLI `--silent 7`); a handle can change it live.
+    pub silent: Vec<u8>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Reconnect (with exponential backoff and jitter) when the connection fails or closes;
@@ -75,6 +80,8 @@ impl Default for SimConfig {
             server: SocketAddr::from(([127, 0, 0, 1], 22334)),
             protocol: Protocol::of(&framed::PROTOCOL),
             slave: 1,
+            units: Vec::new(),
+            silent: Vec::new(),
             heartbeat: Duration::from_secs(30),
             reconnect: false,
             glue_registration: false,
@@ -123,6 +130,15 @@ pub enum SimError {
 const SPREAD_ADDRESSES: u64 = 250;
 
 impl SimConfig {
+    /// The slaves the simulated bus answers for: the units, or the one slave.
+    pub fn slaves(&self) -> Vec<u8> {
+        if self.units.is_empty() {
+            vec![self.slave]
+        } else {
+            self.units.clone()
+        }
+    }
+
     /// The address device `number`'s socket is bound to before it connects: with
     /// `spread_sources`, 127.0.0.(1 + number % 250) and a port the kernel picks; `None` without.
     pub fn source_address(&self, number: u64) -> Option<SocketAddr> {

@@ -71,12 +71,15 @@ impl SimDevice {
         limiter: Option<Arc<ConnectLimiter>>,
     ) -> (SimDevice, SimHandle) {
         let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(id_number, config.slave, stop));
+        let shared = Arc::new(Shared::new(id_number, config.slaves(), stop));
         let handle = SimHandle {
             shared: shared.clone(),
         };
         for value in &config.initial_values {
             value.apply(&handle);
+        }
+        for slave in &config.silent {
+            handle.set_silent(*slave, true);
         }
         (
             SimDevice {

@@ -5,7 +5,7 @@
 //! Every address exists. Holding and input registers are one table (FC3 and FC4 read the
 //! same values), coils and discrete inputs are one table (FC1 and FC2).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,14 @@ struct Memory {
     coils: HashMap<u16, bool>,
 }
 
+/// The slaves on the simulated bus: each one's written values, and which are silent.
+#[derive(Debug, Default)]
+struct Bus {
+    memories: HashMap<u8, Memory>,
+    /// Slaves that do not answer (a unit switched off, a cut wire).
+    silent: HashSet<u8>,
+}
+
 /// What a request produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
@@ -64,45 +72,108 @@ enum Outcome {
     Malformed,
 }
 
+/// Applies a write request to one slave's memory; answers its echo (None for a read, which
+/// writes nothing).
+fn write_to(mem: &mut Memory, request: &Request) -> Option<Response> {
+    Some(match request {
+        Request::WriteSingleCoil { address, value } => {
+            mem.coils.insert(*address, *value);
+            Response::WriteSingleCoil {
+                address: *address,
+                value: *value,
+            }
+        }
+        Request::WriteSingleRegister { address, value } => {
+            mem.registers.insert(*address, *value);
+            Response::WriteSingleRegister {
+                address: *address,
+                value: *value,
+            }
+        }
+        Request::WriteMultipleCoils { address, values } => {
+            for (i, v) in values.iter().enumerate() {
+                mem.coils.insert(address.wrapping_add(i as u16), *v);
+            }
+            Response::WriteMultiple {
+                address: *address,
+                count: values.len() as u16,
+            }
+        }
+        Request::WriteMultipleRegisters { address, values } => {
+            for (i, v) in values.iter().enumerate() {
+                mem.registers.insert(address.wrapping_add(i as u16), *v);
+            }
+            Response::WriteMultiple {
+                address: *address,
+                count: values.len() as u16,
+            }
+        }
+        Request::ReadCoils { .. }
+        | Request::ReadDiscreteInputs { .. }
+        | Request::ReadHoldingRegisters { .. }
+        | Request::ReadInputRegisters { .. } => return None,
+    })
+}
+
 /// State shared between a running device and its handles.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) id: u64,
-    slave: u8,
-    memory: Mutex<Memory>,
+    /// The slaves that answer; the first is the one the handle's setters address.
+    slaves: Vec<u8>,
+    bus: Mutex<Bus>,
     pub(super) stats: SimStats,
     pub(super) stop: watch::Sender<bool>,
 }
 
 impl Shared {
-    pub(super) fn new(id: u64, slave: u8, stop: watch::Sender<bool>) -> Shared {
+    /// A meter answering `slaves` (at least one; an empty list means slave 1).
+    pub(super) fn new(id: u64, slaves: Vec<u8>, stop: watch::Sender<bool>) -> Shared {
+        let slaves = if slaves.is_empty() { vec![1] } else { slaves };
         Shared {
             id,
-            slave,
-            memory: Mutex::new(Memory::default()),
+            slaves,
+            bus: Mutex::new(Bus::default()),
             stats: SimStats::default(),
             stop,
         }
     }
 
-    fn memory(&self) -> MutexGuard<'_, Memory> {
+    fn bus(&self) -> MutexGuard<'_, Bus> {
         // A poisoned lock only means a panic elsewhere while holding it; the maps are
         // still consistent (every update is a single insert).
-        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+        self.bus.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register_at(&self, mem: &Memory, address: u16, now: f64) -> u16 {
-        mem.registers
-            .get(&address)
-            .copied()
-            .unwrap_or_else(|| signal(self.id, address, now))
+    /// The slave the handle's setters address.
+    fn main_slave(&self) -> u8 {
+        self.slaves.first().copied().unwrap_or(1)
     }
 
-    fn coil_at(&self, mem: &Memory, address: u16, now: f64) -> bool {
-        mem.coils
-            .get(&address)
+    /// What drives a slave's unwritten values: the device number, and for a bus of several
+    /// slaves the slave too, so that each unit reads differently.
+    fn seed(&self, slave: u8) -> u64 {
+        if self.slaves.len() == 1 {
+            self.id
+        } else {
+            self.id.wrapping_mul(1000).wrapping_add(u64::from(slave))
+        }
+    }
+
+    fn register_at(&self, bus: &Bus, slave: u8, address: u16, now: f64) -> u16 {
+        bus.memories
+            .get(&slave)
+            .and_then(|m| m.registers.get(&address))
             .copied()
-            .unwrap_or_else(|| signal_bit(self.id, address, now))
+            .unwrap_or_else(|| signal(self.seed(slave), address, now))
+    }
+
+    fn coil_at(&self, bus: &Bus, slave: u8, address: u16, now: f64) -> bool {
+        bus.memories
+            .get(&slave)
+            .and_then(|m| m.coils.get(&address))
+            .copied()
+            .unwrap_or_else(|| signal_bit(self.seed(slave), address, now))
     }
 
     /// Execute one RTU request ADU (CRC included) the way a meter on the bus would.
@@ -112,7 +183,7 @@ impl Shared {
         }
         let (slave, function) = (adu[0], adu[1]);
         let broadcast = slave == 0;
-        if !broadcast && slave != self.slave {
+        if !broadcast && (!self.slaves.contains(&slave) || self.bus().silent.contains(&slave)) {
             return Outcome::Ignored;
         }
         let exception = |code: u8| {
@@ -143,45 +214,35 @@ impl Shared {
         if broadcast && is_read {
             return Outcome::Ignored;
         }
+        // A broadcast write reaches every slave on the bus.
+        let targets: Vec<u8> = if broadcast {
+            self.slaves.clone()
+        } else {
+            vec![slave]
+        };
         let response = {
-            let mut mem = self.memory();
+            let mut bus = self.bus();
             match request {
                 Request::ReadCoils { start, count }
                 | Request::ReadDiscreteInputs { start, count } => Response::Bits(
                     (0..count)
-                        .map(|i| self.coil_at(&mem, start.wrapping_add(i), now))
+                        .map(|i| self.coil_at(&bus, slave, start.wrapping_add(i), now))
                         .collect(),
                 ),
                 Request::ReadHoldingRegisters { start, count }
                 | Request::ReadInputRegisters { start, count } => Response::Registers(
                     (0..count)
-                        .map(|i| self.register_at(&mem, start.wrapping_add(i), now))
+                        .map(|i| self.register_at(&bus, slave, start.wrapping_add(i), now))
                         .collect(),
                 ),
-                Request::WriteSingleCoil { address, value } => {
-                    mem.coils.insert(address, value);
-                    Response::WriteSingleCoil { address, value }
-                }
-                Request::WriteSingleRegister { address, value } => {
-                    mem.registers.insert(address, value);
-                    Response::WriteSingleRegister { address, value }
-                }
-                Request::WriteMultipleCoils { address, values } => {
-                    for (i, v) in values.iter().enumerate() {
-                        mem.coils.insert(address.wrapping_add(i as u16), *v);
+                write => {
+                    let mut response = None;
+                    for s in &targets {
+                        response = write_to(bus.memories.entry(*s).or_default(), &write);
                     }
-                    Response::WriteMultiple {
-                        address,
-                        count: values.len() as u16,
-                    }
-                }
-                Request::WriteMultipleRegisters { address, values } => {
-                    for (i, v) in values.iter().enumerate() {
-                        mem.registers.insert(address.wrapping_add(i as u16), *v);
-                    }
-                    Response::WriteMultiple {
-                        address,
-                        count: values.len() as u16,
+                    match response {
+                        Some(r) => r,
+                        None => return Outcome::Ignored,
                     }
                 }
             }
@@ -236,12 +297,18 @@ impl SimHandle {
 
     /// Fix a register (holding and input) to `value`, as if written by FC6.
     pub fn set_register(&self, address: u16, value: u16) {
-        self.shared.memory().registers.insert(address, value);
+        self.set_registers(address, &[value]);
     }
 
     /// Fix consecutive registers from `address` on (wrapping past 65535).
     pub fn set_registers(&self, address: u16, values: &[u16]) {
-        let mut mem = self.shared.memory();
+        self.set_registers_of(self.shared.main_slave(), address, values);
+    }
+
+    /// Fix consecutive registers of one slave of the bus (a unit).
+    pub fn set_registers_of(&self, slave: u8, address: u16, values: &[u16]) {
+        let mut bus = self.shared.bus();
+        let mem = bus.memories.entry(slave).or_default();
         for (i, v) in values.iter().enumerate() {
             mem.registers.insert(address.wrapping_add(i as u16), *v);
         }
@@ -255,26 +322,46 @@ impl SimHandle {
 
     /// Fix a coil (and discrete input).
     pub fn set_coil(&self, address: u16, value: bool) {
-        self.shared.memory().coils.insert(address, value);
+        let slave = self.shared.main_slave();
+        let mut bus = self.shared.bus();
+        bus.memories
+            .entry(slave)
+            .or_default()
+            .coils
+            .insert(address, value);
+    }
+
+    /// Silence a slave of the bus (it stops answering), or let it answer again.
+    pub fn set_silent(&self, slave: u8, silent: bool) {
+        let mut bus = self.shared.bus();
+        if silent {
+            bus.silent.insert(slave);
+        } else {
+            bus.silent.remove(&slave);
+        }
     }
 
     /// Forget every fixed or written value: all addresses follow the signal again.
     pub fn clear(&self) {
-        let mut mem = self.shared.memory();
-        mem.registers = HashMap::new();
-        mem.coils = HashMap::new();
+        self.shared.bus().memories = HashMap::new();
     }
 
-    /// What FC3 would read at `address` now.
+    /// What FC3 would read at `address` now (of the first slave).
     pub fn register(&self, address: u16) -> u16 {
-        let mem = self.shared.memory();
-        self.shared.register_at(&mem, address, unix_now())
+        self.register_of(self.shared.main_slave(), address)
     }
 
-    /// What FC1 would read at `address` now.
+    /// What FC3 would read at `address` of `slave` now.
+    pub fn register_of(&self, slave: u8, address: u16) -> u16 {
+        let bus = self.shared.bus();
+        self.shared.register_at(&bus, slave, address, unix_now())
+    }
+
+    /// What FC1 would read at `address` now (of the first slave).
     pub fn coil(&self, address: u16) -> bool {
-        let mem = self.shared.memory();
-        self.shared.coil_at(&mem, address, unix_now())
+        let bus = self.shared.bus();
+        let slave = self.shared.main_slave();
+        self.shared.coil_at(&bus, slave, address, unix_now())
     }
 
     /// This device's counters.
@@ -299,7 +386,7 @@ mod tests {
     }
 
     fn shared(id: u64, slave: u8) -> Shared {
-        Shared::new(id, slave, watch::channel(false).0)
+        Shared::new(id, vec![slave], watch::channel(false).0)
     }
 
     #[test]
@@ -352,6 +439,44 @@ mod tests {
             dev.execute(&read, 5.0),
             Outcome::Reply(Response::Registers(expected).encode(1, 3))
         );
+    }
+
+    #[test]
+    fn a_bus_of_units_answers_for_each_with_values_of_its_own() {
+        let dev = Shared::new(3, vec![1, 7], watch::channel(false).0);
+        let handle = SimHandle {
+            shared: Arc::new(dev),
+        };
+        handle.set_registers_of(7, 100, &[77]);
+        handle.set_registers(100, &[11]);
+        let read = Request::ReadHoldingRegisters {
+            start: 100,
+            count: 1,
+        };
+        let answer = |slave: u8| handle.shared.execute(&adu(slave, &read), 0.0);
+        assert_eq!(
+            answer(1),
+            Outcome::Reply(Response::Registers(vec![11]).encode(1, 3))
+        );
+        assert_eq!(
+            answer(7),
+            Outcome::Reply(Response::Registers(vec![77]).encode(7, 3))
+        );
+        assert_eq!(answer(2), Outcome::Ignored, "not on this bus");
+        // Unwritten registers differ from unit to unit.
+        assert_ne!(handle.register_of(1, 5), handle.register_of(7, 5));
+        handle.set_silent(7, true);
+        assert_eq!(answer(7), Outcome::Ignored);
+        assert!(matches!(answer(1), Outcome::Reply(_)));
+        handle.set_silent(7, false);
+        assert!(matches!(answer(7), Outcome::Reply(_)));
+        // A broadcast write reaches every unit, silently.
+        let write = Request::WriteSingleRegister {
+            address: 9,
+            value: 5,
+        };
+        assert_eq!(handle.shared.execute(&adu(0, &write), 0.0), Outcome::Ignored);
+        assert_eq!((handle.register_of(1, 9), handle.register_of(7, 9)), (5, 5));
     }
 
     #[test]

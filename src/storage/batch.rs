@@ -168,6 +168,7 @@ impl<'a> Batch<'a> {
             || too_long("protocol", &d.protocol, 32)
             || too_long("profile", d.profile.as_deref().unwrap_or(""), NAME_MAX)
             || too_long("remote address", &d.remote_addr, NAME_MAX)
+            || too_long("parent device id", d.parent.as_deref().unwrap_or(""), DEVICE_ID_MAX)
         {
             self.dropped += 1;
             return;
@@ -180,6 +181,8 @@ impl<'a> Batch<'a> {
             online: i16::from(d.online),
             connected_at: naive(d.connected_at),
             last_seen: naive(d.last_seen),
+            parent: d.parent.as_deref(),
+            unit: d.unit.map(i16::from),
         });
     }
 
@@ -235,7 +238,7 @@ impl<'a> Batch<'a> {
     /// Runs inside the caller's transaction.
     fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
         let binds = max_binds(backend);
-        for chunk in self.devices.chunks(rows_per_insert(binds, 7)) {
+        for chunk in self.devices.chunks(rows_per_insert(binds, 9)) {
             on_inner!(conn, c => c.upsert(chunk),
                       mysql c => mysql::upsert_devices(c, chunk))?;
         }
@@ -320,6 +323,8 @@ macro_rules! upsert_devices {
                 online.eq(excluded(online)),
                 connected_at.eq(excluded(connected_at)),
                 last_seen.eq(excluded(last_seen)),
+                parent.eq(excluded(parent)),
+                unit.eq(excluded(unit)),
             ))
     }};
 }

@@ -52,6 +52,8 @@ pub(crate) struct NewDevice<'a> {
     pub(crate) online: i16,
     pub(crate) connected_at: NaiveDateTime,
     pub(crate) last_seen: NaiveDateTime,
+    pub(crate) parent: Option<&'a str>,
+    pub(crate) unit: Option<i16>,
 }
 
 #[derive(Insertable)]

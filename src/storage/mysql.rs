@@ -26,6 +26,8 @@ mod datetime_tables {
             online -> SmallInt,
             connected_at -> Datetime,
             last_seen -> Datetime,
+            parent -> Nullable<Text>,
+            unit -> Nullable<SmallInt>,
         }
     }
     diesel::table! {
@@ -167,10 +169,10 @@ pub(super) fn upsert_devices(
     c: &mut MysqlConnection,
     rows: &[NewDevice<'_>],
 ) -> QueryResult<usize> {
-    insert!(rows => devices(id, protocol, profile, remote_addr, online, connected_at, last_seen))
+    insert!(rows => devices(id, protocol, profile, remote_addr, online, connected_at, last_seen, parent, unit))
         .on_conflict(diesel::dsl::DuplicatedKeys)
         .do_update()
-        .set(inserted!(devices => protocol, profile, remote_addr, online, connected_at, last_seen))
+        .set(inserted!(devices => protocol, profile, remote_addr, online, connected_at, last_seen, parent, unit))
         .execute(c)
 }
 

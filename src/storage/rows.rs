@@ -88,6 +88,8 @@ pub enum ConnEvent {
     HeartbeatTimeout,
     Replaced,
     Rejected,
+    /// A unit left `max_failed` polls in a row unanswered.
+    NoResponse,
 }
 
 impl ConnEvent {
@@ -98,6 +100,7 @@ impl ConnEvent {
             ConnEvent::HeartbeatTimeout => "heartbeat_timeout",
             ConnEvent::Replaced => "replaced",
             ConnEvent::Rejected => "rejected",
+            ConnEvent::NoResponse => "no_response",
         }
     }
 }
@@ -123,6 +126,11 @@ pub struct DeviceRow {
     pub online: bool,
     pub connected_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// For a unit (one slave on a DTU's bus): the DTU's id and the slave address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<u8>,
 }
 
 /// One operator command and where it stands; written as an upsert by id, so each state

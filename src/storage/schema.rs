@@ -37,6 +37,8 @@ diesel::table! {
         online -> SmallInt,
         connected_at -> Timestamp,
         last_seen -> Timestamp,
+        parent -> Nullable<Text>,
+        unit -> Nullable<SmallInt>,
     }
 }
 

@@ -27,6 +27,8 @@ pub enum OfflineReason {
     HeartbeatTimeout,
     Closed,
     Replaced,
+    /// A unit on a DTU's bus left `max_failed` polls in a row unanswered.
+    NoResponse,
 }
 
 impl OfflineReason {
@@ -35,6 +37,7 @@ impl OfflineReason {
             OfflineReason::HeartbeatTimeout => "heartbeat_timeout",
             OfflineReason::Closed => "closed",
             OfflineReason::Replaced => "replaced",
+            OfflineReason::NoResponse => "no_response",
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct Close {
 pub struct Execute {
     pub command: DeviceCommand,
     pub reply: CommandReply,
+    /// For a unit on the DTU's bus: its slave address; None: the DTU itself.
+    pub unit: Option<u8>,
 }
 
 /// A `$TTMS` frame from another terminal, already rewritten for the one it is handed to.
@@ -139,6 +144,9 @@ pub struct Registered {
     pub protocol: Protocol,
     pub profile: Option<String>,
     pub remote_addr: SocketAddr,
+    /// For a unit on the DTU's bus: the DTU's id and the slave address. It is reached through
+    /// its DTU's connection.
+    pub unit: Option<(String, u8)>,
 }
 
 /// Traffic from a device (sent at most about once a second per device).
@@ -203,6 +211,12 @@ pub struct DeviceView {
     pub remote_addr: String,
     pub connected_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// For a unit (one slave on a DTU's bus): the DTU's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a unit: its slave address on the bus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<u8>,
 }
 
 /// The latest decoded value of one point.

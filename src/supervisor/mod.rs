@@ -101,6 +101,8 @@ impl Supervisor {
                     remote_addr: d.remote_addr,
                     connected_at: d.connected_at,
                     last_seen: d.last_seen,
+                    parent: d.parent,
+                    unit: d.unit,
                 };
                 let entry = DeviceEntry {
                     view,
@@ -173,11 +175,15 @@ impl Handler<Registered> for Supervisor {
 
     fn handle(&mut self, msg: Registered, _: &mut Self::Context) {
         let now = Utc::now();
-        let online = serde_json::json!({
+        let mut online = serde_json::json!({
             "protocol": msg.protocol.as_str(),
             "profile": msg.profile,
             "remote_addr": msg.remote_addr.to_string(),
         });
+        if let (Some((parent, unit)), Some(data)) = (&msg.unit, online.as_object_mut()) {
+            data.insert("parent".into(), serde_json::json!(parent));
+            data.insert("unit".into(), serde_json::json!(unit));
+        }
         let view = DeviceView {
             id: msg.id.clone(),
             online: true,
@@ -186,6 +192,8 @@ impl Handler<Registered> for Supervisor {
             remote_addr: msg.remote_addr.to_string(),
             connected_at: now,
             last_seen: now,
+            parent: msg.unit.as_ref().map(|(parent, _)| parent.clone()),
+            unit: msg.unit.as_ref().map(|(_, slave)| *slave),
         };
         let id = msg.id.clone();
         match self.devices.get_mut(&msg.id) {
@@ -367,6 +375,7 @@ impl Handler<RouteCommand> for Supervisor {
             .try_send(Execute {
                 command: msg.command,
                 reply: msg.reply,
+                unit: entry.view.unit,
             })
             .map_err(|_| CommandError::Offline(msg.id))
     }
@@ -377,7 +386,9 @@ impl Handler<CloseAll> for Supervisor {
 
     fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
         let mut n = 0;
-        for (_, handle) in self.devices.values().filter_map(|e| e.conn.as_ref()) {
+        // Units are closed with their DTU's connection.
+        let connections = self.devices.values().filter(|e| e.view.unit.is_none());
+        for (_, handle) in connections.filter_map(|e| e.conn.as_ref()) {
             handle.close.do_send(Close {
                 reason: OfflineReason::Closed,
             });
@@ -457,6 +468,8 @@ mod tests {
             online: false,
             connected_at: Utc::now(),
             last_seen: Utc::now(),
+            parent: None,
+            unit: None,
         }
     }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod peers;
 pub mod receiver;
 pub mod webdriver;
 

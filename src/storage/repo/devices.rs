@@ -16,6 +16,8 @@ type DeviceTuple = (
     i16,
     NaiveDateTime,
     NaiveDateTime,
+    Option<String>,
+    Option<i16>,
 );
 
 impl Db {
@@ -31,12 +33,14 @@ impl Db {
                 online,
                 connected_at,
                 last_seen,
+                parent,
+                unit,
             ))
             .order(id.asc())
             .load(&mut *self.conn()?)?;
         Ok(rows
             .into_iter()
-            .map(|(i, p, pr, addr, on, conn_at, seen)| DeviceRow {
+            .map(|(i, p, pr, addr, on, conn_at, seen, par, u)| DeviceRow {
                 id: i,
                 protocol: p,
                 profile: pr,
@@ -44,6 +48,9 @@ impl Db {
                 online: on != 0,
                 connected_at: utc(conn_at),
                 last_seen: utc(seen),
+                parent: par,
+                // A stored unit outside 1..=247 cannot come from a profile: not a unit.
+                unit: u.and_then(|u| u8::try_from(u).ok()),
             })
             .collect())
     }

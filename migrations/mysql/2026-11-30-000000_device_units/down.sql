@@ -1,0 +1,2 @@
+ALTER TABLE devices DROP COLUMN unit;
+ALTER TABLE devices DROP COLUMN parent;

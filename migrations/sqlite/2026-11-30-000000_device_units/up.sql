@@ -1,0 +1,3 @@
+-- A unit (one slave on a DTU's RS-485 bus) is a device of its own: its DTU and slave address.
+ALTER TABLE devices ADD COLUMN parent TEXT NULL;
+ALTER TABLE devices ADD COLUMN unit SMALLINT NULL;

@@ -1,0 +1,99 @@
+//! Somebody else's implementation on the other side of a test: Python programs under
+//! `tests/peers/` with the packages of `tests/peers/requirements.txt` (pymodbus, ...), which
+//! are installed with pip into `target/peers-python` the first time a test needs them. A
+//! misreading of a standard shared by our server and our own simulator cannot pass a test
+//! whose other side is a peer.
+
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+/// Where the peers' packages are installed.
+fn site() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/peers-python")
+}
+
+/// Installs the requirements once (several test processes may race: each installs into a
+/// directory of its own and the first to rename it into place wins).
+fn ensure_installed() {
+    static ONCE: Mutex<bool> = Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done || site().join("pymodbus").is_dir() {
+        *done = true;
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let staging = root.join(format!("target/peers-python.{}", std::process::id()));
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .arg("--target")
+        .arg(&staging)
+        .arg("-r")
+        .arg(root.join("tests/peers/requirements.txt"))
+        .status()
+        .expect("python3 with pip is needed for the peer tests");
+    assert!(status.success(), "pip could not install tests/peers/requirements.txt");
+    if std::fs::rename(&staging, site()).is_err() {
+        // Another test process installed it first.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    *done = true;
+}
+
+/// A running peer program; killed on drop.
+pub struct Peer {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub stdout: std::io::BufReader<ChildStdout>,
+}
+
+impl Peer {
+    /// Starts `tests/peers/<script>` with `args`.
+    pub fn start(script: &str, args: &[String]) -> Peer {
+        ensure_installed();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/peers").join(script))
+            .args(args)
+            .env("PYTHONPATH", site())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Waits for the peer to print `line`.
+    pub fn expect_line(&mut self, line: &str) {
+        use std::io::BufRead;
+        let mut got = String::new();
+        loop {
+            got.clear();
+            let n = self.stdout.read_line(&mut got).expect("peer output");
+            assert!(n > 0, "the peer ended before printing {line:?}");
+            if got.trim() == line {
+                return;
+            }
+        }
+    }
+
+    /// Sends the peer one line on its stdin.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("peer stdin");
+        self.stdin.flush().expect("peer stdin");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
