@@ -398,7 +398,8 @@ fn device_upsert_updates(url: &str, backend: Backend) {
     unit.unit = Some(7);
     db.write(&[Row::Device(unit.clone())]).expect("unit");
     unit.online = false;
-    db.write(&[Row::Device(unit.clone())]).expect("unit offline");
+    db.write(&[Row::Device(unit.clone())])
+        .expect("unit offline");
     assert_eq!(db.devices().expect("devices"), vec![a3, unit, b]);
 }
 

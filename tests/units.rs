@@ -91,7 +91,10 @@ fn units_of_a_bus_are_devices_of_their_own() {
         (server.online("1001.1") && server.online("1001.7")).then_some(())
     });
     let dtu = device(&server, "1001");
-    assert!(dtu.get("parent").is_none() && dtu.get("unit").is_none(), "{dtu}");
+    assert!(
+        dtu.get("parent").is_none() && dtu.get("unit").is_none(),
+        "{dtu}"
+    );
     let (_, list) = server.get("/api/devices");
     let units: Vec<(String, String, u64)> = list
         .as_array()
@@ -141,7 +144,9 @@ fn units_of_a_bus_are_devices_of_their_own() {
     // Unit 7 stops answering: offline for no response, while unit 1 goes on being polled.
     bus.say("mute 7");
     bus.expect_line("muted 7");
-    wait_for("unit 7 offline", || (!server.online("1001.7")).then_some(()));
+    wait_for("unit 7 offline", || {
+        (!server.online("1001.7")).then_some(())
+    });
     wait_for("the no_response event stored", || {
         let (_, events) = server.get("/api/events?device=1001.7");
         events
@@ -164,5 +169,7 @@ fn units_of_a_bus_are_devices_of_their_own() {
     // Back on the bus: online again.
     bus.say("unmute 7");
     bus.expect_line("unmuted 7");
-    wait_for("unit 7 online again", || server.online("1001.7").then_some(()));
+    wait_for("unit 7 online again", || {
+        server.online("1001.7").then_some(())
+    });
 }

@@ -297,7 +297,9 @@ impl Conn {
             let (timeout, configured) = self
                 .driver
                 .profile()
-                .map_or((Duration::from_secs(2), 0), |p| (p.response_timeout, p.retries));
+                .map_or((Duration::from_secs(2), 0), |p| {
+                    (p.response_timeout, p.retries)
+                });
             let retries = match job.target().and_then(|t| self.driver.targets.get(t)) {
                 Some(t) => t.retries(configured),
                 None => configured,
@@ -317,11 +319,7 @@ impl Conn {
         match Wire::read(t.slave, p.function, p.start, p.count) {
             Ok(wire) => Some(wire),
             Err(e) => {
-                log::error!(
-                    "device {}: poll {} cannot be built: {e}",
-                    t.id,
-                    p.name
-                );
+                log::error!("device {}: poll {} cannot be built: {e}", t.id, p.name);
                 None
             }
         }
@@ -606,7 +604,11 @@ impl Conn {
 
     /// A target answered: a unit that was not online is now.
     fn target_answered(&mut self, target: usize, ctx: &mut Context<Conn>) {
-        let change = self.driver.targets.get_mut(target).and_then(Target::answered);
+        let change = self
+            .driver
+            .targets
+            .get_mut(target)
+            .and_then(Target::answered);
         if change == Some(Change::CameOnline) {
             self.unit_online(target, ctx);
         }
@@ -628,7 +630,8 @@ impl Conn {
                 "device {}: no answer to {max_failed} polls in a row; offline",
                 t.id
             );
-            self.unit_link(target).went_offline(OfflineReason::NoResponse);
+            self.unit_link(target)
+                .went_offline(OfflineReason::NoResponse);
         }
         let _ = ctx;
     }
@@ -709,11 +712,7 @@ impl Handler<Execute> for Conn {
                 }
             }
             // The DTU itself: its one slave, or nothing when its slaves are units.
-            None => self
-                .driver
-                .targets
-                .iter()
-                .position(|t| t.unit.is_none()),
+            None => self.driver.targets.iter().position(|t| t.unit.is_none()),
         };
         let resolved = target
             .and_then(|i| self.driver.targets.get(i))

@@ -76,7 +76,8 @@ pub(super) fn validate(ctx: &mut Ctx<'_>, root: &Value) -> (DataSettings, Profil
         let valid = ctx.errors.len() == before;
         if units.is_empty() {
             if valid {
-                data.profiles.insert(profile_name.clone(), Arc::new(profile));
+                data.profiles
+                    .insert(profile_name.clone(), Arc::new(profile));
             }
         } else {
             // Its units are looked up even when it has problems: every problem is reported.
@@ -143,7 +144,10 @@ fn resolve_units(
 ) -> Vec<Unit> {
     let mut out = Vec::new();
     for u in units {
-        let problem = match (data.profiles.get(&u.profile), index.profiles.get(&u.profile)) {
+        let problem = match (
+            data.profiles.get(&u.profile),
+            index.profiles.get(&u.profile),
+        ) {
             (Some(profile), _) => {
                 out.push(Unit {
                     slave: u.slave,
@@ -920,7 +924,10 @@ every = \"1s\"
         has("profiles.bus.units[1].profile", "\"nope\" is not defined");
         has("profiles.bus.units[2].slave", "slave 7 is already a unit");
         has("profiles.bus.units[3].profile", "has units of its own");
-        has("profiles.bus2.polls", "a profile with units has no polls of its own");
+        has(
+            "profiles.bus2.polls",
+            "a profile with units has no polls of its own",
+        );
         assert!(!data.profiles.contains_key("bus") && !data.profiles.contains_key("bus2"));
         assert!(data.profiles.contains_key("meter"));
     }

@@ -475,7 +475,10 @@ mod tests {
             address: 9,
             value: 5,
         };
-        assert_eq!(handle.shared.execute(&adu(0, &write), 0.0), Outcome::Ignored);
+        assert_eq!(
+            handle.shared.execute(&adu(0, &write), 0.0),
+            Outcome::Ignored
+        );
         assert_eq!((handle.register_of(1, 9), handle.register_of(7, 9)), (5, 5));
     }
 

@@ -168,7 +168,11 @@ impl<'a> Batch<'a> {
             || too_long("protocol", &d.protocol, 32)
             || too_long("profile", d.profile.as_deref().unwrap_or(""), NAME_MAX)
             || too_long("remote address", &d.remote_addr, NAME_MAX)
-            || too_long("parent device id", d.parent.as_deref().unwrap_or(""), DEVICE_ID_MAX)
+            || too_long(
+                "parent device id",
+                d.parent.as_deref().unwrap_or(""),
+                DEVICE_ID_MAX,
+            )
         {
             self.dropped += 1;
             return;

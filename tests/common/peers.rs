@@ -25,14 +25,23 @@ fn ensure_installed() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let staging = root.join(format!("target/peers-python.{}", std::process::id()));
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg("--target")
         .arg(&staging)
         .arg("-r")
         .arg(root.join("tests/peers/requirements.txt"))
         .status()
         .expect("python3 with pip is needed for the peer tests");
-    assert!(status.success(), "pip could not install tests/peers/requirements.txt");
+    assert!(
+        status.success(),
+        "pip could not install tests/peers/requirements.txt"
+    );
     if std::fs::rename(&staging, site()).is_err() {
         // Another test process installed it first.
         let _ = std::fs::remove_dir_all(&staging);
