@@ -197,7 +197,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
     for number in [args.first_id, last_id] {
         link.registration_id(number).map_err(anyhow::Error::msg)?;
     }
-    if link.heartbeat().is_empty() {
+    if link.heartbeat(args.first_id).is_empty() {
         bail!("--heartbeat-ascii must not be empty");
     }
     Ok(Plan::Devices {

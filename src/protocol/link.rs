@@ -182,7 +182,9 @@ pub enum FromServer {
     Request(Bytes),
 }
 
-/// The device side of a link protocol, as the simulator speaks it.
+/// The device side of a link protocol, as the simulator speaks it. One value serves a whole
+/// fleet; what a device sends that names it (its registration, and where the protocol puts the
+/// id in them, its heartbeats and answers) takes the device's number.
 pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// The id the server knows device number `number` by, or why the number does not fit.
     fn registration_id(&self, number: u64) -> Result<String, String>;
@@ -190,7 +192,9 @@ pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// The registration packet of device `number`.
     fn registration(&self, number: u64) -> Result<Vec<u8>, String>;
 
-    fn heartbeat(&self) -> Vec<u8>;
+    /// The heartbeat of device `number`; empty when the number does not fit the protocol
+    /// (which [`DeviceLink::registration`] reports first).
+    fn heartbeat(&self, number: u64) -> Vec<u8>;
 
     /// Whether the server acknowledges the registration (and heartbeats wait for that).
     fn acknowledged(&self) -> bool;
@@ -202,8 +206,8 @@ pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// until one is complete. `Err` means the bytes cannot be read (the caller drops them).
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError>;
 
-    /// Appends the answer `adu` as it goes on the wire.
-    fn answer(&self, adu: &[u8], out: &mut Vec<u8>);
+    /// Appends the answer `adu` of device `number` as it goes on the wire.
+    fn answer(&self, number: u64, adu: &[u8], out: &mut Vec<u8>);
 
     /// Whether requests arrive framed; without framing, a request cut by a silence is lost
     /// (the TCP stand-in for the RTU inter-frame gap).

@@ -298,7 +298,7 @@ impl DeviceLink for TransparentDevice {
         self.registration_id(number).map(String::into_bytes)
     }
 
-    fn heartbeat(&self) -> Vec<u8> {
+    fn heartbeat(&self, _number: u64) -> Vec<u8> {
         self.heartbeat.clone()
     }
 
@@ -329,7 +329,7 @@ impl DeviceLink for TransparentDevice {
         }
     }
 
-    fn answer(&self, adu: &[u8], out: &mut Vec<u8>) {
+    fn answer(&self, _number: u64, adu: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(adu);
     }
 

@@ -427,7 +427,7 @@ fn the_protocol_entry_makes_codecs_from_the_profile() {
         heartbeat: HB.to_vec(),
     });
     assert_eq!(sim.registration_id(7).unwrap(), "860000000000007");
-    assert_eq!(sim.heartbeat(), HB);
+    assert_eq!(sim.heartbeat(7), HB);
 }
 
 #[test]
@@ -439,9 +439,9 @@ fn device_side_packets_are_what_the_server_side_reads() {
     );
     assert!(!sim.acknowledged() && !sim.framed());
     let mut stream = sim.registration(866123456789012).unwrap();
-    stream.extend_from_slice(&sim.heartbeat());
+    stream.extend_from_slice(&sim.heartbeat(866123456789012));
     let r = Response::Registers(vec![9]).encode(1, 3);
-    sim.answer(&r, &mut stream);
+    sim.answer(866123456789012, &r, &mut stream);
     check_all_splits(
         || expecting(usr(), 1, 3),
         &stream,

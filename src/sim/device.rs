@@ -226,7 +226,7 @@ impl SimDevice {
         let framed = link.framed();
         debug!("device {id}: connected to {}", config.server);
 
-        let heartbeat = link.heartbeat();
+        let heartbeat = link.heartbeat(id);
         let mut first = registration.to_vec();
         let mut next_heartbeat = Instant::now() + config.heartbeat;
         if config.glue_registration {
@@ -275,7 +275,7 @@ impl SimDevice {
                             Ok(Some(FromServer::Request(adu))) => {
                                 let answer = shared.answer(&adu);
                                 if !answer.is_empty() {
-                                    link.answer(&answer, &mut out);
+                                    link.answer(id, &answer, &mut out);
                                 }
                             }
                             Err(e) => {

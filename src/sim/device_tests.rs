@@ -156,7 +156,7 @@ async fn glued_registration() {
             Some((_, bytes)) => bytes.to_vec(),
             None => {
                 let link = device_link(protocol);
-                [link.registration(1001).unwrap(), link.heartbeat()].concat()
+                [link.registration(1001).unwrap(), link.heartbeat(1001)].concat()
             }
         };
         assert_eq!(read_n(&mut s, expected.len()).await, expected, "{protocol}");
@@ -568,7 +568,7 @@ proptest! {
                 loop {
                     match link.decode(&mut buf) {
                         Ok(Some(FromServer::Request(adu))) => {
-                            link.answer(&meter.answer(&adu), &mut out);
+                            link.answer(1, &meter.answer(&adu), &mut out);
                         }
                         Ok(Some(_)) => {}
                         Ok(None) => break,

@@ -114,7 +114,7 @@ impl Peer {
                 reply: Vec::new(),
             }),
             heartbeat: Some(Heartbeat {
-                bytes: link.heartbeat(),
+                bytes: link.heartbeat(number),
                 reply: Vec::new(),
             }),
         };
