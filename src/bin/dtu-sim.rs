@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use dtu_supervisor::protocol::link::Role;
+use dtu_supervisor::protocol::link::{RegistrationMode, Role};
 use dtu_supervisor::protocol::Protocol;
 use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
@@ -15,6 +15,11 @@ use dtu_supervisor::sim::{self, FixedValue, SimConfig};
 
 /// `--protocol`: any protocol a listener speaks, in any case.
 fn protocol(s: &str) -> Result<Protocol, String> {
+    s.to_ascii_lowercase().parse()
+}
+
+/// `--registration-mode`, in any case.
+fn registration_mode(s: &str) -> Result<RegistrationMode, String> {
     s.to_ascii_lowercase().parse()
 }
 
@@ -59,6 +64,11 @@ struct Args {
     /// Heartbeat text, where the protocol leaves the heartbeat to the DTU (transparent).
     #[arg(long, default_value = "www.usr.cn")]
     heartbeat_ascii: String,
+    /// When the registration is sent, where the protocol leaves that to the DTU
+    /// (transparent): connect (once, on connecting), prefix (before every packet; the first
+    /// packet is a heartbeat) or both.
+    #[arg(long, default_value = "connect", value_parser = registration_mode)]
+    registration_mode: RegistrationMode,
     /// Send a data packet this often where the protocol has them (framed: `03 LL data`);
     /// ttms: a data frame to the next terminal.
     #[arg(long, value_parser = parse_duration)]
@@ -189,6 +199,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         reconnect: args.reconnect,
         glue_registration: args.glue,
         heartbeat_payload: args.heartbeat_ascii.into_bytes(),
+        registration_mode: args.registration_mode,
         data_every: args.data_every,
         initial_values: args.set,
         ..SimConfig::default()
@@ -279,6 +290,45 @@ mod tests {
         assert!(err.to_string().contains("4 bytes"), "{err}");
         assert!(planned(&["--count", "0"]).is_err());
         assert!(planned(&["--first-id", &u64::MAX.to_string(), "--count", "2"]).is_err());
+    }
+
+    #[test]
+    fn registration_modes() {
+        let mode = |args: &[&str]| match planned(args).unwrap() {
+            Plan::Devices { config, .. } => config.registration_mode,
+            Plan::Terminals { .. } => panic!("{args:?} are DTUs"),
+        };
+        assert_eq!(
+            mode(&["--protocol", "transparent"]),
+            RegistrationMode::Connect
+        );
+        for (flag, want) in [
+            ("prefix", RegistrationMode::Prefix),
+            ("Both", RegistrationMode::Both),
+            ("connect", RegistrationMode::Connect),
+        ] {
+            let args = ["--protocol", "transparent", "--registration-mode", flag];
+            assert_eq!(mode(&args), want, "{flag}");
+        }
+        let err = parse(&["--registration-mode", "sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected connect, prefix or both"), "{err}");
+        // The device side it makes sends the registration before every packet.
+        let Plan::Devices { config, .. } = planned(&[
+            "--protocol",
+            "transparent",
+            "--registration-mode",
+            "prefix",
+            "--heartbeat-ascii",
+            "hb",
+        ])
+        .unwrap() else {
+            panic!("DTUs");
+        };
+        let link = config.device_link().unwrap();
+        assert_eq!(link.registration(7).unwrap(), b"860000000000007hb");
+        assert_eq!(link.heartbeat(7), b"860000000000007hb");
     }
 
     #[test]

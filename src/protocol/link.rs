@@ -82,7 +82,8 @@ pub struct Expect {
 /// The server side of a link protocol for one connection.
 pub trait LinkCodec: Send + fmt::Debug {
     /// The next item at the start of `src`, consuming its bytes; `Ok(None)` until one is
-    /// complete.
+    /// complete. Bytes that make no item of their own (the registration prefixed to a
+    /// packet) may be consumed before `Ok(None)`.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError>;
 
     /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item).
@@ -139,14 +140,64 @@ pub enum IdMatcher {
     Length(usize),
 }
 
-/// What the first packet of a DTU looks like, where its protocol leaves that to the profile
-/// (`[profiles.X.registration]`).
+/// When a DTU sends its registration, where its protocol leaves that to the profile
+/// (`[profiles.X.registration] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Once, as the first packet after connecting.
+    #[default]
+    Connect,
+    /// At the head of every packet it sends; the first packet registers it.
+    Prefix,
+    /// Once after connecting, and at the head of every packet after that.
+    Both,
+}
+
+impl RegistrationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationMode::Connect => "connect",
+            RegistrationMode::Prefix => "prefix",
+            RegistrationMode::Both => "both",
+        }
+    }
+
+    /// Whether every packet after the registration starts with it.
+    pub fn prefixes_packets(self) -> bool {
+        self != RegistrationMode::Connect
+    }
+}
+
+impl FromStr for RegistrationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "connect" => Ok(RegistrationMode::Connect),
+            "prefix" => Ok(RegistrationMode::Prefix),
+            "both" => Ok(RegistrationMode::Both),
+            _ => Err(format!(
+                "unknown mode {s:?} (expected connect, prefix or both)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RegistrationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a DTU's registration looks like and when it comes, where its protocol leaves that to
+/// the profile (`[profiles.X.registration]`).
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub format: IdFormat,
     pub matcher: IdMatcher,
     /// Bytes to answer with; empty for none.
     pub reply: Vec<u8>,
+    pub mode: RegistrationMode,
 }
 
 /// The exact bytes of a heartbeat and what to answer (`[profiles.X.heartbeat]`).
@@ -169,6 +220,9 @@ pub struct LinkOptions {
 pub struct DeviceOptions {
     /// The heartbeat bytes, where the protocol leaves them to the DTU's configuration.
     pub heartbeat: Vec<u8>,
+    /// When the registration is sent, where the protocol leaves that to the DTU's
+    /// configuration.
+    pub registration_mode: RegistrationMode,
 }
 
 /// What a simulated device gets from the server.

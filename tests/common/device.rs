@@ -21,6 +21,14 @@ pub const ILLEGAL_FROM: u32 = 60_000;
 pub enum Proto {
     Framed,
     Transparent,
+    /// A transparent DTU whose every packet starts with `prefix` (USR "registration packet:
+    /// prefix of data"); it glues a bare heartbeat before and after its answers to reads at
+    /// 2000 (the test profile's timer poll; not to the heartbeat poll's, which each heartbeat
+    /// would run again at once).
+    Prefixed {
+        prefix: &'static [u8],
+        heartbeat: &'static [u8],
+    },
 }
 
 #[derive(Default)]
@@ -41,6 +49,9 @@ pub struct DeviceState {
     /// While set, requests are read but not answered until it is cleared (a slave that takes
     /// as long as the test wants).
     pub hold: AtomicBool,
+    /// A prefixed DTU sends its next answer with these bytes as the prefix instead of its own
+    /// (a packet of another DTU).
+    pub next_prefix: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct FakeDevice {
@@ -105,6 +116,7 @@ impl FakeDevice {
         match self.proto {
             Proto::Framed => self.send(&[0x02, 0x00]),
             Proto::Transparent => self.send(b"www.usr.cn"),
+            Proto::Prefixed { prefix, heartbeat } => self.send(&[prefix, heartbeat].concat()),
         }
     }
 
@@ -227,6 +239,20 @@ fn serve(mut stream: TcpStream, proto: Proto, state: Arc<DeviceState>) {
                             f
                         }
                         Proto::Transparent => answer,
+                        Proto::Prefixed { prefix, heartbeat } => {
+                            let prefix = state
+                                .next_prefix
+                                .lock()
+                                .expect("lock")
+                                .take()
+                                .unwrap_or_else(|| prefix.to_vec());
+                            let timer_poll = matches!(
+                                Request::decode(&adu),
+                                Ok((_, Request::ReadHoldingRegisters { start: 2000, .. }))
+                            );
+                            let glued: &[u8] = if timer_poll { heartbeat } else { &[] };
+                            [glued, &prefix, &answer, glued].concat()
+                        }
                     };
                     if stream.write_all(&out).is_err() {
                         break;
@@ -269,7 +295,7 @@ fn next_request(buf: &[u8], proto: Proto, state: &DeviceState) -> Option<(usize,
             }
             other => panic!("fake device: server sent unknown frame type {other:#04x}"),
         },
-        Proto::Transparent => {
+        Proto::Transparent | Proto::Prefixed { .. } => {
             let function = *buf.get(1)?;
             let len = match function {
                 1..=6 => 8,
