@@ -2,7 +2,8 @@
 //! frames its bytes (a [`LinkCodec`] from the protocol list).
 //!
 //! Once registered, heartbeats are acknowledged and trigger the heartbeat polls, timer polls
-//! run, and operator commands queue behind polls. All outbound work goes through one queue
+//! run, and operator commands queue behind polls; a device that logs out is answered and its
+//! connection closed. All outbound work goes through one queue
 //! with exactly one request in flight; its answer is matched by slave, function, length and
 //! CRC; a timeout retries per profile, then fails it and lets the next one go.
 
@@ -26,7 +27,7 @@ use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded
 use crate::settings::{PollTrigger, Profile, Require};
 use crate::storage::rows::{Direction, PacketKind, Row, TelemetryRow};
 use crate::storage::StoreMany;
-use crate::supervisor::messages::{Execute, Service, Telemetry};
+use crate::supervisor::messages::{Execute, OfflineReason, Service, Telemetry};
 
 /// Operator commands waiting on one device beyond this are refused rather than piling up.
 const MAX_QUEUED_COMMANDS: usize = 64;
@@ -138,6 +139,16 @@ impl Driver for PollDriver {
                     conn.life.who(),
                     to_hex(&bytes)
                 );
+            }
+            (State::Online, Inbound::Logout { raw }) => {
+                // The device says it is leaving: answer, and let the connection end as any
+                // closed one does (its commands end, the device goes offline as `closed`).
+                log::info!("{}: logged out; closing", conn.life.who());
+                conn.life
+                    .link()
+                    .store_packet(Direction::In, PacketKind::Logout, &raw);
+                conn.send(Outbound::LogoutAck);
+                conn.close(OfflineReason::Closed, ctx);
             }
             (State::Online, Inbound::Register { id, .. }) => {
                 log::warn!(

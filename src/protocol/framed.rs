@@ -118,6 +118,8 @@ impl LinkCodec for FramedCodec {
                 dst.extend_from_slice(&[TYPE_MODBUS, len]);
                 dst.extend_from_slice(&adu);
             }
+            // The framed protocol has nothing else to say.
+            _ => {}
         }
         Ok(())
     }

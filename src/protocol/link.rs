@@ -35,6 +35,9 @@ pub enum Inbound {
     Answer(Bytes),
     /// Dropped bytes; the connection logs `reason` and the bytes in hex with the device id.
     Malformed { reason: String, bytes: Bytes },
+    /// The device signs off (DDP `02`), as it arrived: the connection answers
+    /// [`Outbound::LogoutAck`] and closes, and the device goes offline as `closed`.
+    Logout { raw: Bytes },
 }
 
 /// What the server sends a device.
@@ -43,6 +46,8 @@ pub enum Outbound {
     RegisterAck,
     HeartbeatAck,
     DataAck,
+    /// The answer to [`Inbound::Logout`].
+    LogoutAck,
     /// A request for the serial side: a Modbus RTU ADU with CRC.
     Request(Bytes),
 }
@@ -86,7 +91,9 @@ pub trait LinkCodec: Send + fmt::Debug {
     /// packet) may be consumed before `Ok(None)`.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError>;
 
-    /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item).
+    /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item:
+    /// a codec matches the items it writes and lets every other pass, so an item one protocol
+    /// adds costs the others nothing).
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError>;
 
     /// The request in flight (`None` when there is none). Only a link without framing of its

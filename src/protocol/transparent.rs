@@ -421,7 +421,6 @@ impl LinkCodec for TransparentCodec {
                     .as_ref()
                     .map_or(&[][..], |hb| hb.reply.as_slice()),
             ),
-            Outbound::DataAck => {}
             // Downlink requests carry no prefix, whatever the registration mode.
             Outbound::Request(adu) => {
                 if adu.len() > MAX_ADU {
@@ -432,6 +431,8 @@ impl LinkCodec for TransparentCodec {
                 }
                 dst.extend_from_slice(&adu);
             }
+            // Data packets and logouts are not a transparent DTU's: nothing to answer.
+            _ => {}
         }
         Ok(())
     }
