@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use dtu_supervisor::protocol::link::{RegistrationMode, Role};
-use dtu_supervisor::protocol::Protocol;
+use dtu_supervisor::protocol::link::{DeviceOptions, RegistrationMode, Role};
+use dtu_supervisor::protocol::{Protocol, PROTOCOLS};
 use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
 use dtu_supervisor::sim::{self, FixedValue, SimConfig};
@@ -16,6 +16,25 @@ use dtu_supervisor::sim::{self, FixedValue, SimConfig};
 /// `--protocol`: any protocol a listener speaks, in any case.
 fn protocol(s: &str) -> Result<Protocol, String> {
     s.to_ascii_lowercase().parse()
+}
+
+/// `--first-id`: what the number becomes, by an example per protocol, from the list.
+fn first_id_help() -> String {
+    let examples: Vec<String> = PROTOCOLS
+        .iter()
+        .map(|entry| match entry.role {
+            Role::Polled { device, .. } => {
+                let id = device(&DeviceOptions::default()).registration_id(1001);
+                format!(
+                    "{}: 1001 registers as {}",
+                    entry.name,
+                    id.unwrap_or_default()
+                )
+            }
+            Role::Relay => format!("{}: the first 4-byte ccid", entry.name),
+        })
+        .collect();
+    format!("Number of the first device ({})", examples.join("; "))
 }
 
 /// `--registration-mode`, in any case.
@@ -42,9 +61,8 @@ struct Args {
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
     count: usize,
-    /// Number of the first device (framed: the 4-byte id; transparent: registers as
-    /// 860000000000000 + n, or n itself when it has 15 digits; ttms: the first 4-byte ccid).
-    #[arg(long, default_value_t = 1001)]
+    // The help says what each protocol of the list makes of the number.
+    #[arg(long, default_value_t = 1001, help = first_id_help())]
     first_id: u64,
     /// Heartbeat interval, with its unit: 500ms, 30s, 5m, ...
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -221,7 +239,6 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dtu_supervisor::protocol::PROTOCOLS;
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("dtu-sim").chain(args.iter().copied()))
@@ -247,6 +264,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_first_id_help_covers_every_protocol() {
+        let help = first_id_help();
+        for entry in PROTOCOLS {
+            assert!(help.contains(&format!("{}: ", entry.name)), "{help}");
+        }
+        assert!(help.contains("framed: 1001 registers as 1001"), "{help}");
+        assert!(
+            help.contains("transparent: 1001 registers as 860000000001001"),
+            "{help}"
+        );
     }
 
     #[test]
