@@ -29,6 +29,13 @@ pub enum Proto {
         prefix: &'static [u8],
         heartbeat: &'static [u8],
     },
+    /// A DTU speaking DDP over TCP (Hongdian H7710S-DDP), built here from the vendor's
+    /// document byte by byte: frames `7B | type | length u16 BE | 11-byte id | data | 7B`. It
+    /// registers and heartbeats with `register` (type 01), reads requests from 89 frames and
+    /// answers in 09 frames.
+    Ddp {
+        register: &'static [u8],
+    },
 }
 
 #[derive(Default)]
@@ -39,6 +46,8 @@ pub struct DeviceState {
     pub requests: Mutex<Vec<Request>>,
     pub register_acks: AtomicUsize,
     pub heartbeat_acks: AtomicUsize,
+    /// Every DDP frame the server sent, as it arrived.
+    pub frames: Mutex<Vec<Vec<u8>>>,
     pub closed: AtomicBool,
     /// Milliseconds to wait before answering (a slow RS-485 slave).
     pub delay_ms: AtomicU64,
@@ -117,6 +126,8 @@ impl FakeDevice {
             Proto::Framed => self.send(&[0x02, 0x00]),
             Proto::Transparent => self.send(b"www.usr.cn"),
             Proto::Prefixed { prefix, heartbeat } => self.send(&[prefix, heartbeat].concat()),
+            // A Hongdian DTU's heartbeat is its register packet again.
+            Proto::Ddp { register } => self.send(register),
         }
     }
 
@@ -253,6 +264,7 @@ fn serve(mut stream: TcpStream, proto: Proto, state: Arc<DeviceState>) {
                             let glued: &[u8] = if timer_poll { heartbeat } else { &[] };
                             [glued, &prefix, &answer, glued].concat()
                         }
+                        Proto::Ddp { register } => ddp_frame(0x09, &register[4..15], &answer),
                     };
                     if stream.write_all(&out).is_err() {
                         break;
@@ -295,6 +307,24 @@ fn next_request(buf: &[u8], proto: Proto, state: &DeviceState) -> Option<(usize,
             }
             other => panic!("fake device: server sent unknown frame type {other:#04x}"),
         },
+        Proto::Ddp { register } => {
+            let len = usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]));
+            assert!(len >= 16, "fake DDP device: the server sent {buf:02X?}");
+            let frame = buf.get(..len)?;
+            assert!(
+                frame[0] == 0x7B && frame[len - 1] == 0x7B && frame[4..15] == register[4..15],
+                "fake DDP device: the server sent {frame:02X?}"
+            );
+            state.frames.lock().expect("lock").push(frame.to_vec());
+            match frame[1] {
+                0x81 => {
+                    state.register_acks.fetch_add(1, Ordering::SeqCst);
+                    Some((len, None))
+                }
+                0x89 => Some((len, Some(frame[15..len - 1].to_vec()))),
+                _ => Some((len, None)),
+            }
+        }
         Proto::Transparent | Proto::Prefixed { .. } => {
             let function = *buf.get(1)?;
             let len = match function {
@@ -306,6 +336,17 @@ fn next_request(buf: &[u8], proto: Proto, state: &DeviceState) -> Option<(usize,
             Some((len, Some(adu.to_vec())))
         }
     }
+}
+
+/// A DDP frame (TCP layout): the length counts the whole frame.
+fn ddp_frame(kind: u8, id: &[u8], data: &[u8]) -> Vec<u8> {
+    let len = (16 + data.len()) as u16;
+    let mut frame = vec![0x7B, kind];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(data);
+    frame.push(0x7B);
+    frame
 }
 
 fn answer(adu: &[u8], state: &DeviceState) -> Option<Vec<u8>> {
