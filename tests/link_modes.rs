@@ -18,38 +18,31 @@ fn data_toml_with_registration_mode(mode: &str) -> String {
     DATA_TOML.replace(pattern, &format!("{pattern}\nmode = \"{mode}\""))
 }
 
-/// Temperature -12.3 °C (i16 ×0.1 at 2000), humidity 56.25 % (f32 at 2010), pressure
-/// 1.5 bar (u16 ×0.01 at 2300).
-fn load_points(dev: &FakeDevice) {
-    dev.set_registers(
-        2000,
-        &encode_registers(PointType::I16, WordOrder::Abcd, -123.0),
-    );
-    dev.set_registers(
-        2010,
-        &encode_registers(PointType::F32, WordOrder::Abcd, 56.25),
-    );
-    dev.set_registers(2300, &[150]);
-}
-
 fn close_to(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6
 }
 
-#[test]
-fn transparent_prefix_mode_with_heartbeats_glued_to_the_answers() {
+/// A server whose transparent profile registers in `mode`, and a DTU connected to it (not
+/// registered yet) that puts its registration before every packet.
+fn prefixed_dtu(mode: &str) -> (TestServer, FakeDevice) {
     let server = TestServer::start_with(Options {
-        data_toml: data_toml_with_registration_mode("prefix"),
+        data_toml: data_toml_with_registration_mode(mode),
         ..Options::default()
     });
-    let mut dev = FakeDevice::connect(
+    let dev = FakeDevice::connect(
         server.transparent,
         Proto::Prefixed {
             prefix: IMEI,
             heartbeat: HEARTBEAT,
         },
     );
-    load_points(&dev);
+    dev.load_test_points();
+    (server, dev)
+}
+
+#[test]
+fn transparent_prefix_mode_with_heartbeats_glued_to_the_answers() {
+    let (server, mut dev) = prefixed_dtu("prefix");
     // The first packet: the registration before a heartbeat. It registers the DTU, and the
     // heartbeat in it runs the heartbeat poll.
     dev.heartbeat();
@@ -118,18 +111,7 @@ fn transparent_prefix_mode_with_heartbeats_glued_to_the_answers() {
 
 #[test]
 fn transparent_both_mode_registers_on_connect() {
-    let server = TestServer::start_with(Options {
-        data_toml: data_toml_with_registration_mode("both"),
-        ..Options::default()
-    });
-    let mut dev = FakeDevice::connect(
-        server.transparent,
-        Proto::Prefixed {
-            prefix: IMEI,
-            heartbeat: HEARTBEAT,
-        },
-    );
-    load_points(&dev);
+    let (server, mut dev) = prefixed_dtu("both");
     // The registration packet alone; after it, every packet starts with the registration.
     dev.send(IMEI);
     let id = "866123456789012";
@@ -167,7 +149,7 @@ fn ddp_dtu_registers_is_polled_through_89_and_09_frames_and_logs_out() {
             register: DDP_REGISTER,
         },
     );
-    load_points(&dev);
+    dev.load_test_points();
     dev.send(DDP_REGISTER);
     let id = "13912345678";
     wait_for("the DTU online", || server.online(id).then_some(()));

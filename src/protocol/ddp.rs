@@ -429,7 +429,7 @@ mod tests {
     use crate::protocol::hex::parse_hex;
     use crate::protocol::modbus::rtu::exception_adu;
     use crate::protocol::modbus::{Request, Response};
-    use crate::protocol::test_util::{feed, merge_data, splits};
+    use crate::protocol::test_util::{check_every_split, feed, merge_data, merge_malformed};
     use proptest::prelude::*;
 
     fn h(s: &str) -> Vec<u8> {
@@ -474,37 +474,9 @@ mod tests {
         }
     }
 
-    /// Joins runs of `Malformed` items with one reason: where a run of junk ends depends on
-    /// the reads, what is dropped does not.
-    fn merge_malformed(items: Vec<Inbound>) -> Vec<Inbound> {
-        let mut merged: Vec<Inbound> = Vec::new();
-        for item in items {
-            match (merged.last_mut(), item) {
-                (
-                    Some(Inbound::Malformed { reason, bytes }),
-                    Inbound::Malformed {
-                        reason: next_reason,
-                        bytes: next,
-                    },
-                ) if *reason == next_reason => {
-                    *bytes = Bytes::from([&bytes[..], &next[..]].concat());
-                }
-                (_, item) => merged.push(item),
-            }
-        }
-        merged
-    }
-
-    /// Decodes `stream` cut every way through a fresh codec: always `expected` (runs of
-    /// dropped bytes joined), no error, nothing left.
+    /// Decodes `stream` cut every way through a fresh codec: always `expected`.
     fn check_all_splits(stream: &[u8], expected: &[Inbound]) {
-        let expected = merge_malformed(merge_data(expected.to_vec()));
-        for chunks in splits(stream) {
-            let (items, err, rest) = feed(&mut DdpCodec::new(), &chunks);
-            assert_eq!(err, None, "chunks {chunks:?}");
-            assert_eq!(merge_malformed(items), expected, "chunks {chunks:?}");
-            assert!(rest.is_empty(), "left {rest:?} for {chunks:?}");
-        }
+        check_every_split(DdpCodec::new, stream, expected);
     }
 
     #[test]

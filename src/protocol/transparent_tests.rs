@@ -4,7 +4,7 @@ use super::*;
 use crate::protocol::hex::parse_hex;
 use crate::protocol::modbus::rtu::exception_adu;
 use crate::protocol::modbus::Response;
-use crate::protocol::test_util::{feed, merge_data, splits};
+use crate::protocol::test_util::{check_every_split, feed, merge_data, splits};
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -515,6 +515,15 @@ enum Event {
     Data(Vec<u8>),
 }
 
+fn event_strategy() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        Just(Event::Heartbeat),
+        proptest::collection::vec(any::<u16>(), 1..20).prop_map(Event::Response),
+        (1u8..12).prop_map(Event::Exception),
+        proptest::collection::vec(b'a'..=b'v', 1..30).prop_map(Event::Data),
+    ]
+}
+
 proptest! {
     #[test]
     fn garbage_never_panics_and_terminates(
@@ -535,15 +544,7 @@ proptest! {
 
     #[test]
     fn well_formed_session_survives_any_cut(
-        events in proptest::collection::vec(
-            prop_oneof![
-                Just(Event::Heartbeat),
-                proptest::collection::vec(any::<u16>(), 1..20).prop_map(Event::Response),
-                (1u8..12).prop_map(Event::Exception),
-                proptest::collection::vec(b'a'..=b'v', 1..30).prop_map(Event::Data),
-            ],
-            0..12,
-        ),
+        events in proptest::collection::vec(event_strategy(), 0..12),
         cut in any::<prop::sample::Index>(),
         one_by_one in any::<bool>(),
     ) {
@@ -735,42 +736,6 @@ fn foreign(id: &[u8]) -> Inbound {
     }
 }
 
-/// Joins runs of `Malformed` items with one reason: where a run of rejected bytes ends
-/// depends on the reads, what is rejected does not.
-fn merge_malformed(items: Vec<Inbound>) -> Vec<Inbound> {
-    let mut merged: Vec<Inbound> = Vec::new();
-    for item in items {
-        match (merged.last_mut(), item) {
-            (
-                Some(Inbound::Malformed { reason, bytes }),
-                Inbound::Malformed {
-                    reason: next_reason,
-                    bytes: next,
-                },
-            ) if *reason == next_reason => {
-                *bytes = Bytes::from([&bytes[..], &next[..]].concat());
-            }
-            (_, item) => merged.push(item),
-        }
-    }
-    merged
-}
-
-/// Like `check_all_splits`, comparing with rejected runs joined.
-fn check_all_splits_merged(
-    make: impl Fn() -> TransparentCodec,
-    stream: &[u8],
-    expected: &[Inbound],
-) {
-    let expected = merge_malformed(merge_data(expected.to_vec()));
-    for chunks in splits(stream) {
-        let (items, err, rest) = feed(&mut make(), &chunks);
-        assert_eq!(err, None, "chunks {chunks:?}");
-        assert_eq!(merge_malformed(items), expected, "chunks {chunks:?}");
-        assert!(rest.is_empty(), "left {rest:?} for {chunks:?}");
-    }
-}
-
 #[test]
 fn prefix_mode_takes_the_registration_off_every_packet() {
     let r1 = Response::Registers(vec![0x0102, 0x0304]).encode(1, 3);
@@ -813,7 +778,7 @@ fn both_mode_registers_on_connect_then_takes_the_prefix_off_every_packet() {
         &[reg("866123456789012"), hb(), modbus(&r), hb(), modbus(&r)],
     );
     // The registration packet is not a packet's prefix: what follows it needs its own.
-    check_all_splits_merged(
+    check_every_split(
         || expecting(usr_in(RegistrationMode::Both), 1, 3),
         &cat(&[IMEI, &r, IMEI, &r]),
         &[reg("866123456789012"), no_prefix(&r), modbus(&r)],
@@ -823,7 +788,7 @@ fn both_mode_registers_on_connect_then_takes_the_prefix_off_every_packet() {
 #[test]
 fn serial_bytes_without_the_prefix_are_rejected() {
     let r = Response::Registers(vec![9, 9]).encode(1, 3);
-    check_all_splits_merged(
+    check_every_split(
         || expecting(usr_in(RegistrationMode::Prefix), 1, 3),
         // An answer after a heartbeat needs a prefix of its own; the one after it has it.
         &cat(&[IMEI, HB, &r, HB, IMEI, &r]),
@@ -840,7 +805,7 @@ fn serial_bytes_without_the_prefix_are_rejected() {
 #[test]
 fn a_prefix_naming_another_id_drops_its_packet() {
     let r = Response::Registers(vec![0x1111]).encode(1, 3);
-    check_all_splits_merged(
+    check_every_split(
         || expecting(usr_in(RegistrationMode::Prefix), 1, 3),
         &cat(&[IMEI, HB, OTHER_IMEI, &r, IMEI, &r, OTHER_IMEI, HB]),
         &[
@@ -865,7 +830,7 @@ fn prefix_mode_with_a_binary_id_of_fixed_length() {
     let id = h("00 00 03 E9");
     let r = Response::Registers(vec![1]).encode(9, 4);
     let other = h("00 00 04 00");
-    check_all_splits_merged(
+    check_every_split(
         codec,
         &cat(&[&id, &h("FE"), &id, &r, &h("FE"), &other, &r, &id, &r]),
         &[
@@ -1104,15 +1069,7 @@ proptest! {
     #[test]
     fn prefixed_packets_survive_any_cut(
         both in any::<bool>(),
-        events in proptest::collection::vec(
-            prop_oneof![
-                Just(Event::Heartbeat),
-                proptest::collection::vec(any::<u16>(), 1..20).prop_map(Event::Response),
-                (1u8..12).prop_map(Event::Exception),
-                proptest::collection::vec(b'a'..=b'v', 1..30).prop_map(Event::Data),
-            ],
-            0..12,
-        ),
+        events in proptest::collection::vec(event_strategy(), 0..12),
         prefixed_heartbeats in proptest::collection::vec(any::<bool>(), 12),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
     ) {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dtu_supervisor::protocol::modbus::rtu::exception_adu;
 use dtu_supervisor::protocol::modbus::{Request, Response};
+use dtu_supervisor::protocol::points::{encode_registers, PointType, WordOrder};
 
 use super::wait_for;
 
@@ -129,6 +130,25 @@ impl FakeDevice {
             // A Hongdian DTU's heartbeat is its register packet again.
             Proto::Ddp { register } => self.send(register),
         }
+    }
+
+    /// Registers for the test profile's points: temperature -12.3 °C (i16 ×0.1), humidity
+    /// 56.25 % (f32 ABCD), energy 123456 kWh (u32 CDAB), status 5, pressure 1.5 bar (u16 ×0.01).
+    pub fn load_test_points(&self) {
+        self.set_registers(
+            2000,
+            &encode_registers(PointType::I16, WordOrder::Abcd, -123.0),
+        );
+        self.set_registers(
+            2010,
+            &encode_registers(PointType::F32, WordOrder::Abcd, 56.25),
+        );
+        self.set_registers(
+            2020,
+            &encode_registers(PointType::U32, WordOrder::Cdab, 123_456.0),
+        );
+        self.set_registers(2030, &[5]);
+        self.set_registers(2300, &[150]);
     }
 
     pub fn set_registers(&self, address: u16, values: &[u16]) {
