@@ -5,27 +5,7 @@ mod common;
 
 use common::device::{FakeDevice, Proto};
 use common::{wait_for, Options, TestServer};
-use dtu_supervisor::protocol::points::{encode_registers, PointType, WordOrder};
 use serde_json::Value;
-
-/// Registers for the test profile's points: temperature -12.3 °C (i16 ×0.1), humidity
-/// 56.25 % (f32 ABCD), energy 123456 kWh (u32 CDAB), status 5, pressure 1.5 bar (u16 ×0.01).
-fn load_points(dev: &FakeDevice) {
-    dev.set_registers(
-        2000,
-        &encode_registers(PointType::I16, WordOrder::Abcd, -123.0),
-    );
-    dev.set_registers(
-        2010,
-        &encode_registers(PointType::F32, WordOrder::Abcd, 56.25),
-    );
-    dev.set_registers(
-        2020,
-        &encode_registers(PointType::U32, WordOrder::Cdab, 123_456.0),
-    );
-    dev.set_registers(2030, &[5]);
-    dev.set_registers(2300, &[150]);
-}
 
 fn close_to(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6
@@ -35,7 +15,7 @@ fn close_to(a: f64, b: f64) -> bool {
 fn framed_device_registers_and_timer_poll_decodes_values() {
     let server = TestServer::start();
     let dev = FakeDevice::connect(server.framed, Proto::Framed);
-    load_points(&dev);
+    dev.load_test_points();
     let mut dev = dev;
     dev.send(&1001u32.to_be_bytes());
     wait_for("registration ack", || {
@@ -86,7 +66,7 @@ fn framed_device_registers_and_timer_poll_decodes_values() {
 fn heartbeat_is_acknowledged_and_triggers_heartbeat_poll() {
     let server = TestServer::start();
     let mut dev = FakeDevice::framed(server.framed, 2002);
-    load_points(&dev);
+    dev.load_test_points();
     assert_eq!(dev.reads_at(2300), 0);
     dev.heartbeat();
     wait_for("heartbeat ack", || {
@@ -149,7 +129,7 @@ fn garbage_and_silent_connections_are_closed_while_a_neighbour_is_polled() {
         ..Options::default()
     });
     let neighbour = FakeDevice::framed(server.framed, 5005);
-    load_points(&neighbour);
+    neighbour.load_test_points();
     wait_for("neighbour polled", || {
         (neighbour.reads_at(2000) >= 1).then_some(())
     });
@@ -179,7 +159,7 @@ fn transparent_dtu_with_registration_and_heartbeat_glued() {
     let mut first = b"860000000000777".to_vec();
     first.extend_from_slice(b"www.usr.cn");
     let dev = FakeDevice::connect(server.transparent, Proto::Transparent);
-    load_points(&dev);
+    dev.load_test_points();
     let mut dev = dev;
     dev.send(&first);
     let device = wait_for("transparent device online", || {

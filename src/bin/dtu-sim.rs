@@ -7,14 +7,38 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use dtu_supervisor::protocol::link::Role;
-use dtu_supervisor::protocol::Protocol;
+use dtu_supervisor::protocol::link::{DeviceOptions, RegistrationMode, Role};
+use dtu_supervisor::protocol::{Protocol, PROTOCOLS};
 use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
 use dtu_supervisor::sim::{self, FixedValue, SimConfig};
 
 /// `--protocol`: any protocol a listener speaks, in any case.
 fn protocol(s: &str) -> Result<Protocol, String> {
+    s.to_ascii_lowercase().parse()
+}
+
+/// `--first-id`: what the number becomes, by an example per protocol, from the list.
+fn first_id_help() -> String {
+    let examples: Vec<String> = PROTOCOLS
+        .iter()
+        .map(|entry| match entry.role {
+            Role::Polled { device, .. } => {
+                let id = device(&DeviceOptions::default()).registration_id(1001);
+                format!(
+                    "{}: 1001 registers as {}",
+                    entry.name,
+                    id.unwrap_or_default()
+                )
+            }
+            Role::Relay => format!("{}: the first 4-byte ccid", entry.name),
+        })
+        .collect();
+    format!("Number of the first device ({})", examples.join("; "))
+}
+
+/// `--registration-mode`, in any case.
+fn registration_mode(s: &str) -> Result<RegistrationMode, String> {
     s.to_ascii_lowercase().parse()
 }
 
@@ -37,9 +61,8 @@ struct Args {
     /// Number of devices.
     #[arg(long, default_value_t = 1)]
     count: usize,
-    /// Number of the first device (framed: the 4-byte id; transparent: registers as
-    /// 860000000000000 + n, or n itself when it has 15 digits; ttms: the first 4-byte ccid).
-    #[arg(long, default_value_t = 1001)]
+    // The help says what each protocol of the list makes of the number.
+    #[arg(long, default_value_t = 1001, help = first_id_help())]
     first_id: u64,
     /// Heartbeat interval, with its unit: 500ms, 30s, 5m, ...
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -66,6 +89,11 @@ struct Args {
     /// Heartbeat text, where the protocol leaves the heartbeat to the DTU (transparent).
     #[arg(long, default_value = "www.usr.cn")]
     heartbeat_ascii: String,
+    /// When the registration is sent, where the protocol leaves that to the DTU
+    /// (transparent): connect (once, on connecting), prefix (before every packet; the first
+    /// packet is a heartbeat) or both.
+    #[arg(long, default_value = "connect", value_parser = registration_mode)]
+    registration_mode: RegistrationMode,
     /// Send a data packet this often where the protocol has them (framed: `03 LL data`);
     /// ttms: a data frame to the next terminal.
     #[arg(long, value_parser = parse_duration)]
@@ -212,6 +240,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         reconnect: args.reconnect,
         glue_registration: args.glue,
         heartbeat_payload: args.heartbeat_ascii.into_bytes(),
+        registration_mode: args.registration_mode,
         data_every: args.data_every,
         initial_values: args.set,
         spread_sources: args.spread_sources,
@@ -224,7 +253,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
     for number in [args.first_id, last_id] {
         link.registration_id(number).map_err(anyhow::Error::msg)?;
     }
-    if link.heartbeat().is_empty() {
+    if link.heartbeat(args.first_id).is_empty() {
         bail!("--heartbeat-ascii must not be empty");
     }
     Ok(Plan::Devices {
@@ -237,7 +266,6 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dtu_supervisor::protocol::PROTOCOLS;
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("dtu-sim").chain(args.iter().copied()))
@@ -275,6 +303,19 @@ mod tests {
         assert!(planned(&["--units", "1,7", "--silent", "3"]).is_err());
         assert!(parse(&["--units", "0"]).is_err());
         assert!(parse(&["--units", "1,248"]).is_err());
+    }
+
+    #[test]
+    fn the_first_id_help_covers_every_protocol() {
+        let help = first_id_help();
+        for entry in PROTOCOLS {
+            assert!(help.contains(&format!("{}: ", entry.name)), "{help}");
+        }
+        assert!(help.contains("framed: 1001 registers as 1001"), "{help}");
+        assert!(
+            help.contains("transparent: 1001 registers as 860000000001001"),
+            "{help}"
+        );
     }
 
     #[test]
@@ -331,6 +372,45 @@ mod tests {
         assert!(err.to_string().contains("127.0.0.x"), "{err}");
         let err = planned(&["--spread-sources", "--protocol", "ttms"]).unwrap_err();
         assert!(err.to_string().contains("polled"), "{err}");
+    }
+
+    #[test]
+    fn registration_modes() {
+        let mode = |args: &[&str]| match planned(args).unwrap() {
+            Plan::Devices { config, .. } => config.registration_mode,
+            Plan::Terminals { .. } => panic!("{args:?} are DTUs"),
+        };
+        assert_eq!(
+            mode(&["--protocol", "transparent"]),
+            RegistrationMode::Connect
+        );
+        for (flag, want) in [
+            ("prefix", RegistrationMode::Prefix),
+            ("Both", RegistrationMode::Both),
+            ("connect", RegistrationMode::Connect),
+        ] {
+            let args = ["--protocol", "transparent", "--registration-mode", flag];
+            assert_eq!(mode(&args), want, "{flag}");
+        }
+        let err = parse(&["--registration-mode", "sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected connect, prefix or both"), "{err}");
+        // The device side it makes sends the registration before every packet.
+        let Plan::Devices { config, .. } = planned(&[
+            "--protocol",
+            "transparent",
+            "--registration-mode",
+            "prefix",
+            "--heartbeat-ascii",
+            "hb",
+        ])
+        .unwrap() else {
+            panic!("DTUs");
+        };
+        let link = config.device_link().unwrap();
+        assert_eq!(link.registration(7).unwrap(), b"860000000000007hb");
+        assert_eq!(link.heartbeat(7), b"860000000000007hb");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! [`LinkCodec`] from the protocol list).
 //!
 //! Once registered, heartbeats are acknowledged and trigger the heartbeat polls, timer polls
-//! run, and operator commands queue behind polls. All outbound work — every unit's — goes
-//! through one queue with exactly one request in flight, as a bus carries one request at a
-//! time; its answer is matched by slave, function, length and CRC; a timeout retries per
-//! profile, then fails it and lets the next one go.
+//! run, and operator commands queue behind polls; a device that logs out is answered and its
+//! connection closed. All outbound work — every unit's — goes through one queue with exactly
+//! one request in flight, as a bus carries one request at a time; its answer is matched by
+//! slave, function, length and CRC; a timeout retries per profile, then fails it and lets
+//! the next one go.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -158,6 +159,16 @@ impl Driver for PollDriver {
                     conn.life.who(),
                     to_hex(&bytes)
                 );
+            }
+            (State::Online, Inbound::Logout { raw }) => {
+                // The device says it is leaving: answer, and let the connection end as any
+                // closed one does (its commands end, the device goes offline as `closed`).
+                log::info!("{}: logged out; closing", conn.life.who());
+                conn.life
+                    .link()
+                    .store_packet(Direction::In, PacketKind::Logout, &raw);
+                conn.send(Outbound::LogoutAck);
+                conn.close(OfflineReason::Closed, ctx);
             }
             (State::Online, Inbound::Register { id, .. }) => {
                 log::warn!(

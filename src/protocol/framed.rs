@@ -118,6 +118,8 @@ impl LinkCodec for FramedCodec {
                 dst.extend_from_slice(&[TYPE_MODBUS, len]);
                 dst.extend_from_slice(&adu);
             }
+            // The framed protocol has nothing else to say.
+            _ => {}
         }
         Ok(())
     }
@@ -152,7 +154,7 @@ impl DeviceLink for FramedDevice {
             .to_vec())
     }
 
-    fn heartbeat(&self) -> Vec<u8> {
+    fn heartbeat(&self, _number: u64) -> Vec<u8> {
         vec![TYPE_HEARTBEAT, 0]
     }
 
@@ -198,7 +200,7 @@ impl DeviceLink for FramedDevice {
         }
     }
 
-    fn answer(&self, adu: &[u8], out: &mut Vec<u8>) {
+    fn answer(&self, _number: u64, adu: &[u8], out: &mut Vec<u8>) {
         // Answers are RTU ADUs of at most 256 bytes; one that does not fit LL is not sent.
         if let Ok(len) = u8::try_from(adu.len()) {
             out.extend_from_slice(&[TYPE_MODBUS, len]);
@@ -448,10 +450,10 @@ mod tests {
         assert_eq!(device.registration_id(1001).unwrap(), "1001");
         assert!(device.registration_id(u64::from(u32::MAX) + 1).is_err());
         let mut stream = device.registration(1001).unwrap();
-        stream.extend_from_slice(&device.heartbeat());
+        stream.extend_from_slice(&device.heartbeat(1001));
         stream.extend_from_slice(&device.data(b"id=1").unwrap());
         let answer = Response::Registers(vec![7]).encode(1, 3);
-        device.answer(&answer, &mut stream);
+        device.answer(1001, &answer, &mut stream);
         let (items, err, rest) = feed(&mut FramedCodec::new(), &[&stream]);
         assert!(err.is_none() && rest.is_empty());
         assert_eq!(

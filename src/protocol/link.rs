@@ -35,6 +35,9 @@ pub enum Inbound {
     Answer(Bytes),
     /// Dropped bytes; the connection logs `reason` and the bytes in hex with the device id.
     Malformed { reason: String, bytes: Bytes },
+    /// The device signs off (DDP `02`), as it arrived: the connection answers
+    /// [`Outbound::LogoutAck`] and closes, and the device goes offline as `closed`.
+    Logout { raw: Bytes },
 }
 
 /// What the server sends a device.
@@ -43,6 +46,8 @@ pub enum Outbound {
     RegisterAck,
     HeartbeatAck,
     DataAck,
+    /// The answer to [`Inbound::Logout`].
+    LogoutAck,
     /// A request for the serial side: a Modbus RTU ADU with CRC.
     Request(Bytes),
 }
@@ -82,10 +87,13 @@ pub struct Expect {
 /// The server side of a link protocol for one connection.
 pub trait LinkCodec: Send + fmt::Debug {
     /// The next item at the start of `src`, consuming its bytes; `Ok(None)` until one is
-    /// complete.
+    /// complete. Bytes that make no item of their own (the registration prefixed to a
+    /// packet) may be consumed before `Ok(None)`.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError>;
 
-    /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item).
+    /// Appends `item` as it goes on the wire (nothing, where the protocol has no such item:
+    /// a codec matches the items it writes and lets every other pass, so an item one protocol
+    /// adds costs the others nothing).
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError>;
 
     /// The request in flight (`None` when there is none). Only a link without framing of its
@@ -139,14 +147,64 @@ pub enum IdMatcher {
     Length(usize),
 }
 
-/// What the first packet of a DTU looks like, where its protocol leaves that to the profile
-/// (`[profiles.X.registration]`).
+/// When a DTU sends its registration, where its protocol leaves that to the profile
+/// (`[profiles.X.registration] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Once, as the first packet after connecting.
+    #[default]
+    Connect,
+    /// At the head of every packet it sends; the first packet registers it.
+    Prefix,
+    /// Once after connecting, and at the head of every packet after that.
+    Both,
+}
+
+impl RegistrationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationMode::Connect => "connect",
+            RegistrationMode::Prefix => "prefix",
+            RegistrationMode::Both => "both",
+        }
+    }
+
+    /// Whether every packet after the registration starts with it.
+    pub fn prefixes_packets(self) -> bool {
+        self != RegistrationMode::Connect
+    }
+}
+
+impl FromStr for RegistrationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "connect" => Ok(RegistrationMode::Connect),
+            "prefix" => Ok(RegistrationMode::Prefix),
+            "both" => Ok(RegistrationMode::Both),
+            _ => Err(format!(
+                "unknown mode {s:?} (expected connect, prefix or both)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RegistrationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a DTU's registration looks like and when it comes, where its protocol leaves that to
+/// the profile (`[profiles.X.registration]`).
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub format: IdFormat,
     pub matcher: IdMatcher,
     /// Bytes to answer with; empty for none.
     pub reply: Vec<u8>,
+    pub mode: RegistrationMode,
 }
 
 /// The exact bytes of a heartbeat and what to answer (`[profiles.X.heartbeat]`).
@@ -169,6 +227,9 @@ pub struct LinkOptions {
 pub struct DeviceOptions {
     /// The heartbeat bytes, where the protocol leaves them to the DTU's configuration.
     pub heartbeat: Vec<u8>,
+    /// When the registration is sent, where the protocol leaves that to the DTU's
+    /// configuration.
+    pub registration_mode: RegistrationMode,
 }
 
 /// What a simulated device gets from the server.
@@ -182,7 +243,9 @@ pub enum FromServer {
     Request(Bytes),
 }
 
-/// The device side of a link protocol, as the simulator speaks it.
+/// The device side of a link protocol, as the simulator speaks it. One value serves a whole
+/// fleet; what a device sends that names it (its registration, and where the protocol puts the
+/// id in them, its heartbeats and answers) takes the device's number.
 pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// The id the server knows device number `number` by, or why the number does not fit.
     fn registration_id(&self, number: u64) -> Result<String, String>;
@@ -190,7 +253,9 @@ pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// The registration packet of device `number`.
     fn registration(&self, number: u64) -> Result<Vec<u8>, String>;
 
-    fn heartbeat(&self) -> Vec<u8>;
+    /// The heartbeat of device `number`; empty when the number does not fit the protocol
+    /// (which [`DeviceLink::registration`] reports first).
+    fn heartbeat(&self, number: u64) -> Vec<u8>;
 
     /// Whether the server acknowledges the registration (and heartbeats wait for that).
     fn acknowledged(&self) -> bool;
@@ -202,8 +267,8 @@ pub trait DeviceLink: Send + Sync + fmt::Debug {
     /// until one is complete. `Err` means the bytes cannot be read (the caller drops them).
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError>;
 
-    /// Appends the answer `adu` as it goes on the wire.
-    fn answer(&self, adu: &[u8], out: &mut Vec<u8>);
+    /// Appends the answer `adu` of device `number` as it goes on the wire.
+    fn answer(&self, number: u64, adu: &[u8], out: &mut Vec<u8>);
 
     /// Whether requests arrive framed; without framing, a request cut by a silence is lost
     /// (the TCP stand-in for the RTU inter-frame gap).

@@ -7,6 +7,7 @@
 //! its simulator side) and one line in [`PROTOCOLS`]. Settings, listeners, the supervisor,
 //! the simulator and the API find it there.
 
+pub mod ddp;
 pub mod framed;
 pub mod hex;
 pub mod link;
@@ -28,6 +29,7 @@ use link::{LinkProtocol, Role};
 pub const PROTOCOLS: &[&LinkProtocol] = &[
     &framed::PROTOCOL,
     &transparent::PROTOCOL,
+    &ddp::PROTOCOL,
     &ttms::PROTOCOL,
 ];
 

@@ -71,3 +71,37 @@ pub fn splits(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
     }
     all
 }
+
+/// Joins runs of `Malformed` items with one reason: where a run of dropped bytes ends
+/// depends on how the bytes were split, what is dropped and why does not.
+pub fn merge_malformed(items: Vec<Inbound>) -> Vec<Inbound> {
+    let mut merged: Vec<Inbound> = Vec::new();
+    for item in items {
+        match (merged.last_mut(), item) {
+            (
+                Some(Inbound::Malformed { reason, bytes }),
+                Inbound::Malformed {
+                    reason: next_reason,
+                    bytes: next,
+                },
+            ) if *reason == next_reason => {
+                *bytes = Bytes::from([&bytes[..], &next[..]].concat());
+            }
+            (_, item) => merged.push(item),
+        }
+    }
+    merged
+}
+
+/// Decodes `stream` cut every way ([`splits`]) through a fresh `make()` codec: every cut
+/// gives `expected` (runs of data and of dropped bytes joined, [`merge_data`] and
+/// [`merge_malformed`]), no error, and leaves nothing.
+pub fn check_every_split<C: LinkCodec>(make: impl Fn() -> C, stream: &[u8], expected: &[Inbound]) {
+    let expected = merge_malformed(merge_data(expected.to_vec()));
+    for chunks in splits(stream) {
+        let (items, err, rest) = feed(&mut make(), &chunks);
+        assert_eq!(err, None, "chunks {chunks:?}");
+        assert_eq!(merge_malformed(items), expected, "chunks {chunks:?}");
+        assert!(rest.is_empty(), "left {rest:?} for {chunks:?}");
+    }
+}

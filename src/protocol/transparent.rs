@@ -2,23 +2,40 @@
 //! [`TransparentCodec`] is the server's side, [`TransparentDevice`] the simulator's.
 //!
 //! Nothing on the wire says where a packet ends, so the codec decides from context: the
-//! first bytes are the registration packet as the profile describes it; later, a response
-//! to the request in flight is framed by the RTU rules ([`rtu::response_len`] + CRC), the
-//! profile's heartbeat bytes are a heartbeat, and anything else is unsolicited data.
+//! first bytes are the registration as the profile describes it; later, a response to the
+//! request in flight is framed by the RTU rules ([`rtu::response_len`] + CRC), the profile's
+//! heartbeat bytes are a heartbeat wherever an item may begin (alone, glued before or after
+//! an answer, inside other bytes), and anything else is unsolicited data. A complete answer
+//! with a good CRC always wins: a heartbeat is never taken out of an RTU frame's bytes, and
+//! bytes that may still become the answer awaited (its slave address, then its function) are
+//! held until its length has arrived.
+//!
+//! **Registration modes** ([`RegistrationMode`]). In `connect` mode the registration is the
+//! first packet only. In `prefix` mode every packet the DTU sends starts with it (the first
+//! one registers the DTU), in `both` mode every packet after the registration packet does.
+//! TCP keeps no packet boundaries, so a *packet* here is what follows this DTU's
+//! registration bytes: the codec takes them (without an item of their own) wherever an item
+//! may begin, and the serial bytes after them — one answer, or other bytes up to the next
+//! registration or heartbeat — belong to that packet. An answer or a heartbeat ends the
+//! packet. Serial bytes that no prefix opened are dropped as [`Inbound::Malformed`], and so
+//! is a prefix naming another id (the packet of another DTU, or of none), followed by its
+//! serial bytes. Heartbeats may come with the prefix or without it. Nothing depends on how
+//! the bytes were cut into reads.
 //!
 //! Bounds: the registration is looked for in the first [`REGISTRATION_WINDOW`] bytes; a
 //! response candidate is at most [`MAX_ADU`] bytes, resynchronising one byte at a time; a
-//! partial heartbeat is shorter than the heartbeat; data items are at most [`MAX_DATA`]
-//! bytes. So the codec never holds more than a few hundred bytes between reads, and each
-//! decode call consumes at least one byte or waits.
+//! partial heartbeat is shorter than the heartbeat, a partial prefix shorter than the
+//! registration; data items are at most [`MAX_DATA`] bytes. So the codec never holds more
+//! than a few hundred bytes between reads, and each decode call consumes at least one byte or
+//! waits.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use regex::Regex;
 
 use crate::protocol::hex::to_hex;
 use crate::protocol::link::{
     CodecError, DeviceLink, Expect, FromServer, Heartbeat, IdFormat, IdMatcher, Inbound, LinkCodec,
-    LinkOptions, LinkProtocol, Outbound, Registration, Role,
+    LinkOptions, LinkProtocol, Outbound, Registration, RegistrationMode, Role,
 };
 use crate::protocol::modbus::rtu::{self, MAX_ADU};
 
@@ -27,7 +44,12 @@ pub const PROTOCOL: LinkProtocol = LinkProtocol {
     name: "transparent",
     role: Role::Polled {
         server: server_codec,
-        device: |options| Box::new(TransparentDevice::new(options.heartbeat.clone())),
+        device: |options| {
+            Box::new(TransparentDevice::new(
+                options.heartbeat.clone(),
+                options.registration_mode,
+            ))
+        },
     },
     needs_registration: true,
 };
@@ -59,6 +81,44 @@ pub struct TransparentCodec {
     heartbeat: Option<Heartbeat>,
     expect: Option<Expect>,
     registered: bool,
+    /// The id registered, for messages.
+    id: String,
+    /// In `prefix` and `both` mode, the registration as it arrived: every packet starts
+    /// with it.
+    prefix: Option<Bytes>,
+    /// The packet the next serial bytes belong to (prefix modes only).
+    packet: Packet,
+}
+
+/// In the prefix modes, whose packet the bytes at hand belong to.
+#[derive(Debug, Clone, PartialEq)]
+enum Packet {
+    /// None: an answer or a heartbeat ended the last one (or none came yet).
+    Closed,
+    /// This DTU's: its prefix came.
+    Open,
+    /// Another DTU's, this id's: its serial bytes are dropped.
+    Foreign(String),
+}
+
+/// What the bytes at the start of the buffer are, as far as the request in flight goes.
+enum Candidate {
+    /// Not its answer.
+    No,
+    /// Its answer may begin here: wait for more bytes.
+    Wait,
+    /// Its answer, this many bytes, CRC checked.
+    Answer(usize),
+    /// Its header, but no answer: why.
+    Rejected(String),
+}
+
+/// One decode step after registration.
+enum Step {
+    Item(Inbound),
+    Wait,
+    /// This DTU's registration prefix, this long: a packet opens.
+    Prefix(usize),
 }
 
 impl TransparentCodec {
@@ -79,10 +139,13 @@ impl TransparentCodec {
             heartbeat,
             expect: None,
             registered: false,
+            id: String::new(),
+            prefix: None,
+            packet: Packet::Closed,
         }
     }
 
-    /// True once the registration packet has been decoded.
+    /// True once the registration has been decoded.
     pub fn is_registered(&self) -> bool {
         self.registered
     }
@@ -93,11 +156,23 @@ impl TransparentCodec {
             .map_or(&[], |hb| hb.bytes.as_slice())
     }
 
+    fn prefix_bytes(&self) -> &[u8] {
+        self.prefix.as_deref().unwrap_or_default()
+    }
+
     /// The id `bytes` render to, if they render at all.
     fn render(&self, bytes: &[u8]) -> Option<String> {
         match self.registration.format {
             IdFormat::Ascii => std::str::from_utf8(bytes).ok().map(str::to_owned),
             IdFormat::Hex => Some(hex::encode_upper(bytes)),
+        }
+    }
+
+    /// Whether `id` is a whole registration id by the profile's pattern.
+    fn matches_pattern(&self, re: &Regex, id: &str) -> bool {
+        match &self.anchored {
+            Some(anchored) => anchored.is_match(id),
+            None => re.find(id).is_some_and(|m| m.range() == (0..id.len())),
         }
     }
 
@@ -123,11 +198,7 @@ impl TransparentCodec {
                 // Longest prefix first: "the longest prefix whose rendering matches".
                 (1..=window).rev().find_map(|n| {
                     let id = self.render(src.get(..n)?)?;
-                    let whole = match &self.anchored {
-                        Some(anchored) => anchored.is_match(&id),
-                        None => re.find(&id).is_some_and(|m| m.range() == (0..id.len())),
-                    };
-                    whole.then_some((n, id))
+                    self.matches_pattern(re, &id).then_some((n, id))
                 })
             }
         };
@@ -135,7 +206,19 @@ impl TransparentCodec {
             Some((n, id)) => {
                 let raw = src.split_to(n).freeze();
                 self.registered = true;
-                log::debug!("transparent: registered as {id:?}");
+                log::debug!(
+                    "transparent: registered as {id:?} (registration mode {})",
+                    self.registration.mode
+                );
+                let mode = self.registration.mode;
+                if mode.prefixes_packets() {
+                    self.prefix = Some(raw.clone());
+                    // In prefix mode the registration was the first packet's prefix.
+                    if mode == RegistrationMode::Prefix {
+                        self.packet = Packet::Open;
+                    }
+                }
+                self.id = id.clone();
                 Ok(Some(Inbound::Register { id, raw }))
             }
             None if src.len() >= REGISTRATION_WINDOW => Err(CodecError::protocol(
@@ -146,30 +229,29 @@ impl TransparentCodec {
         }
     }
 
-    /// `src` starts with the expected slave and function (or exception): one RTU response.
-    fn decode_response(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
-        let reason = match rtu::response_len(src) {
-            Some(n) if n > MAX_ADU => format!("response length {n} over {MAX_ADU}"),
-            Some(n) if src.len() < n => return Ok(None),
-            Some(n) => match src.get(..n) {
-                Some(adu) if rtu::check_crc(adu) => {
-                    return Ok(Some(Inbound::Answer(src.split_to(n).freeze())));
-                }
-                Some(adu) => format!("bad CRC in response {}", to_hex(adu)),
-                None => return Ok(None),
+    /// Whether `bytes` begin the answer to the request in flight.
+    fn response_at(&self, bytes: &[u8]) -> Candidate {
+        if !self.response_may_start(bytes) {
+            return Candidate::No;
+        }
+        if bytes.len() < 2 {
+            // Only the slave byte so far: the function byte decides.
+            return Candidate::Wait;
+        }
+        match rtu::response_len(bytes) {
+            Some(n) if n > MAX_ADU => {
+                Candidate::Rejected(format!("response length {n} over {MAX_ADU}"))
+            }
+            Some(n) => match bytes.get(..n) {
+                Some(adu) if rtu::check_crc(adu) => Candidate::Answer(n),
+                Some(adu) => Candidate::Rejected(format!("bad CRC in response {}", to_hex(adu))),
+                None => Candidate::Wait,
             },
-            None if src.len() >= MAX_ADU => format!("no CRC-framed response in {MAX_ADU} bytes"),
-            None => return Ok(None),
-        };
-        let bytes = src.split_to(1).freeze();
-        log::debug!(
-            "transparent: {reason}; dropped {} to resync",
-            to_hex(&bytes)
-        );
-        Ok(Some(Inbound::Malformed {
-            reason: format!("{reason}; dropped 1 byte to resync"),
-            bytes,
-        }))
+            None if bytes.len() >= MAX_ADU => {
+                Candidate::Rejected(format!("no CRC-framed response in {MAX_ADU} bytes"))
+            }
+            None => Candidate::Wait,
+        }
     }
 
     /// True if a response header to the request in flight (slave, function or exception)
@@ -194,16 +276,120 @@ impl TransparentCodec {
         !hb.is_empty() && (bytes.starts_with(hb) || hb.starts_with(bytes))
     }
 
-    /// Length of the unsolicited run at the start of `src` (which is neither a heartbeat nor
-    /// a response header): up to where one may begin, at most [`MAX_DATA`]; at least 1.
-    fn data_len(&self, src: &[u8]) -> usize {
+    /// True if this DTU's registration prefix starts `bytes`, or `bytes` is a proper prefix
+    /// of it.
+    fn prefix_may_start(&self, bytes: &[u8]) -> bool {
+        let prefix = self.prefix_bytes();
+        !prefix.is_empty() && (bytes.starts_with(prefix) || prefix.starts_with(bytes))
+    }
+
+    /// Length of the run at the start of `src` that is neither a heartbeat, a prefix nor
+    /// (where serial bytes may come) a response header: up to where one may begin, at most
+    /// [`MAX_DATA`]; at least 1.
+    fn data_len(&self, src: &[u8], serial: bool) -> usize {
         let limit = src.len().min(MAX_DATA);
         (1..limit)
             .find(|&i| {
                 let rest = src.get(i..).unwrap_or_default();
-                self.response_may_start(rest) || self.heartbeat_may_start(rest)
+                (serial && self.response_may_start(rest))
+                    || self.heartbeat_may_start(rest)
+                    || self.prefix_may_start(rest)
             })
             .unwrap_or(limit)
+    }
+
+    /// One step at an item boundary once registered; `src` is not empty.
+    fn step(&mut self, src: &mut BytesMut) -> Step {
+        // Serial bytes (answers, other data) are this DTU's only after its prefix, where
+        // packets carry one.
+        let serial = self.prefix.is_none() || self.packet == Packet::Open;
+        let mut rejected = None;
+        if serial {
+            match self.response_at(src) {
+                Candidate::Answer(n) => {
+                    self.packet = Packet::Closed;
+                    return Step::Item(Inbound::Answer(src.split_to(n).freeze()));
+                }
+                Candidate::Wait => return Step::Wait,
+                Candidate::Rejected(reason) => rejected = Some(reason),
+                Candidate::No => {}
+            }
+        }
+        let heartbeat = self.heartbeat_bytes();
+        if !heartbeat.is_empty() && src.starts_with(heartbeat) {
+            let raw = src.split_to(heartbeat.len()).freeze();
+            self.packet = Packet::Closed;
+            return Step::Item(Inbound::Heartbeat { raw });
+        }
+        let prefix = self.prefix_bytes();
+        if !prefix.is_empty() && src.starts_with(prefix) {
+            return Step::Prefix(prefix.len());
+        }
+        if self.heartbeat_may_start(src) || self.prefix_may_start(src) {
+            // A proper prefix of either: wait for the rest.
+            return Step::Wait;
+        }
+        if let Some(reason) = rejected {
+            let bytes = src.split_to(1).freeze();
+            log::debug!(
+                "transparent: {reason}; dropped {} to resync",
+                to_hex(&bytes)
+            );
+            return Step::Item(Inbound::Malformed {
+                reason: format!("{reason}; dropped 1 byte to resync"),
+                bytes,
+            });
+        }
+        if !serial {
+            return self.unprefixed(src);
+        }
+        let n = self.data_len(src, true);
+        Step::Item(Inbound::Unsolicited(src.split_to(n).freeze()))
+    }
+
+    /// Bytes that are not this DTU's, in the prefix modes: the serial bytes of another
+    /// DTU's packet, up to where this DTU's prefix or its heartbeat may begin; where a packet
+    /// must begin, another DTU's prefix (judged on as many bytes as this DTU's), or serial
+    /// bytes of no packet.
+    fn unprefixed(&mut self, src: &mut BytesMut) -> Step {
+        if let Packet::Foreign(other) = &self.packet {
+            let n = self.data_len(src, false);
+            return Step::Item(Inbound::Malformed {
+                reason: format!("serial bytes of a packet of {other:?}"),
+                bytes: src.split_to(n).freeze(),
+            });
+        }
+        let len = self.prefix_bytes().len();
+        let Some(head) = src.get(..len) else {
+            // Too few bytes to tell a prefix from other bytes yet.
+            return Step::Wait;
+        };
+        let other = self
+            .render(head)
+            .filter(|id| match &self.registration.matcher {
+                IdMatcher::Pattern(re) => self.matches_pattern(re, id),
+                // Any bytes of that length are an id.
+                IdMatcher::Length(_) => true,
+            });
+        if let Some(other) = other {
+            let reason = format!(
+                "packet prefix names {other:?}, not this DTU's {:?}; its serial bytes are dropped",
+                self.id
+            );
+            self.packet = Packet::Foreign(other);
+            return Step::Item(Inbound::Malformed {
+                reason,
+                bytes: src.split_to(len).freeze(),
+            });
+        }
+        let n = self.data_len(src, false);
+        Step::Item(Inbound::Malformed {
+            reason: format!(
+                "serial bytes without this DTU's registration prefix ({:?})",
+                self.id
+            ),
+            bytes: src.split_to(n).freeze(),
+        })
     }
 }
 
@@ -212,30 +398,19 @@ impl LinkCodec for TransparentCodec {
         if !self.registered {
             return self.decode_registration(src);
         }
-        if src.is_empty() {
-            return Ok(None);
-        }
-        let heartbeat = self.heartbeat_bytes();
-        let is_heartbeat = !heartbeat.is_empty() && src.starts_with(heartbeat);
-        if self.response_may_start(src) {
-            if src.len() >= 2 {
-                return self.decode_response(src);
-            }
-            if !is_heartbeat {
-                // Only the slave byte so far: the function byte decides.
-                return Ok(None);
+        // A prefix makes no item: go on with what follows it. Each round consumes at least
+        // one byte, so this ends.
+        while !src.is_empty() {
+            match self.step(src) {
+                Step::Item(item) => return Ok(Some(item)),
+                Step::Wait => return Ok(None),
+                Step::Prefix(n) => {
+                    src.advance(n);
+                    self.packet = Packet::Open;
+                }
             }
         }
-        if is_heartbeat {
-            let raw = src.split_to(heartbeat.len()).freeze();
-            return Ok(Some(Inbound::Heartbeat { raw }));
-        }
-        if self.heartbeat_may_start(src) {
-            // A proper prefix of the heartbeat: wait for the rest.
-            return Ok(None);
-        }
-        let n = self.data_len(src);
-        Ok(Some(Inbound::Unsolicited(src.split_to(n).freeze())))
+        Ok(None)
     }
 
     fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError> {
@@ -246,7 +421,7 @@ impl LinkCodec for TransparentCodec {
                     .as_ref()
                     .map_or(&[][..], |hb| hb.reply.as_slice()),
             ),
-            Outbound::DataAck => {}
+            // Downlink requests carry no prefix, whatever the registration mode.
             Outbound::Request(adu) => {
                 if adu.len() > MAX_ADU {
                     return Err(CodecError::protocol(
@@ -256,6 +431,8 @@ impl LinkCodec for TransparentCodec {
                 }
                 dst.extend_from_slice(&adu);
             }
+            // Data packets and logouts are not a transparent DTU's: nothing to answer.
+            _ => {}
         }
         Ok(())
     }
@@ -274,15 +451,32 @@ pub const IMEI_BASE: u64 = 860_000_000_000_000;
 pub const USR_HEARTBEAT: &[u8] = b"www.usr.cn";
 
 /// The simulator's side of a transparent link: ASCII IMEI registration, a configured
-/// heartbeat, requests found by their RTU framing in whatever bytes arrive.
+/// heartbeat, requests found by their RTU framing in whatever bytes arrive. In `prefix` mode
+/// its first packet is its heartbeat with the registration before it (it is sent at once on
+/// connecting, so the server learns the id), and every heartbeat and answer carries the
+/// registration before it; in `both` mode the registration is also sent alone on connecting.
 #[derive(Debug, Clone)]
 pub struct TransparentDevice {
     heartbeat: Vec<u8>,
+    mode: RegistrationMode,
 }
 
 impl TransparentDevice {
-    pub fn new(heartbeat: Vec<u8>) -> TransparentDevice {
-        TransparentDevice { heartbeat }
+    pub fn new(heartbeat: Vec<u8>, mode: RegistrationMode) -> TransparentDevice {
+        TransparentDevice { heartbeat, mode }
+    }
+
+    /// `packet` as device `number` sends it: after its registration in the prefix modes.
+    fn packet(&self, number: u64, packet: &[u8]) -> Vec<u8> {
+        if !self.mode.prefixes_packets() {
+            return packet.to_vec();
+        }
+        let mut out = self
+            .registration_id(number)
+            .map(String::into_bytes)
+            .unwrap_or_default();
+        out.extend_from_slice(packet);
+        out
     }
 }
 
@@ -295,11 +489,15 @@ impl DeviceLink for TransparentDevice {
     }
 
     fn registration(&self, number: u64) -> Result<Vec<u8>, String> {
-        self.registration_id(number).map(String::into_bytes)
+        let id = self.registration_id(number)?;
+        Ok(match self.mode {
+            RegistrationMode::Prefix => self.packet(number, &self.heartbeat),
+            RegistrationMode::Connect | RegistrationMode::Both => id.into_bytes(),
+        })
     }
 
-    fn heartbeat(&self) -> Vec<u8> {
-        self.heartbeat.clone()
+    fn heartbeat(&self, number: u64) -> Vec<u8> {
+        self.packet(number, &self.heartbeat)
     }
 
     fn acknowledged(&self) -> bool {
@@ -329,8 +527,8 @@ impl DeviceLink for TransparentDevice {
         }
     }
 
-    fn answer(&self, adu: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(adu);
+    fn answer(&self, number: u64, adu: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.packet(number, adu));
     }
 
     fn framed(&self) -> bool {

@@ -12,7 +12,7 @@ use super::tree::{
 };
 use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, Unit, WriteSpec};
 use crate::events::rules::Rule;
-use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration};
+use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration, RegistrationMode};
 use crate::protocol::points::{Point, PointType, WordOrder};
 
 /// Most registers one read may ask for (functions 3/4).
@@ -671,10 +671,18 @@ fn rule(ctx: &mut Ctx<'_>, path: &str, v: &Value, points: &BTreeSet<&str>) -> Op
 }
 
 fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Registration> {
-    let s = Section::new(ctx, path, v, &["format", "pattern", "length", "reply"])?;
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &["format", "pattern", "length", "reply", "mode"],
+    )?;
     let format = s
         .field(ctx, "format", parsed::<IdFormat>)
         .or(IdFormat::Ascii);
+    let mode = s
+        .field(ctx, "mode", parsed::<RegistrationMode>)
+        .or(RegistrationMode::Connect);
     let pattern = s.field(ctx, "pattern", |ctx, path, v| {
         let p = string(ctx, path, v)?;
         match regex::Regex::new(&p) {
@@ -709,6 +717,7 @@ fn registration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Registration
         format: format?,
         matcher: matcher?,
         reply: reply?,
+        mode: mode?,
     })
 }
 
@@ -930,5 +939,30 @@ every = \"1s\"
         );
         assert!(!data.profiles.contains_key("bus") && !data.profiles.contains_key("bus2"));
         assert!(data.profiles.contains_key("meter"));
+    }
+
+    #[test]
+    fn registration_mode_defaults_to_connect() {
+        let mode = |extra: &str| {
+            let (data, errors) = check(&format!(
+                "[profiles.p.registration]\npattern = \"^[0-9]{{15}}$\"\n{extra}"
+            ));
+            assert!(errors.is_empty(), "{errors:?}");
+            data.profiles["p"]
+                .registration
+                .as_ref()
+                .map(|r| r.mode)
+                .expect("registration")
+        };
+        assert_eq!(mode(""), RegistrationMode::Connect);
+        assert_eq!(mode("mode = \"connect\""), RegistrationMode::Connect);
+        assert_eq!(mode("mode = \"prefix\""), RegistrationMode::Prefix);
+        assert_eq!(mode("mode = \"both\""), RegistrationMode::Both);
+        let (data, errors) = check("[profiles.p.registration]\nlength = 4\nmode = \"always\"\n");
+        assert_eq!(
+            errors,
+            ["data.toml: profiles.p.registration.mode: unknown mode \"always\" (expected connect, prefix or both)"]
+        );
+        assert!(!data.profiles.contains_key("p"));
     }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::link::{DeviceLink, DeviceOptions, Role};
+use crate::protocol::link::{DeviceLink, DeviceOptions, RegistrationMode, Role};
 use crate::protocol::points::{PointType, WordOrder};
 use crate::protocol::transparent::USR_HEARTBEAT;
 use crate::protocol::{framed, Protocol};
@@ -41,6 +41,10 @@ pub struct SimConfig {
     /// Heartbeat bytes, where the protocol leaves them to the DTU's configuration
     /// (transparent; default `www.usr.cn`).
     pub heartbeat_payload: Vec<u8>,
+    /// When the registration is sent, where the protocol leaves that to the DTU's
+    /// configuration (transparent: `connect`, or before every packet in `prefix` and `both`
+    /// mode).
+    pub registration_mode: RegistrationMode,
     /// Send a data packet (ASCII `id=<n> seq=<k>`) this often, where the protocol has them
     /// (framed: `03 LL <data>`).
     pub data_every: Option<Duration>,
@@ -86,6 +90,7 @@ impl Default for SimConfig {
             reconnect: false,
             glue_registration: false,
             heartbeat_payload: USR_HEARTBEAT.to_vec(),
+            registration_mode: RegistrationMode::Connect,
             data_every: None,
             register_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -153,6 +158,7 @@ impl SimConfig {
         match self.protocol.role() {
             Role::Polled { device, .. } => Ok(Arc::from(device(&DeviceOptions {
                 heartbeat: self.heartbeat_payload.clone(),
+                registration_mode: self.registration_mode,
             }))),
             Role::Relay => Err(SimError::NotPolled(self.protocol)),
         }

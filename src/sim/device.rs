@@ -244,7 +244,7 @@ impl SimDevice {
         let framed = link.framed();
         debug!("device {id}: connected to {}", config.server);
 
-        let heartbeat = link.heartbeat();
+        let heartbeat = link.heartbeat(id);
         let mut first = registration.to_vec();
         let mut next_heartbeat = Instant::now() + config.heartbeat;
         // Round trips are measured with heartbeats, so only where they are acknowledged.
@@ -312,7 +312,7 @@ impl SimDevice {
                             Ok(Some(FromServer::Request(adu))) => {
                                 let answer = shared.answer(&adu);
                                 if !answer.is_empty() {
-                                    link.answer(&answer, &mut out);
+                                    link.answer(id, &answer, &mut out);
                                     if heartbeat_due {
                                         heartbeat_due = false;
                                         out.extend_from_slice(&heartbeat);

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use super::*;
-use crate::protocol::link::{FromServer, Inbound, Outbound};
+use crate::protocol::link::{FromServer, Inbound, Outbound, RegistrationMode};
 use crate::protocol::modbus::rtu::MAX_ADU;
 use crate::protocol::modbus::{self, Request, Response};
 use crate::protocol::points::{PointType, WordOrder};
@@ -159,7 +159,7 @@ async fn glued_registration() {
             Some((_, bytes)) => bytes.to_vec(),
             None => {
                 let link = device_link(protocol);
-                [link.registration(1001).unwrap(), link.heartbeat()].concat()
+                [link.registration(1001).unwrap(), link.heartbeat(1001)].concat()
             }
         };
         assert_eq!(read_n(&mut s, expected.len()).await, expected, "{protocol}");
@@ -408,6 +408,41 @@ async fn transparent_request_split_across_writes_and_junk_before() {
 }
 
 #[tokio::test]
+async fn transparent_prefix_mode_puts_the_registration_before_every_packet() {
+    let (l, addr) = listener().await;
+    let mut cfg = config(addr, transparent());
+    cfg.registration_mode = RegistrationMode::Prefix;
+    cfg.heartbeat = Duration::from_millis(100);
+    let (device, handle) = SimDevice::new(1001, cfg);
+    handle.set_register(7, 77);
+    let task = device.spawn();
+    let mut s = accept(&l).await;
+    // No registration packet of its own: the first heartbeat carries it, at once.
+    assert_eq!(read_n(&mut s, 25).await, b"860000000001001www.usr.cn");
+    let request = adu(1, &Request::ReadHoldingRegisters { start: 7, count: 1 });
+    s.write_all(&request).await.unwrap();
+    let answer = Response::Registers(vec![77]).encode(1, 3);
+    // Heartbeats may come before the answer; every packet starts with the registration.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "no answer");
+        let head = read_n(&mut s, 15).await;
+        assert_eq!(head, b"860000000001001");
+        let mut first = read_n(&mut s, 1).await;
+        if first == b"w" {
+            first.extend(read_n(&mut s, 9).await);
+            assert_eq!(first, b"www.usr.cn");
+            continue;
+        }
+        first.extend(read_n(&mut s, answer.len() - 1).await);
+        assert_eq!(first, answer);
+        break;
+    }
+    handle.stop();
+    timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn exceptions() {
     for protocol in polled() {
         let (mut peer, handle, task) = connected(protocol, 1001).await;
@@ -627,7 +662,7 @@ proptest! {
                 loop {
                     match link.decode(&mut buf) {
                         Ok(Some(FromServer::Request(adu))) => {
-                            link.answer(&meter.answer(&adu), &mut out);
+                            link.answer(1, &meter.answer(&adu), &mut out);
                         }
                         Ok(Some(_)) => {}
                         Ok(None) => break,

@@ -11,7 +11,9 @@
 //! * **transparent** (USR-IOT style) — sends an ASCII registration id (15 digits, IMEI-like,
 //!   see [`SimDevice::registration_id`]), heartbeats with [`SimConfig::heartbeat_payload`]
 //!   (`www.usr.cn`) and answers raw Modbus RTU. Whatever the server sends that is not a
-//!   request (registration/heartbeat replies, junk) is ignored, like on an RS-485 bus.
+//!   request (registration/heartbeat replies, junk) is ignored, like on an RS-485 bus. With
+//!   [`SimConfig::registration_mode`] `prefix` or `both`, every heartbeat and answer carries
+//!   the registration before it.
 //!
 //! `$TTMS` relay terminals are not polled; [`ttms`] simulates them.
 //!

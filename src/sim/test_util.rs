@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use crate::protocol::link::{
     DeviceLink, Expect, Heartbeat, IdFormat, IdMatcher, Inbound, LinkCodec, LinkOptions, Outbound,
-    Registration, Role,
+    Registration, RegistrationMode, Role,
 };
 use crate::protocol::modbus::Request;
 use crate::protocol::{framed, transparent, Protocol, PROTOCOLS};
@@ -112,9 +112,10 @@ impl Peer {
                 format: IdFormat::Hex,
                 matcher: IdMatcher::Length(registration.len()),
                 reply: Vec::new(),
+                mode: RegistrationMode::Connect,
             }),
             heartbeat: Some(Heartbeat {
-                bytes: link.heartbeat(),
+                bytes: link.heartbeat(number),
                 reply: Vec::new(),
             }),
         };

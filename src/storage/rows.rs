@@ -55,6 +55,8 @@ pub enum PacketKind {
     Modbus,
     Unsolicited,
     Relay,
+    /// A device signing off (DDP `02`).
+    Logout,
 }
 
 impl PacketKind {
@@ -66,6 +68,7 @@ impl PacketKind {
             PacketKind::Modbus => "modbus",
             PacketKind::Unsolicited => "unsolicited",
             PacketKind::Relay => "relay",
+            PacketKind::Logout => "logout",
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dtu_supervisor::protocol::modbus::rtu::exception_adu;
 use dtu_supervisor::protocol::modbus::{Request, Response};
+use dtu_supervisor::protocol::points::{encode_registers, PointType, WordOrder};
 
 use super::wait_for;
 
@@ -21,6 +22,21 @@ pub const ILLEGAL_FROM: u32 = 60_000;
 pub enum Proto {
     Framed,
     Transparent,
+    /// A transparent DTU whose every packet starts with `prefix` (USR "registration packet:
+    /// prefix of data"); it glues a bare heartbeat before and after its answers to reads at
+    /// 2000 (the test profile's timer poll; not to the heartbeat poll's, which each heartbeat
+    /// would run again at once).
+    Prefixed {
+        prefix: &'static [u8],
+        heartbeat: &'static [u8],
+    },
+    /// A DTU speaking DDP over TCP (Hongdian H7710S-DDP), built here from the vendor's
+    /// document byte by byte: frames `7B | type | length u16 BE | 11-byte id | data | 7B`. It
+    /// registers and heartbeats with `register` (type 01), reads requests from 89 frames and
+    /// answers in 09 frames.
+    Ddp {
+        register: &'static [u8],
+    },
 }
 
 #[derive(Default)]
@@ -31,6 +47,8 @@ pub struct DeviceState {
     pub requests: Mutex<Vec<Request>>,
     pub register_acks: AtomicUsize,
     pub heartbeat_acks: AtomicUsize,
+    /// Every DDP frame the server sent, as it arrived.
+    pub frames: Mutex<Vec<Vec<u8>>>,
     pub closed: AtomicBool,
     /// Milliseconds to wait before answering (a slow RS-485 slave).
     pub delay_ms: AtomicU64,
@@ -41,6 +59,9 @@ pub struct DeviceState {
     /// While set, requests are read but not answered until it is cleared (a slave that takes
     /// as long as the test wants).
     pub hold: AtomicBool,
+    /// A prefixed DTU sends its next answer with these bytes as the prefix instead of its own
+    /// (a packet of another DTU).
+    pub next_prefix: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct FakeDevice {
@@ -105,7 +126,29 @@ impl FakeDevice {
         match self.proto {
             Proto::Framed => self.send(&[0x02, 0x00]),
             Proto::Transparent => self.send(b"www.usr.cn"),
+            Proto::Prefixed { prefix, heartbeat } => self.send(&[prefix, heartbeat].concat()),
+            // A Hongdian DTU's heartbeat is its register packet again.
+            Proto::Ddp { register } => self.send(register),
         }
+    }
+
+    /// Registers for the test profile's points: temperature -12.3 °C (i16 ×0.1), humidity
+    /// 56.25 % (f32 ABCD), energy 123456 kWh (u32 CDAB), status 5, pressure 1.5 bar (u16 ×0.01).
+    pub fn load_test_points(&self) {
+        self.set_registers(
+            2000,
+            &encode_registers(PointType::I16, WordOrder::Abcd, -123.0),
+        );
+        self.set_registers(
+            2010,
+            &encode_registers(PointType::F32, WordOrder::Abcd, 56.25),
+        );
+        self.set_registers(
+            2020,
+            &encode_registers(PointType::U32, WordOrder::Cdab, 123_456.0),
+        );
+        self.set_registers(2030, &[5]);
+        self.set_registers(2300, &[150]);
     }
 
     pub fn set_registers(&self, address: u16, values: &[u16]) {
@@ -227,6 +270,21 @@ fn serve(mut stream: TcpStream, proto: Proto, state: Arc<DeviceState>) {
                             f
                         }
                         Proto::Transparent => answer,
+                        Proto::Prefixed { prefix, heartbeat } => {
+                            let prefix = state
+                                .next_prefix
+                                .lock()
+                                .expect("lock")
+                                .take()
+                                .unwrap_or_else(|| prefix.to_vec());
+                            let timer_poll = matches!(
+                                Request::decode(&adu),
+                                Ok((_, Request::ReadHoldingRegisters { start: 2000, .. }))
+                            );
+                            let glued: &[u8] = if timer_poll { heartbeat } else { &[] };
+                            [glued, &prefix, &answer, glued].concat()
+                        }
+                        Proto::Ddp { register } => ddp_frame(0x09, &register[4..15], &answer),
                     };
                     if stream.write_all(&out).is_err() {
                         break;
@@ -269,7 +327,25 @@ fn next_request(buf: &[u8], proto: Proto, state: &DeviceState) -> Option<(usize,
             }
             other => panic!("fake device: server sent unknown frame type {other:#04x}"),
         },
-        Proto::Transparent => {
+        Proto::Ddp { register } => {
+            let len = usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]));
+            assert!(len >= 16, "fake DDP device: the server sent {buf:02X?}");
+            let frame = buf.get(..len)?;
+            assert!(
+                frame[0] == 0x7B && frame[len - 1] == 0x7B && frame[4..15] == register[4..15],
+                "fake DDP device: the server sent {frame:02X?}"
+            );
+            state.frames.lock().expect("lock").push(frame.to_vec());
+            match frame[1] {
+                0x81 => {
+                    state.register_acks.fetch_add(1, Ordering::SeqCst);
+                    Some((len, None))
+                }
+                0x89 => Some((len, Some(frame[15..len - 1].to_vec()))),
+                _ => Some((len, None)),
+            }
+        }
+        Proto::Transparent | Proto::Prefixed { .. } => {
             let function = *buf.get(1)?;
             let len = match function {
                 1..=6 => 8,
@@ -280,6 +356,17 @@ fn next_request(buf: &[u8], proto: Proto, state: &DeviceState) -> Option<(usize,
             Some((len, Some(adu.to_vec())))
         }
     }
+}
+
+/// A DDP frame (TCP layout): the length counts the whole frame.
+fn ddp_frame(kind: u8, id: &[u8], data: &[u8]) -> Vec<u8> {
+    let len = (16 + data.len()) as u16;
+    let mut frame = vec![0x7B, kind];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(id);
+    frame.extend_from_slice(data);
+    frame.push(0x7B);
+    frame
 }
 
 fn answer(adu: &[u8], state: &DeviceState) -> Option<Vec<u8>> {

@@ -276,12 +276,7 @@ flush_interval = "200ms"
                 );
             }
             let log = self.log_text();
-            let port_after = |marker: &str, end: &str| -> Option<u16> {
-                let line = log.lines().find(|l| l.contains(marker))?;
-                let rest = line.split(marker).nth(1)?;
-                let addr = rest.split(end).next()?.trim();
-                addr.rsplit(':').next()?.parse().ok()
-            };
+            let port_after = |marker: &str, end: &str| logged_port(&log, marker, end);
             Some((
                 port_after("web: API and console on http://", " ")?,
                 port_after("listener framed: framed devices on ", " (")?,
@@ -293,6 +288,15 @@ flush_interval = "200ms"
         self.framed = framed;
         self.transparent = transparent;
         self.ttms = ttms;
+    }
+
+    /// The port of a listener added through `extra_server_toml`, named `name` and speaking
+    /// `protocol`, from its log line.
+    pub fn listener_port(&self, name: &str, protocol: &str) -> u16 {
+        let marker = format!("listener {name}: {protocol} devices on ");
+        wait_for(&format!("listener {name} to log its port"), || {
+            logged_port(&self.log_text(), &marker, " (")
+        })
     }
 
     fn wait_healthy(&self) {
@@ -413,6 +417,14 @@ impl Drop for TestServer {
             eprintln!("---- server log ----\n{}", self.log_text());
         }
     }
+}
+
+/// The port in the first log line holding `marker`, between it and `end`.
+fn logged_port(log: &str, marker: &str, end: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let rest = line.split(marker).nth(1)?;
+    let addr = rest.split(end).next()?.trim();
+    addr.rsplit(':').next()?.parse().ok()
 }
 
 pub fn binary() -> &'static str {
