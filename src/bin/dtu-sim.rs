@@ -8,10 +8,28 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use dtu_supervisor::protocol::link::{DeviceOptions, RegistrationMode, Role};
+use dtu_supervisor::protocol::modbus::Request;
 use dtu_supervisor::protocol::{Protocol, PROTOCOLS};
 use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
-use dtu_supervisor::sim::{self, FixedValue, SimConfig};
+use dtu_supervisor::sim::{self, FixedValue, PassiveQuery, SimConfig};
+
+/// `FUNCTION:START:COUNT` of a read (functions 1..=4), e.g. `3:2000:10`.
+fn passive_read(s: &str) -> Result<Request, String> {
+    let usage = || format!("{s:?} is not FUNCTION:START:COUNT of a read, e.g. 3:2000:10");
+    let parts: Vec<&str> = s.split(':').collect();
+    let [function, start, count] = parts.as_slice() else {
+        return Err(usage());
+    };
+    let (Ok(function), Ok(start), Ok(count)) = (
+        function.trim().parse::<u8>(),
+        start.trim().parse::<u16>(),
+        count.trim().parse::<u16>(),
+    ) else {
+        return Err(usage());
+    };
+    Request::read(function, start, count).map_err(|e| format!("{}: {e}", usage()))
+}
 
 /// `--protocol`: any protocol a listener speaks, in any case.
 fn protocol(s: &str) -> Result<Protocol, String> {
@@ -74,6 +92,13 @@ struct Args {
     /// values of its own).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=247))]
     units: Vec<u8>,
+    /// Query the meter this often on the DTU's own and send the answer up unasked (a DTU's
+    /// "serial heartbeat" or auto-query; the server's `trigger = "passive"` polls store it).
+    #[arg(long, value_parser = parse_duration)]
+    passive_every: Option<Duration>,
+    /// The read the DTU makes on its own with --passive-every: FUNCTION:START:COUNT.
+    #[arg(long, default_value = "3:2000:10", value_parser = passive_read)]
+    passive_read: Request,
     /// Slaves of --units that never answer, e.g. 7 (a unit switched off).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=247))]
     silent: Vec<u8>,
@@ -236,6 +261,10 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         slave: args.slave,
         units: args.units,
         silent: args.silent,
+        passive: args.passive_every.map(|every| PassiveQuery {
+            every,
+            request: args.passive_read,
+        }),
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
         glue_registration: args.glue,
@@ -316,6 +345,25 @@ mod tests {
             help.contains("transparent: 1001 registers as 860000000001001"),
             "{help}"
         );
+    }
+
+    #[test]
+    fn passive_queries() {
+        let Plan::Devices { config, .. } =
+            planned(&["--passive-every", "5s", "--passive-read", "4:100:2"]).unwrap()
+        else {
+            panic!("devices");
+        };
+        let passive = config.passive.expect("passive");
+        assert_eq!(passive.every, Duration::from_secs(5));
+        assert_eq!(passive.request, Request::read(4, 100, 2).unwrap());
+        let Plan::Devices { config, .. } = planned(&[]).unwrap() else {
+            panic!("devices");
+        };
+        assert!(config.passive.is_none());
+        for bad in ["5:0:1", "3:0", "3:x:1", "3:0:126"] {
+            assert!(parse(&["--passive-read", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::conn::target::{Change, Target};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
 use crate::protocol::hex::to_hex;
-use crate::protocol::link::{CodecError, Inbound, LinkCodec, Outbound};
+use crate::protocol::link::{CodecError, Expect, Inbound, LinkCodec, Outbound};
 use crate::protocol::modbus::Response;
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
 use crate::settings::{PollTrigger, Profile, Require};
@@ -91,6 +91,22 @@ pub struct PollDriver {
 impl PollDriver {
     pub fn new(ctx: Arc<PollContext>, codec: Box<dyn LinkCodec>) -> PollDriver {
         let targets = ctx.profile.as_ref().map(Target::of).unwrap_or_default();
+        let mut codec = codec;
+        // Answers the DTU may send up unasked, for a link that must cut them out of its bytes.
+        let passive: Vec<Expect> = targets
+            .iter()
+            .flat_map(|t| {
+                t.profile
+                    .polls
+                    .iter()
+                    .filter(|p| p.trigger == PollTrigger::Passive)
+                    .map(|p| Expect {
+                        slave: t.slave,
+                        function: p.function,
+                    })
+            })
+            .collect();
+        codec.set_passive(&passive);
         PollDriver {
             ctx,
             codec,
@@ -402,22 +418,27 @@ impl Conn {
 
     fn on_answer(&mut self, adu: &[u8], ctx: &mut Context<Conn>) {
         let Some(flight) = self.driver.in_flight.as_ref() else {
-            log::warn!(
-                "{}: Modbus frame with no request in flight, dropped: {}",
-                self.life.who(),
-                to_hex(adu)
-            );
+            if !self.on_unasked(adu, ctx) {
+                log::warn!(
+                    "{}: Modbus frame with no request in flight, dropped: {}",
+                    self.life.who(),
+                    to_hex(adu)
+                );
+            }
             return;
         };
         let result = match flight.wire.match_answer(adu) {
             Ok(answer) => Ok(answer),
             Err(Mismatch::Exception(e)) => Err(e),
             Err(Mismatch::NotTheAnswer(e)) => {
-                log::warn!(
-                    "{}: answer does not match the request in flight ({e}): {}",
-                    self.life.who(),
-                    to_hex(adu)
-                );
+                // The DTU's own query may answer while ours waits for its turn.
+                if !self.on_unasked(adu, ctx) {
+                    log::warn!(
+                        "{}: answer does not match the request in flight ({e}): {}",
+                        self.life.who(),
+                        to_hex(adu)
+                    );
+                }
                 return;
             }
         };
@@ -434,6 +455,33 @@ impl Conn {
             Ok(answer) => self.answered(flight.job, &flight.wire, answer, ctx),
             Err(e) => self.finish(flight.job, Err(e), ctx),
         }
+    }
+
+    /// An answer nobody here asked for: a passive poll's, if one fits it (slave, function,
+    /// byte count); its values are stored like any poll's. False when none fits.
+    fn on_unasked(&mut self, adu: &[u8], ctx: &mut Context<Conn>) -> bool {
+        let mut fit = None;
+        'find: for (ti, t) in self.driver.targets.iter().enumerate() {
+            for (pi, p) in t.profile.polls.iter().enumerate() {
+                if p.trigger != PollTrigger::Passive {
+                    continue;
+                }
+                let Ok(wire) = Wire::read(t.slave, p.function, p.start, p.count) else {
+                    continue;
+                };
+                if let Ok(Answer::Modbus(response)) = wire.match_answer(adu) {
+                    fit = Some((ti, pi, wire, response));
+                    break 'find;
+                }
+            }
+        }
+        let Some((target, poll, wire, response)) = fit else {
+            return false;
+        };
+        self.target_answered(target, ctx);
+        let values = self.decode_answer(Some(target), &wire, &response);
+        self.store_values(target, poll, values);
+        true
     }
 
     /// A request was answered: a checked command goes on to its write, anything else ends.
@@ -575,32 +623,7 @@ impl Conn {
         let name = t.profile.polls.get(poll).map_or("?", |p| p.name.as_str());
         let id = t.id.clone();
         match result {
-            Ok(CommandOutcome::Modbus { values, .. }) => {
-                log::debug!("device {id}: poll {name}: {} values", values.len());
-                let at = Utc::now();
-                let rows = values
-                    .iter()
-                    .map(|d| {
-                        Row::Telemetry(TelemetryRow {
-                            device_id: id.clone(),
-                            point: d.name.clone(),
-                            value: d.value,
-                            raw: d.raw,
-                            at,
-                        })
-                    })
-                    .collect::<Vec<_>>();
-                let listener = &self.life.listener;
-                if !rows.is_empty() {
-                    listener.storage.do_send(StoreMany(rows));
-                }
-                listener.supervisor.do_send(Telemetry {
-                    id,
-                    conn: self.life.conn,
-                    values,
-                    at,
-                });
-            }
+            Ok(CommandOutcome::Modbus { values, .. }) => self.store_values(target, poll, values),
             Ok(CommandOutcome::Raw(_)) => {}
             Err(e) => {
                 log::warn!("device {id}: poll {name} failed: {e}");
@@ -611,6 +634,39 @@ impl Conn {
                 )));
             }
         }
+    }
+
+    /// The values a poll decoded go to storage and to the supervisor.
+    fn store_values(&mut self, target: usize, poll: usize, values: Vec<Decoded>) {
+        let Some(t) = self.driver.targets.get(target) else {
+            return;
+        };
+        let name = t.profile.polls.get(poll).map_or("?", |p| p.name.as_str());
+        let id = t.id.clone();
+        log::debug!("device {id}: poll {name}: {} values", values.len());
+        let at = Utc::now();
+        let rows = values
+            .iter()
+            .map(|d| {
+                Row::Telemetry(TelemetryRow {
+                    device_id: id.clone(),
+                    point: d.name.clone(),
+                    value: d.value,
+                    raw: d.raw,
+                    at,
+                })
+            })
+            .collect::<Vec<_>>();
+        let listener = &self.life.listener;
+        if !rows.is_empty() {
+            listener.storage.do_send(StoreMany(rows));
+        }
+        listener.supervisor.do_send(Telemetry {
+            id,
+            conn: self.life.conn,
+            values,
+            at,
+        });
     }
 
     /// A target answered: a unit that was not online is now.

@@ -100,6 +100,11 @@ pub trait LinkCodec: Send + fmt::Debug {
     /// own needs it to tell answers from other bytes. Bytes already buffered may decode
     /// differently afterwards, so decode again after changing it.
     fn set_expect(&mut self, _expect: Option<Expect>) {}
+
+    /// Answers that may arrive unasked: a DTU that polls its meter itself sends the replies
+    /// up. A link without framing of its own looks for them as for the answer in flight
+    /// (normal answers only: an exception to a question nobody here asked says nothing).
+    fn set_passive(&mut self, _answers: &[Expect]) {}
 }
 
 /// How a registration id is written, where the profile describes it.

@@ -80,6 +80,8 @@ pub struct TransparentCodec {
     /// `None` also for a heartbeat of zero bytes, which would match everywhere.
     heartbeat: Option<Heartbeat>,
     expect: Option<Expect>,
+    /// Answers that may come unasked (see `LinkCodec::set_passive`).
+    passive: Vec<Expect>,
     registered: bool,
     /// The id registered, for messages.
     id: String,
@@ -138,6 +140,7 @@ impl TransparentCodec {
             anchored,
             heartbeat,
             expect: None,
+            passive: Vec::new(),
             registered: false,
             id: String::new(),
             prefix: None,
@@ -257,17 +260,16 @@ impl TransparentCodec {
     /// True if a response header to the request in flight (slave, function or exception)
     /// starts `bytes`, or could once more bytes come (`bytes` is just the slave).
     fn response_may_start(&self, bytes: &[u8]) -> bool {
-        let Some(expect) = self.expect else {
-            return false;
-        };
-        match bytes {
+        let fits = |expect: &Expect, exception: bool| match bytes {
             [slave] => *slave == expect.slave,
             [slave, function, ..] => {
                 *slave == expect.slave
-                    && (*function == expect.function || *function == expect.function | 0x80)
+                    && (*function == expect.function
+                        || (exception && *function == expect.function | 0x80))
             }
             [] => false,
-        }
+        };
+        self.expect.is_some_and(|e| fits(&e, true)) || self.passive.iter().any(|e| fits(e, false))
     }
 
     /// True if the heartbeat starts `bytes`, or `bytes` is a proper prefix of it.
@@ -440,6 +442,10 @@ impl LinkCodec for TransparentCodec {
     /// The request in flight; its answer is framed by RTU rules until this changes.
     fn set_expect(&mut self, expect: Option<Expect>) {
         self.expect = expect;
+    }
+
+    fn set_passive(&mut self, answers: &[Expect]) {
+        self.passive = answers.to_vec();
     }
 }
 

@@ -327,6 +327,40 @@ fn without_expect_responses_are_data() {
 }
 
 #[test]
+fn passive_answers_are_cut_out_with_nothing_in_flight() {
+    // The DTU polls slave 1 (function 3) itself and sends the answers up unasked.
+    let passive = || {
+        let mut codec = usr();
+        codec.set_passive(&[Expect {
+            slave: 1,
+            function: 3,
+        }]);
+        codec
+    };
+    let r = Response::Registers(vec![1, 2]).encode(1, 3);
+    let other = Response::Registers(vec![1]).encode(2, 3);
+    let exception = exception_adu(1, 3, 2);
+    check_all_splits(
+        passive,
+        &cat(&[IMEI, &r, HB, &r, &other, b"zz"]),
+        &[
+            reg("866123456789012"),
+            modbus(&r),
+            hb(),
+            modbus(&r),
+            // Another slave's answer, and bytes that are no answer at all, stay data.
+            data(&cat(&[&other, b"zz"])),
+        ],
+    );
+    // An exception to a question nobody here asked is no passive answer.
+    check_all_splits(
+        passive,
+        &cat(&[IMEI, &exception]),
+        &[reg("866123456789012"), data(&exception)],
+    );
+}
+
+#[test]
 fn partial_heartbeat_waits_then_becomes_data() {
     let mut codec = usr();
     let (items, err, rest) = feed(&mut codec, &[IMEI, b"www.us"]);

@@ -356,15 +356,15 @@ fn poll(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
         }
     });
     let every = s.field(ctx, "every", duration);
-    let trigger = s.field(ctx, "trigger", heartbeat_trigger);
+    let trigger = s.field(ctx, "trigger", trigger);
     let trigger = match (every, trigger) {
         (Field::Value(d), Field::Missing) => Some(PollTrigger::Every(d)),
-        (Field::Missing, Field::Value(())) => Some(PollTrigger::Heartbeat),
+        (Field::Missing, Field::Value(t)) => Some(t),
         (Field::Missing, Field::Missing) => {
             ctx.err(
                 path,
                 Some(v),
-                "needs every = \"30s\" (a timer) or trigger = \"heartbeat\"",
+                "needs every = \"30s\" (a timer), trigger = \"heartbeat\" or trigger = \"passive\"",
             );
             None
         }
@@ -384,17 +384,20 @@ fn poll(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
     })
 }
 
-fn heartbeat_trigger(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<()> {
-    let t = string(ctx, path, v)?;
-    if t == "heartbeat" {
-        Some(())
-    } else {
-        ctx.err(
-            path,
-            Some(v),
-            format!("unknown trigger {t:?} (the only trigger is \"heartbeat\"; use every = \"30s\" for a timer)"),
-        );
-        None
+fn trigger(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<PollTrigger> {
+    match string(ctx, path, v)?.as_str() {
+        "heartbeat" => Some(PollTrigger::Heartbeat),
+        "passive" => Some(PollTrigger::Passive),
+        t => {
+            ctx.err(
+                path,
+                Some(v),
+                format!(
+                    "unknown trigger {t:?} (heartbeat or passive; use every = \"30s\" for a timer)"
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -939,6 +942,22 @@ every = \"1s\"
         );
         assert!(!data.profiles.contains_key("bus") && !data.profiles.contains_key("bus2"));
         assert!(data.profiles.contains_key("meter"));
+    }
+
+    #[test]
+    fn passive_polls_are_never_sent_and_need_no_timer() {
+        let (data, errors) = check(
+            "[profiles.p]\n[[profiles.p.polls]]\nname = \"auto\"\nfunction = 3\nstart = 0\ncount = 2\ntrigger = \"passive\"\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(data.profiles["p"].polls[0].trigger, PollTrigger::Passive);
+        let (_, errors) = check(
+            "[profiles.p]\n[[profiles.p.polls]]\nname = \"auto\"\nfunction = 3\nstart = 0\ncount = 2\ntrigger = \"passive\"\nevery = \"1s\"\n",
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("both every and trigger")),
+            "{errors:?}"
+        );
     }
 
     #[test]

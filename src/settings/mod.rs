@@ -314,6 +314,10 @@ pub enum PollTrigger {
     Every(Duration),
     /// Each time the device's heartbeat arrives (`trigger = "heartbeat"`).
     Heartbeat,
+    /// Never sent by the server: the DTU polls its meter itself and sends the answers up
+    /// unasked (`trigger = "passive"`); an answer that fits this poll (slave, function, byte
+    /// count) is decoded and stored like any other.
+    Passive,
 }
 
 /// A command callable by name through the API.

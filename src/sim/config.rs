@@ -31,6 +31,10 @@ pub struct SimConfig {
     pub units: Vec<u8>,
     /// Slaves of `units` that never answer (CLI `--silent 7`); a handle can change it live.
     pub silent: Vec<u8>,
+    /// The DTU queries its meter itself this often and sends the answer up unasked, as DTUs
+    /// with a "serial heartbeat" or auto-query do (CLI `--passive-every 5s`,
+    /// `--passive-read 3:2000:10`); the server stores it through a `trigger = "passive"` poll.
+    pub passive: Option<PassiveQuery>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Reconnect (with exponential backoff and jitter) when the connection fails or closes;
@@ -86,6 +90,7 @@ impl Default for SimConfig {
             slave: 1,
             units: Vec::new(),
             silent: Vec::new(),
+            passive: None,
             heartbeat: Duration::from_secs(30),
             reconnect: false,
             glue_registration: false,
@@ -102,6 +107,13 @@ impl Default for SimConfig {
             round_trips: None,
         }
     }
+}
+
+/// A read the simulated DTU makes of its meter on its own, every `every`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveQuery {
+    pub every: Duration,
+    pub request: crate::protocol::modbus::Request,
 }
 
 /// Why a device stopped running.

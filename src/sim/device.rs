@@ -269,6 +269,7 @@ impl SimDevice {
         }
         let register_deadline = Instant::now() + config.register_timeout;
         let mut next_data = config.data_every.map(|d| Instant::now() + d);
+        let mut next_passive = config.passive.as_ref().map(|p| Instant::now() + p.every);
         let mut data_seq: u64 = 0;
         let mut buf = BytesMut::with_capacity(64);
         let mut last_rx = Instant::now();
@@ -365,6 +366,19 @@ impl SimDevice {
                         }
                         // The protocol has no data packets: `data_every` does not apply.
                         None => next_data = None,
+                    }
+                }
+                _ = sleep_until(next_passive.unwrap_or(register_deadline)), if registered && next_passive.is_some() => {
+                    // The DTU's own query of its meter: the answer goes up unasked.
+                    if let Some(passive) = &config.passive {
+                        let answer = shared.answer(&passive.request.encode(shared.main_slave()));
+                        if !answer.is_empty() {
+                            let mut out = Vec::new();
+                            link.answer(id, &answer, &mut out);
+                            write(&mut wr, &out, stats).await?;
+                            inc(&stats.passive_sent);
+                        }
+                        next_passive = Some(Instant::now() + passive.every);
                     }
                 }
                 _ = sleep_until(last_rx + config.frame_gap), if !framed && !buf.is_empty() => {

@@ -22,6 +22,7 @@ use crate::protocol::Protocol;
 use crate::sim::test_util::{
     accept, adu, config, device_link, framed, listener, polled, read_n, transparent, Peer, DEADLINE,
 };
+use crate::sim::PassiveQuery;
 use crate::sim::RoundTrips;
 
 /// Start device `id`, accept it and complete registration; returns the server side.
@@ -498,6 +499,36 @@ async fn framed_data_packets_and_acks() {
     let deadline = Instant::now() + DEADLINE;
     while handle.stats().acks < 2 {
         assert!(Instant::now() < deadline, "acks not counted");
+        sleep(Duration::from_millis(10)).await;
+    }
+    handle.stop();
+    timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn passive_queries_send_the_meters_answer_up_unasked() {
+    let (l, addr) = listener().await;
+    let mut cfg = config(addr, framed());
+    let request = Request::read(3, 2000, 2).unwrap();
+    cfg.passive = Some(PassiveQuery {
+        every: Duration::from_millis(30),
+        request: request.clone(),
+    });
+    let (device, handle) = SimDevice::new(1001, cfg);
+    handle.set_registers(2000, &[7, 8]);
+    let task = device.spawn();
+    let mut s = accept(&l).await;
+    read_n(&mut s, 4).await;
+    s.write_all(&[1]).await.unwrap();
+    // Nobody asks; the answer to the DTU's own read comes anyway, framed as an answer.
+    let head = read_n(&mut s, 2).await;
+    assert_eq!(head[0], 4);
+    let answer = read_n(&mut s, head[1] as usize).await;
+    assert_eq!(answer, Response::Registers(vec![7, 8]).encode(1, 3));
+    assert!(modbus::rtu::parse_response(1, &request, &answer).is_ok());
+    let deadline = Instant::now() + DEADLINE;
+    while handle.stats().passive_sent < 1 {
+        assert!(Instant::now() < deadline, "not counted");
         sleep(Duration::from_millis(10)).await;
     }
     handle.stop();

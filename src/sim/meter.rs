@@ -146,7 +146,7 @@ impl Shared {
     }
 
     /// The slave the handle's setters address.
-    fn main_slave(&self) -> u8 {
+    pub(super) fn main_slave(&self) -> u8 {
         self.slaves.first().copied().unwrap_or(1)
     }
 

@@ -59,7 +59,7 @@ pub mod ttms;
 #[cfg(test)]
 mod test_util;
 
-pub use config::{FixedValue, SimConfig, SimError};
+pub use config::{FixedValue, PassiveQuery, SimConfig, SimError};
 pub use device::SimDevice;
 pub use fleet::{run_fleet, spawn_fleet, Fleet};
 pub use meter::{signal, signal_bit, SimHandle};

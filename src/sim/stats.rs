@@ -18,6 +18,7 @@ pub struct SimStats {
     pub(super) heartbeats_sent: AtomicU64,
     pub(super) acks: AtomicU64,
     pub(super) data_sent: AtomicU64,
+    pub(super) passive_sent: AtomicU64,
     pub(super) polls_answered: AtomicU64,
     pub(super) exceptions: AtomicU64,
     pub(super) ignored: AtomicU64,
@@ -47,6 +48,8 @@ pub struct StatsSnapshot {
     pub acks: u64,
     /// Data packets sent (framed `03`).
     pub data_sent: u64,
+    /// Answers to its own queries sent up unasked (`passive`).
+    pub passive_sent: u64,
     /// Modbus requests answered with a normal response.
     pub polls_answered: u64,
     /// Modbus requests answered with an exception.
@@ -76,6 +79,7 @@ impl SimStats {
             heartbeats_sent: g(&self.heartbeats_sent),
             acks: g(&self.acks),
             data_sent: g(&self.data_sent),
+            passive_sent: g(&self.passive_sent),
             polls_answered: g(&self.polls_answered),
             exceptions: g(&self.exceptions),
             ignored: g(&self.ignored),
@@ -107,6 +111,7 @@ impl std::ops::Add for StatsSnapshot {
             heartbeats_sent: self.heartbeats_sent + o.heartbeats_sent,
             acks: self.acks + o.acks,
             data_sent: self.data_sent + o.data_sent,
+            passive_sent: self.passive_sent + o.passive_sent,
             polls_answered: self.polls_answered + o.polls_answered,
             exceptions: self.exceptions + o.exceptions,
             ignored: self.ignored + o.ignored,
@@ -123,7 +128,7 @@ impl fmt::Display for StatsSnapshot {
         write!(
             f,
             "connected={} connects={} connect_failures={} disconnects={} registrations={} \
-             heartbeats={} acks={} data={} polls_answered={} exceptions={} ignored={} \
+             heartbeats={} acks={} data={} passive={} polls_answered={} exceptions={} ignored={} \
              malformed={} protocol_errors={} bytes_in={} bytes_out={}",
             self.connected,
             self.connects,
@@ -133,6 +138,7 @@ impl fmt::Display for StatsSnapshot {
             self.heartbeats_sent,
             self.acks,
             self.data_sent,
+            self.passive_sent,
             self.polls_answered,
             self.exceptions,
             self.ignored,

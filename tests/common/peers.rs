@@ -5,7 +5,7 @@
 //! whose other side is a peer.
 
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 
 /// Where the peers' packages are installed.
@@ -53,7 +53,8 @@ fn ensure_installed() {
 pub struct Peer {
     pub child: Child,
     pub stdin: ChildStdin,
-    pub stdout: std::io::BufReader<ChildStdout>,
+    /// Its stdout, a line at a time (read by a thread, so waiting for a line can time out).
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Peer {
@@ -70,26 +71,38 @@ impl Peer {
             .spawn()
             .expect("start a peer");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         Peer {
             child,
             stdin,
-            stdout,
+            lines,
         }
     }
 
-    /// Waits for the peer to print `line`.
+    /// Waits (generously) for the peer to print `line`; panics with what it printed instead.
     pub fn expect_line(&mut self, line: &str) {
-        use std::io::BufRead;
-        let mut got = String::new();
-        loop {
-            got.clear();
-            let n = self.stdout.read_line(&mut got).expect("peer output");
-            assert!(n > 0, "the peer ended before printing {line:?}");
-            if got.trim() == line {
-                return;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(got) if got.trim() == line => return,
+                Ok(got) => seen.push(got),
+                Err(_) => break,
             }
         }
+        panic!("the peer did not print {line:?}; it printed {seen:?}");
     }
 
     /// Sends the peer one line on its stdin.
