@@ -163,7 +163,8 @@ enum Plan {
     },
     /// Polled DTUs numbered `first..first + count`.
     Devices {
-        config: SimConfig,
+        // Boxed: a simulator configuration is large beside the terminals'.
+        config: Box<SimConfig>,
         count: usize,
         first: u64,
     },
@@ -198,7 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             count,
             first,
         } => {
-            let total = sim::run_fleet(config, count, first, rate, stats_every).await;
+            let total = sim::run_fleet(*config, count, first, rate, stats_every).await;
             if total.connects == 0 && total.connect_failures > 0 {
                 bail!("no device could connect to {server}");
             }
@@ -286,7 +287,7 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
         bail!("--heartbeat-ascii must not be empty");
     }
     Ok(Plan::Devices {
-        config,
+        config: Box::new(config),
         count: args.count,
         first: args.first_id,
     })
