@@ -81,7 +81,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.server.storage.spool_path.clone(),
     );
     actix_rt::spawn(retention(db.clone(), settings.clone()));
-    let events = EventBus::default().start();
+    let bus = EventBus::default();
+    let interest = bus.interest();
+    let events = bus.start();
     let (webhooks, webhook_arbiter) = start_webhooks(&settings, &db, &events, &storage).await?;
     // Queued commands that were being delivered when the server last stopped without their
     // answer: whether the device got them is unknown, so they end `failed`, never sent twice.
@@ -109,7 +111,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .start();
     let supervisor = supervisor_ctx.run(
         Supervisor::with_known(known, events.clone(), settings.data.profiles.clone())
-            .with_queue(queue.recipient()),
+            .with_queue(queue.recipient())
+            .with_interest(interest),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
 

@@ -27,6 +27,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Its place in [`EventKind::ALL`].
+    fn index(self) -> usize {
+        EventKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or_default()
+    }
+
     pub const ALL: [EventKind; 7] = [
         EventKind::DeviceOnline,
         EventKind::DeviceOffline,
@@ -180,6 +188,33 @@ impl EventFilter {
     }
 }
 
+/// How many subscribers want each kind of event, kept by the bus and read by publishers
+/// without a message: building an event (its JSON envelope) for nobody is work a busy
+/// publisher — the supervisor, for every poll of every device — can skip. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Interest(Arc<[AtomicU64; EventKind::ALL.len()]>);
+
+impl Interest {
+    /// Whether anyone subscribes to `kind` now. A subscriber that comes later misses events
+    /// raised before it subscribed, as it would anyway.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.0[kind.index()].load(Ordering::Relaxed) > 0
+    }
+
+    fn change(&self, filter: &EventFilter, up: bool) {
+        for kind in EventKind::ALL {
+            if filter.kinds.as_ref().map_or(true, |k| k.contains(&kind)) {
+                let count = &self.0[kind.index()];
+                if up {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    count.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
 pub type SubscriptionId = u64;
 
 /// What a subscriber holds: its queue, and how many events it missed because that was full.
@@ -201,6 +236,20 @@ pub struct EventBus {
     subscribers: HashMap<SubscriptionId, Subscriber>,
     next_id: SubscriptionId,
     published: u64,
+    interest: Interest,
+}
+
+impl EventBus {
+    /// What publishers read to know whether an event has any taker (before the bus starts).
+    pub fn interest(&self) -> Interest {
+        self.interest.clone()
+    }
+
+    fn remove(&mut self, id: SubscriptionId) {
+        if let Some(s) = self.subscribers.remove(&id) {
+            self.interest.change(&s.filter, false);
+        }
+    }
 }
 
 impl Actor for EventBus {
@@ -227,20 +276,23 @@ impl Handler<Publish> for EventBus {
             return;
         }
         let event = Arc::new(msg.0);
-        self.subscribers.retain(|_, s| {
+        let mut gone = Vec::new();
+        for (id, s) in &self.subscribers {
             if !s.filter.matches(&event) {
-                return true;
+                continue;
             }
             match s.queue.try_send(event.clone()) {
-                Ok(()) => true,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.dropped.fetch_add(1, Ordering::Relaxed);
-                    true
                 }
                 // The subscriber is gone (a closed WebSocket, a deleted webhook).
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
             }
-        });
+        }
+        for id in gone {
+            self.remove(id);
+        }
     }
 }
 
@@ -261,6 +313,7 @@ impl Handler<Subscribe> for EventBus {
         let id = self.next_id;
         let (queue, events) = mpsc::channel(msg.capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        self.interest.change(&msg.filter, true);
         self.subscribers.insert(
             id,
             Subscriber {
@@ -285,7 +338,7 @@ impl Handler<Unsubscribe> for EventBus {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
-        self.subscribers.remove(&msg.0);
+        self.remove(msg.0);
     }
 }
 
@@ -368,6 +421,37 @@ mod tests {
         let first = sub.events.recv().await.expect("first event");
         assert_eq!(parsed(&first.body)["data"]["i"], 0);
         drop(other);
+    }
+
+    #[actix_rt::test]
+    async fn interest_follows_the_subscribers_of_each_kind() {
+        let bus = EventBus::default();
+        let interest = bus.interest();
+        let bus = bus.start();
+        assert!(EventKind::ALL.iter().all(|k| !interest.wants(*k)));
+        let subscribe = |events: &[&str]| {
+            bus.send(Subscribe {
+                filter: EventFilter::parse(
+                    &events.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    None,
+                )
+                .expect("filter"),
+                capacity: 4,
+            })
+        };
+        let online = subscribe(&["device.online"]).await.expect("bus answers");
+        assert!(interest.wants(EventKind::DeviceOnline));
+        assert!(!interest.wants(EventKind::Telemetry));
+        let all = subscribe(&["*"]).await.expect("bus answers");
+        assert!(EventKind::ALL.iter().all(|k| interest.wants(*k)));
+        bus.send(Unsubscribe(all.id)).await.expect("bus answers");
+        assert!(!interest.wants(EventKind::Telemetry));
+        assert!(interest.wants(EventKind::DeviceOnline));
+        // A subscriber that went away is forgotten at its next event, and its interest too.
+        drop(online);
+        bus.do_send(Publish(Event::new(EventKind::DeviceOnline, "1", json!({}))));
+        assert_eq!(bus.send(SubscriberCount).await.expect("bus answers"), 0);
+        assert!(!interest.wants(EventKind::DeviceOnline));
     }
 
     #[actix_rt::test]

@@ -15,7 +15,7 @@ use chrono::Utc;
 
 use crate::command::queue::DeliverQueue;
 use crate::command::{CommandError, KickQueue, RouteCommand};
-use crate::events::bus::{Event, EventBus, EventKind, Publish};
+use crate::events::bus::{Event, EventBus, EventKind, Interest, Publish};
 use crate::events::rules::RuleStates;
 use crate::protocol::Protocol;
 use crate::settings::Profile;
@@ -80,6 +80,8 @@ pub struct Supervisor {
     /// Who delivers the offline queue of a device that comes online; None: no queue (tests
     /// of the supervisor alone).
     queue: Option<Recipient<DeliverQueue>>,
+    /// Who wants which events; None: raise every event (tests of the supervisor alone).
+    interest: Option<Interest>,
 }
 
 impl Supervisor {
@@ -119,7 +121,15 @@ impl Supervisor {
             profiles,
             locks: Locks::default(),
             queue: None,
+            interest: None,
         }
+    }
+
+    /// Raises telemetry events only while someone subscribes to them: every poll of every
+    /// device passes here, and its JSON envelope is work for nobody otherwise.
+    pub fn with_interest(mut self, interest: Interest) -> Supervisor {
+        self.interest = Some(interest);
+        self
     }
 
     /// Has `queue` deliver the offline queue of each device that takes commands when it
@@ -264,17 +274,23 @@ impl Handler<Telemetry> for Supervisor {
             return;
         }
         entry.view.last_seen = msg.at;
-        let values: serde_json::Map<String, serde_json::Value> = msg
-            .values
-            .iter()
-            .map(|d| (d.name.clone(), serde_json::json!(d.value)))
-            .collect();
-        self.events.do_send(Publish(Event::at(
-            EventKind::Telemetry,
-            &msg.id,
-            msg.at,
-            serde_json::json!({ "values": values }),
-        )));
+        let wanted = self
+            .interest
+            .as_ref()
+            .map_or(true, |i| i.wants(EventKind::Telemetry));
+        if wanted {
+            let values: serde_json::Map<String, serde_json::Value> = msg
+                .values
+                .iter()
+                .map(|d| (d.name.clone(), serde_json::json!(d.value)))
+                .collect();
+            self.events.do_send(Publish(Event::at(
+                EventKind::Telemetry,
+                &msg.id,
+                msg.at,
+                serde_json::json!({ "values": values }),
+            )));
+        }
         let rules = entry
             .view
             .profile
