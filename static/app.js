@@ -9,7 +9,8 @@ const POLL_MS = 2000; // device list, when the live stream is not available
 const PAGE_MS = 5000; // device page panels (packets, events, chart)
 const RECONNECT_MIN_MS = 2000;
 const RECONNECT_MAX_MS = 60000;
-const MAX_ROWS = 500; // device rows drawn at once; the filter narrows a bigger fleet
+const MAX_ROWS = 500; // devices per page of the list; the server pages and filters a bigger fleet
+const FILTER_MS = 250; // typing in the filter asks the server once it pauses this long
 const TRACK_MS = 2000; // a queued command's status is re-read this often until it is final
 const FINAL = ["ok", "failed", "timeout", "expired"]; // a command's final statuses
 
@@ -17,7 +18,13 @@ const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   view: "login",
   device: null, // id of the open device page
-  devices: new Map(), // id -> device row (as /api/devices) + lastEvent
+  devices: new Map(), // the list's page, in the server's order: id -> row (as /api/devices) + lastEvent
+  open: null, // the device of the open device page (as /api/devices/{id}) + lastEvent
+  counts: { total: 0, online: 0 }, // devices matching the list's filters (X-Total-Count, X-Online-Count)
+  after: "", // the list page starts after this id ("" for the first page)
+  earlier: [], // the `after` of each page before this one, for "previous"
+  next: null, // the `after` of the next page, from the Link header; null on the last page
+  filterTimer: null,
   values: {}, // values of the open device: name -> {value, unit, at}
   ws: null,
   live: false, // true while the WebSocket stream is open
@@ -50,7 +57,7 @@ async function api(path, options = {}) {
     logout("Your token was refused (401): " + errorText(body, res.status) + ". Sign in again.");
     throw new Unauthorized("unauthorized");
   }
-  return { status: res.status, body };
+  return { status: res.status, body, headers: res.headers };
 }
 
 function errorText(body, status) {
@@ -142,7 +149,7 @@ async function login(token) {
   const gen = ++state.generation;
   let res;
   try {
-    res = await fetch("/api/devices", { headers: { Authorization: "Bearer " + token } });
+    res = await fetch("/api/devices?limit=1", { headers: { Authorization: "Bearer " + token } });
   } catch (e) {
     $("#login-error").textContent = "Cannot reach the server: " + e.message;
     return;
@@ -161,7 +168,6 @@ async function login(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
   $("#login-error").textContent = "";
   $("#token").value = "";
-  setDevices(body);
   await enter();
 }
 
@@ -186,6 +192,9 @@ function logout(message) {
   state.token = "";
   state.device = null;
   state.devices.clear();
+  state.open = null;
+  state.after = "";
+  state.earlier = [];
   state.webhooks = false;
   delete $("#nav-webhooks").dataset.probed;
   closeStream();
@@ -278,7 +287,9 @@ function stopPolling() {
   state.pollTimer = null;
 }
 
-// One event of the stream: {"id","event","device_id","at","data"}.
+// One event of the stream: {"id","event","device_id","at","data"}. It changes the device's
+// row when the device is on the list's page, and the device page when it is open; the list's
+// counts follow at once and are put right by the server at the next fetch.
 function handleEvent(ev) {
   const id = typeof ev.device_id === "string" ? ev.device_id : null;
   if (!id) {
@@ -288,12 +299,37 @@ function handleEvent(ev) {
   }
   const data = ev.data && typeof ev.data === "object" ? ev.data : {};
   let d = state.devices.get(id);
-  if (!d) {
-    d = { id, online: false, protocol: "", profile: "", remote_addr: "", connected_at: null, last_seen: null };
-    state.devices.set(id, d);
-    // A device not seen before: fetch the full rows once.
+  if (!d && ev.event === "device.online") {
+    // A device not on this page: it may belong here (a new device); the server says.
     refetchSoon();
+    const row = { id, online: false, protocol: data.protocol || "", profile: data.profile || "",
+      remote_addr: data.remote_addr || "", connected_at: null, last_seen: null };
+    if (state.devices.size < MAX_ROWS && matchesFilter(row) && !state.next) {
+      state.devices.set(id, row);
+      state.counts.total++;
+      d = row;
+    }
   }
+  for (const target of [d, state.device === id ? state.open : null]) {
+    if (target) applyEvent(target, ev, data, target === d);
+  }
+  if (state.device === id && ev.event === "telemetry" && data.values && typeof data.values === "object") {
+    for (const [name, value] of Object.entries(data.values)) {
+      const old = state.values[name] || {};
+      state.values[name] = { value, unit: old.unit, at: ev.at };
+    }
+    renderValues();
+    const point = $("#chart-point").value;
+    if (point && point in data.values && Date.now() - state.chartAt > 3000) quiet(refreshChart());
+  }
+  if (d && state.view === "devices") scheduleRender();
+  if (state.device === id && state.open) renderDeviceFacts(state.open);
+}
+
+// What one event changes of a device; `counted`: the device is a row of the list, whose
+// online count follows it.
+function applyEvent(d, ev, data, counted) {
+  const wasOnline = !!d.online;
   switch (ev.event) {
     case "device.online":
       d.online = true;
@@ -309,15 +345,6 @@ function handleEvent(ev) {
     case "telemetry":
       d.last_seen = ev.at;
       d.lastEvent = "telemetry";
-      if (state.device === id && data.values && typeof data.values === "object") {
-        for (const [name, value] of Object.entries(data.values)) {
-          const old = state.values[name] || {};
-          state.values[name] = { value, unit: old.unit, at: ev.at };
-        }
-        renderValues();
-        const point = $("#chart-point").value;
-        if (point && point in data.values && Date.now() - state.chartAt > 3000) quiet(refreshChart());
-      }
       break;
     case "poll.failed":
       d.lastEvent = "poll failed" + (data.poll ? " (" + data.poll + ")" : "") + (data.error ? ": " + data.error : "");
@@ -331,8 +358,7 @@ function handleEvent(ev) {
     default:
       d.lastEvent = String(ev.event || "");
   }
-  if (state.view === "devices") scheduleRender();
-  if (state.device === id) renderDeviceFacts(d);
+  if (counted && wasOnline !== !!d.online) state.counts.online += d.online ? 1 : -1;
 }
 
 // Many reasons to reload the list in a burst of events lead to one request.
@@ -348,46 +374,107 @@ function scheduleRender() {
 }
 
 // ---------- device list ----------
+// The server sorts, filters and pages (GET /api/devices?limit=&after=&q=&online=); the
+// console shows one page of at most MAX_ROWS rows, so a fleet of any size stays quick.
+
+function listFilter() {
+  return { q: $("#filter").value.trim(), onlineOnly: $("#online-only").checked };
+}
+
+// The server's filter, for a row the console adds itself from an event.
+function matchesFilter(d) {
+  const { q, onlineOnly } = listFilter();
+  if (onlineOnly && !d.online) return false;
+  const text = q.toLowerCase();
+  return !text || [d.id, d.remote_addr, d.profile, d.protocol].some((s) => String(s || "").toLowerCase().includes(text));
+}
 
 function setDevices(list) {
   if (!Array.isArray(list)) return;
-  const seen = new Set();
+  const page = new Map();
   for (const d of list) {
     if (!d || typeof d.id !== "string") continue;
-    seen.add(d.id);
     const old = state.devices.get(d.id);
     const row = Object.assign({}, d);
     if (old && old.lastEvent) row.lastEvent = old.lastEvent;
-    state.devices.set(d.id, row);
+    page.set(d.id, row);
   }
-  for (const id of [...state.devices.keys()]) if (!seen.has(id)) state.devices.delete(id);
+  state.devices = page;
+}
+
+// The `after` of the next page, from `Link: </api/devices?...&after=...>; rel="next"`.
+function nextAfter(link) {
+  const m = /^<([^>]*)>\s*;\s*rel="next"/.exec(link || "");
+  if (!m) return null;
+  try {
+    return new URL(m[1], location.origin).searchParams.get("after");
+  } catch (_) {
+    return null;
+  }
+}
+
+// The query of the list's current page and filters.
+function listQuery() {
+  const { q, onlineOnly } = listFilter();
+  const params = new URLSearchParams({ limit: String(MAX_ROWS) });
+  if (state.after) params.set("after", state.after);
+  if (q) params.set("q", q);
+  if (onlineOnly) params.set("online", "true");
+  return params.toString();
 }
 
 async function refreshDevices() {
-  const { status, body } = await api("/api/devices");
+  const asked = listQuery();
+  const { status, body, headers } = await api("/api/devices?" + asked);
   if (status !== 200) {
     $("#devices-error").textContent = "Device list unavailable: " + errorText(body, status);
     return;
   }
+  // The filter or page changed while this answer was out: the later question's answer wins.
+  if (listQuery() !== asked) return;
   $("#devices-error").textContent = "";
   setDevices(body);
+  const count = (name) => { const n = Number(headers.get(name)); return Number.isFinite(n) ? n : 0; };
+  state.counts = { total: count("X-Total-Count"), online: count("X-Online-Count") };
+  state.next = nextAfter(headers.get("Link"));
   if (state.view === "devices") renderDevices();
-  if (state.device && state.devices.has(state.device)) renderDeviceFacts(state.devices.get(state.device));
+}
+
+// A new filter or page: ask the server at once (the filter box waits for a pause in typing).
+function listChanged(delay) {
+  clearTimeout(state.filterTimer);
+  state.filterTimer = setTimeout(() => { state.filterTimer = null; quiet(refreshDevices()); }, delay);
+}
+
+function filterChanged(delay) {
+  state.after = "";
+  state.earlier = [];
+  state.next = null;
+  listChanged(delay);
+}
+
+function turnPage(forward) {
+  if (forward) {
+    if (state.next == null) return;
+    state.earlier.push(state.after);
+    state.after = state.next;
+  } else {
+    if (!state.earlier.length) return;
+    state.after = state.earlier.pop();
+  }
+  listChanged(0);
 }
 
 function renderDevices() {
-  const filter = $("#filter").value.trim().toLowerCase();
   const onlineOnly = $("#online-only").checked;
-  const all = [...state.devices.values()].sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }));
-  const online = all.filter((d) => d.online).length;
-  $("#summary").textContent = `${online} online of ${all.length}`;
+  const { total, online } = state.counts;
+  const filtered = !!listFilter().q || onlineOnly;
+  $("#summary").textContent = `${online} online of ${total}` + (filtered ? " matching" : "");
   const tbody = $("#device-table tbody");
   const rows = [];
-  let matching = 0;
-  for (const d of all) {
+  for (const d of state.devices.values()) {
+    // Went offline since the page was fetched: the next fetch drops it; hide it now.
     if (onlineOnly && !d.online) continue;
-    if (filter && ![d.id, d.remote_addr, d.profile, d.protocol].some((s) => String(s || "").toLowerCase().includes(filter))) continue;
-    if (++matching > MAX_ROWS) continue;
     const tr = el("tr", null, "device");
     tr.dataset.id = d.id;
     tr.dataset.online = String(!!d.online);
@@ -409,10 +496,15 @@ function renderDevices() {
     rows.push(tr);
   }
   tbody.replaceChildren(...rows);
-  $("#no-devices").hidden = all.length > 0;
-  const more = $("#more-devices");
-  more.hidden = matching <= MAX_ROWS;
-  more.textContent = `Showing ${MAX_ROWS} of ${matching} matching devices; narrow them with the filter.`;
+  $("#no-devices").hidden = total > 0 || filtered;
+  const paged = state.next != null || state.earlier.length > 0;
+  $("#pager").hidden = !paged;
+  if (paged) {
+    const first = state.earlier.length * MAX_ROWS + 1;
+    $("#page-range").textContent = `Devices ${first}–${first + state.devices.size - 1} of ${total}`;
+    $("#prev-devices").disabled = !state.earlier.length;
+    $("#next-devices").disabled = state.next == null;
+  }
 }
 
 // ---------- device page ----------
@@ -421,6 +513,7 @@ function openDevice(id) {
   const changed = state.device !== id;
   state.device = id;
   if (changed) {
+    state.open = null;
     state.values = {};
     $("#device-title").textContent = "Device " + id;
     $("#device-facts").textContent = "";
@@ -474,9 +567,9 @@ async function refreshDevice() {
     $("#device-state").textContent = "";
   } else {
     $("#device-error").textContent = "";
-    const d = Object.assign({}, state.devices.get(id) || {}, one.body);
+    const d = Object.assign({}, state.open && state.open.id === id ? state.open : {}, one.body);
     delete d.values;
-    state.devices.set(id, d);
+    state.open = d;
     renderDeviceFacts(d);
     // Values come with the device; the telemetry stream keeps them fresh in between.
     state.values = Object.assign({}, one.body.values || {});
@@ -1042,8 +1135,10 @@ $("#login-form").addEventListener("submit", (ev) => {
   quiet(login($("#token").value.trim()));
 });
 $("#logout").addEventListener("click", () => logout("Logged out."));
-$("#filter").addEventListener("input", renderDevices);
-$("#online-only").addEventListener("change", renderDevices);
+$("#filter").addEventListener("input", () => filterChanged(FILTER_MS));
+$("#online-only").addEventListener("change", () => filterChanged(0));
+$("#prev-devices").addEventListener("click", () => turnPage(false));
+$("#next-devices").addEventListener("click", () => turnPage(true));
 $("#chart-point").addEventListener("change", () => quiet(refreshChart()));
 $("#chart-range").addEventListener("change", () => quiet(refreshChart()));
 $("#cmd-type").addEventListener("change", showCommandFields);

@@ -703,3 +703,59 @@ fn the_console_is_served_whole_by_the_server() {
     let (status, _) = common::answer(ureq::get(&server.url("/static/nope.js")).call());
     assert_eq!(status, 404);
 }
+
+/// A fleet bigger than one page: the console shows a page of 500 rows the server chose,
+/// pages forward and back, and its filter asks the server (which searches the whole fleet,
+/// not the page in the browser).
+#[test]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them"]
+fn a_fleet_bigger_than_a_page_is_paged_and_filtered_by_the_server() {
+    use std::io::Write;
+    let server = TestServer::start();
+    // Registered DTUs that answer nothing: enough for the list (they stay online until
+    // their heartbeat timeout, far beyond this test).
+    let fleet: Vec<std::net::TcpStream> = (20_000u32..20_520)
+        .map(|n| {
+            let mut s =
+                std::net::TcpStream::connect(("127.0.0.1", server.framed)).expect("connect a DTU");
+            s.write_all(&n.to_be_bytes()).expect("register");
+            s
+        })
+        .collect();
+    wait_for("520 devices online", || {
+        let (_, list) = server.get("/api/devices?online=true");
+        (list.as_array().map(Vec::len) == Some(fleet.len())).then_some(())
+    });
+    let b = admin_console(&server);
+    let rows = "return document.querySelectorAll('#device-table tbody tr').length;";
+    let first_row = "return document.querySelector('#device-table tbody tr').dataset.id;";
+    b.wait_text("#summary", "the whole fleet counted", |t| {
+        t == "520 online of 520"
+    });
+    b.wait_text("#page-range", "the first page", |t| {
+        t == "Devices 1–500 of 520"
+    });
+    assert_eq!(b.eval(rows, vec![]), json!(500));
+    assert_eq!(b.eval(first_row, vec![]), json!("20000"));
+
+    b.click("#next-devices");
+    b.wait_text("#page-range", "the second page", |t| {
+        t == "Devices 501–520 of 520"
+    });
+    assert_eq!(b.eval(rows, vec![]), json!(20));
+    assert_eq!(b.eval(first_row, vec![]), json!("20500"));
+    b.click("#prev-devices");
+    b.wait_text("#page-range", "the first page again", |t| {
+        t == "Devices 1–500 of 520"
+    });
+
+    // Devices 20510..20519 are on the second page: found although the browser holds the first.
+    b.type_into("#filter", "2051");
+    b.wait_text("#summary", "the matches counted", |t| {
+        t == "10 online of 10 matching"
+    });
+    assert_eq!(b.eval(rows, vec![]), json!(10));
+    assert_eq!(b.eval(first_row, vec![]), json!("20510"));
+    assert!(!b.visible("#pager"), "one page of matches needs no pager");
+    drop(fleet);
+}

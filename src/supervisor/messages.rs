@@ -15,6 +15,8 @@ use crate::command::{CommandReply, DeviceCommand};
 use crate::protocol::points::Decoded;
 use crate::protocol::Protocol;
 
+pub use super::list::{DevicePage, DeviceQuery};
+
 /// Identifies one TCP connection, so that a late report from a replaced connection cannot
 /// overwrite the state of the connection that now holds the id. Handed out by
 /// `conn::next_conn_id`, the one source.
@@ -230,10 +232,10 @@ pub struct PointValue {
 
 pub type Values = BTreeMap<String, PointValue>;
 
-/// Every known device, sorted by id.
+/// A page of the known devices, in id order.
 #[derive(Message)]
-#[rtype(result = "Vec<DeviceView>")]
-pub struct ListDevices;
+#[rtype(result = "DevicePage")]
+pub struct ListDevices(pub DeviceQuery);
 
 /// One device with its latest values.
 #[derive(Message)]

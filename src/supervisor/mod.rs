@@ -4,10 +4,11 @@
 //! that holds an id, through the `Recipient`s that connection registered with (it never names
 //! a connection's actor type). Its messages are in [`messages`], control locks in [`locks`].
 
+pub mod list;
 pub mod locks;
 pub mod messages;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -71,7 +72,8 @@ impl DeviceEntry {
 }
 
 pub struct Supervisor {
-    devices: HashMap<String, DeviceEntry>,
+    /// In id order, so that a page of the device list is one pass without a sort.
+    devices: BTreeMap<String, DeviceEntry>,
     /// Where online, offline, telemetry and rule events go.
     events: Addr<EventBus>,
     /// data.toml's profiles by name, for their rules.
@@ -342,10 +344,8 @@ impl Handler<Offline> for Supervisor {
 impl Handler<ListDevices> for Supervisor {
     type Result = MessageResult<ListDevices>;
 
-    fn handle(&mut self, _: ListDevices, _: &mut Self::Context) -> Self::Result {
-        let mut list: Vec<DeviceView> = self.devices.values().map(|e| e.view.clone()).collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        MessageResult(list)
+    fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
+        MessageResult(msg.0.page(self.devices.values().map(|e| &e.view)))
     }
 }
 

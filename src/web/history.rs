@@ -68,6 +68,22 @@ pub fn page_limit(l: Option<i64>, default: i64, max: i64) -> Result<i64, ApiErro
     }
 }
 
+/// A `limit` given as text (a route that parses its own query): digits, however many — a
+/// number past what fits is capped like any other over-large limit, not refused.
+pub fn query_limit(text: &str, max: i64) -> Result<i64, ApiError> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let n = text.parse::<i64>().unwrap_or(i64::MAX);
+        return page_limit(Some(n), max, max);
+    }
+    match text.parse::<i64>() {
+        Ok(n) => page_limit(Some(n), max, max),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "limit must be a whole number, got {text:?}"
+        ))),
+    }
+}
+
 fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<(), ApiError> {
     match (from, to) {
         (Some(f), Some(t)) if f > t => Err(ApiError::bad_request("from is after to")),

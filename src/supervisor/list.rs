@@ -1,0 +1,218 @@
+//! One page of the device list: which devices a list asks for (a token's reach, online or
+//! not, a text to look for), where the page starts and how long it is. Pure: the supervisor
+//! hands it its devices in id order, so a page costs one pass and no sort.
+
+use crate::events::bus::device_matches;
+
+use super::messages::DeviceView;
+
+/// Which devices a list asks for, and which page of them.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    /// Only devices whose id sorts after this one (the last id of the previous page).
+    pub after: Option<String>,
+    /// At most this many; None: all of them.
+    pub limit: Option<usize>,
+    /// Only devices online (true) or offline (false).
+    pub online: Option<bool>,
+    /// Only devices whose id, profile, protocol or remote address contains this text, in
+    /// any case. Stored lower-cased.
+    pub text: Option<String>,
+    /// The token's reach: only devices matching one of these patterns; None: every device.
+    pub reach: Option<Vec<String>>,
+}
+
+/// A page of devices, with the counts a console needs to say how many there are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DevicePage {
+    pub devices: Vec<DeviceView>,
+    /// Devices matching the query, on every page.
+    pub total: usize,
+    /// Of those, how many are online.
+    pub online: usize,
+    /// The id to ask `after` for the next page; None on the last page.
+    pub next: Option<String>,
+}
+
+impl DeviceQuery {
+    pub fn with_text(mut self, text: &str) -> DeviceQuery {
+        let text = text.trim().to_lowercase();
+        self.text = (!text.is_empty()).then_some(text);
+        self
+    }
+
+    fn matches(&self, d: &DeviceView) -> bool {
+        if self.online.is_some_and(|online| online != d.online) {
+            return false;
+        }
+        if let Some(reach) = &self.reach {
+            if !device_matches(reach, &d.id) {
+                return false;
+            }
+        }
+        match &self.text {
+            None => true,
+            Some(text) => [
+                Some(d.id.as_str()),
+                d.profile.as_deref(),
+                Some(d.protocol.as_str()),
+                Some(d.remote_addr.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|field| contains_lowercase(field, text)),
+        }
+    }
+
+    /// The page of `devices` (which must come in id order) this query asks for.
+    pub fn page<'a>(&self, devices: impl Iterator<Item = &'a DeviceView>) -> DevicePage {
+        let mut page = DevicePage::default();
+        let limit = self.limit.unwrap_or(usize::MAX);
+        let mut full = false;
+        for d in devices.filter(|d| self.matches(d)) {
+            page.total += 1;
+            page.online += usize::from(d.online);
+            if self
+                .after
+                .as_deref()
+                .is_some_and(|after| d.id.as_str() <= after)
+            {
+                continue;
+            }
+            if page.devices.len() < limit {
+                page.devices.push(d.clone());
+            } else if !full {
+                full = true;
+                page.next = page.devices.last().map(|last| last.id.clone());
+            }
+        }
+        page
+    }
+}
+
+/// Whether `haystack` contains `needle` (already lower-case), ignoring case, without
+/// allocating for the common ASCII ids and addresses.
+fn contains_lowercase(haystack: &str, needle: &str) -> bool {
+    if haystack.is_ascii() && needle.is_ascii() {
+        let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+        n.is_empty()
+            || h.windows(n.len())
+                .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+    } else {
+        haystack.to_lowercase().contains(needle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn view(id: &str, online: bool, profile: &str) -> DeviceView {
+        DeviceView {
+            id: id.into(),
+            online,
+            protocol: "framed".into(),
+            profile: Some(profile.into()),
+            remote_addr: "10.0.0.7:4000".into(),
+            connected_at: Utc::now(),
+            last_seen: Utc::now(),
+            parent: None,
+            unit: None,
+        }
+    }
+
+    fn fleet() -> Vec<DeviceView> {
+        vec![
+            view("1001", true, "meter"),
+            view("1001.7", false, "plc"),
+            view("1002", true, "Meter"),
+            view("2001", false, "meter"),
+            view("2002", true, "pump"),
+        ]
+    }
+
+    fn ids(page: &DevicePage) -> Vec<&str> {
+        page.devices.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    #[test]
+    fn no_query_is_every_device() {
+        let fleet = fleet();
+        let page = DeviceQuery::default().page(fleet.iter());
+        assert_eq!(ids(&page), ["1001", "1001.7", "1002", "2001", "2002"]);
+        assert_eq!((page.total, page.online, page.next), (5, 3, None));
+    }
+
+    #[test]
+    fn pages_follow_one_another_without_gap_or_overlap() {
+        let fleet = fleet();
+        let mut query = DeviceQuery {
+            limit: Some(2),
+            ..DeviceQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = query.page(fleet.iter());
+            assert_eq!(page.total, 5, "the count covers every page");
+            seen.extend(ids(&page).into_iter().map(String::from));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["1001", "1001.7", "1002", "2001", "2002"]);
+    }
+
+    #[test]
+    fn a_page_that_ends_exactly_at_the_last_device_has_no_next() {
+        let fleet = fleet();
+        let query = DeviceQuery {
+            limit: Some(5),
+            ..DeviceQuery::default()
+        };
+        assert_eq!(query.page(fleet.iter()).next, None);
+    }
+
+    #[test]
+    fn filters_narrow_the_page_and_the_counts() {
+        let fleet = fleet();
+        let online = DeviceQuery {
+            online: Some(true),
+            ..DeviceQuery::default()
+        };
+        let page = online.page(fleet.iter());
+        assert_eq!(ids(&page), ["1001", "1002", "2002"]);
+        assert_eq!((page.total, page.online), (3, 3));
+
+        let page = DeviceQuery::default()
+            .with_text(" METER ")
+            .page(fleet.iter());
+        assert_eq!(ids(&page), ["1001", "1002", "2001"], "profile, any case");
+        let page = DeviceQuery::default().with_text("1001").page(fleet.iter());
+        assert_eq!(ids(&page), ["1001", "1001.7"]);
+        let page = DeviceQuery::default()
+            .with_text("10.0.0.7")
+            .page(fleet.iter());
+        assert_eq!(page.total, 5, "remote address");
+        let page = DeviceQuery::default().with_text("  ").page(fleet.iter());
+        assert_eq!(page.total, 5, "a blank text filters nothing");
+
+        let reach = DeviceQuery {
+            reach: Some(vec!["2*".into(), "1001".into()]),
+            ..DeviceQuery::default()
+        };
+        assert_eq!(ids(&reach.page(fleet.iter())), ["1001", "2001", "2002"]);
+    }
+
+    #[test]
+    fn text_outside_ascii_matches_in_any_case() {
+        let mut fleet = fleet();
+        fleet[0].profile = Some("Zähler-Ost".into());
+        let page = DeviceQuery::default()
+            .with_text("ZÄHLER")
+            .page(fleet.iter());
+        assert_eq!(ids(&page), ["1001"]);
+    }
+}
