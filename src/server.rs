@@ -19,6 +19,7 @@ use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
 use crate::settings::Settings;
 use crate::storage::db::{Db, PrunableTable};
+use crate::storage::packet_log::PacketLog;
 use crate::storage::{FlushAll, Storage};
 use crate::supervisor::messages::{CloseAll, InFlight, OnlineCount};
 use crate::supervisor::Supervisor;
@@ -118,9 +119,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
 
+    let packets = PacketLog::new(
+        settings.server.storage.packets,
+        settings.server.storage.recent_packets,
+    );
     let services = Services {
         supervisor: supervisor.clone(),
         storage: storage.clone(),
+        packets: packets.clone(),
         events: events.clone(),
         db: db.clone(),
         liveness: settings.server.liveness.clone(),
@@ -162,6 +168,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: settings.clone(),
         db: db.clone(),
         storage: storage.clone(),
+        packets,
         commands: Commands {
             routes,
             db: db.clone(),

@@ -106,6 +106,8 @@ fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> S
         retention_telemetry: None,
         retention_packets: None,
         retention_deliveries: None,
+        packets: Default::default(),
+        recent_packets: 0,
     }
 }
 

@@ -297,7 +297,7 @@ fn connects_and_migrates(url: &str, backend: Backend) {
     assert!(db.devices().expect("devices").is_empty());
     assert_eq!(db.count_telemetry(None).expect("count"), 0);
     assert!(db.events(None, 10).expect("events").is_empty());
-    assert!(db.packets("x", 10).expect("packets").is_empty());
+    assert!(db.packets("x", None, 10).expect("packets").is_empty());
     let applied = migrations(&db);
     assert!(
         applied.iter().any(|(v, _)| v.ends_with("000000")),
@@ -348,7 +348,7 @@ fn writes_and_reads_every_row_kind(url: &str, backend: Backend) {
     assert_eq!(t[0].raw, 212.5);
     assert_eq!(t[0].at, base(), "times keep exactly their microseconds");
 
-    let p = db.packets("dev-1", 10).expect("packets");
+    let p = db.packets("dev-1", None, 10).expect("packets");
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].hex, "01 03 00 0A FF");
     assert_eq!(p[0].direction, "out");
@@ -680,11 +680,15 @@ fn packets_and_events_newest_first(url: &str, backend: Backend) {
     rows.reverse();
     db.write(&rows).expect("write");
 
-    let p = db.packets("p", 4).expect("packets");
+    let p = db.packets("p", None, 4).expect("packets");
     let hex: Vec<&str> = p.iter().map(|r| r.hex.as_str()).collect();
     assert_eq!(hex, vec!["09", "08", "07", "06"]);
     assert_eq!(p[0].at, secs(9));
-    assert_eq!(db.packets("p", 100).expect("all").len(), 10);
+    assert_eq!(db.packets("p", None, 100).expect("all").len(), 10);
+    // Older than a time (what the API adds below the packets held in memory).
+    let older = db.packets("p", Some(secs(6)), 2).expect("older");
+    let hex: Vec<&str> = older.iter().map(|r| r.hex.as_str()).collect();
+    assert_eq!(hex, vec!["05", "04"]);
 
     let e = db.events(Some("p"), 3).expect("events");
     let details: Vec<&str> = e.iter().map(|r| r.detail.as_str()).collect();
@@ -797,7 +801,7 @@ fn prune_deletes_exactly_the_old_rows(url: &str, backend: Backend) {
         db.prune(PrunableTable::RawPackets, cutoff).expect("prune"),
         50
     );
-    let left = db.packets("d", 1000).expect("packets");
+    let left = db.packets("d", None, 1000).expect("packets");
     assert_eq!(left.len(), 50);
     assert!(left.iter().all(|p| p.hex == "02"));
 

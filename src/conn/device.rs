@@ -175,6 +175,9 @@ impl Driver for PollDriver {
                     conn.life.who(),
                     to_hex(&bytes)
                 );
+                conn.life
+                    .link()
+                    .store_packet(Direction::In, PacketKind::Malformed, &bytes);
             }
             (State::Online, Inbound::Logout { raw }) => {
                 // The device says it is leaving: answer, and let the connection end as any
@@ -373,9 +376,11 @@ impl Conn {
             self.driver.poll_sent_at = Some(Instant::now());
         }
         self.driver.codec.set_expect(Some(wire.expect()));
-        self.life
-            .link()
-            .store_packet(Direction::Out, PacketKind::Modbus, &adu);
+        let link = self.life.link();
+        if attempt == 0 {
+            link.exchange_started();
+        }
+        link.store_packet(Direction::Out, PacketKind::Modbus, &adu);
         self.send(Outbound::Request(Bytes::from(adu)));
         let timer = ctx.run_later(timeout, |act, ctx| act.on_timeout(ctx));
         self.driver.in_flight = Some(InFlight {
@@ -581,6 +586,7 @@ impl Conn {
         result: Result<CommandOutcome, CommandError>,
         ctx: &mut Context<Conn>,
     ) {
+        self.life.link().exchange_ended(result.is_err());
         match job {
             Job::Poll { target, poll } => self.poll_done(target, poll, result, ctx),
             Job::Command { reply, .. } => {

@@ -33,6 +33,7 @@ use crate::metrics::METRICS;
 use crate::protocol::link::CodecError;
 use crate::protocol::Protocol;
 use crate::settings::LivenessSettings;
+use crate::storage::packet_log::PacketLog;
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, DEVICE_ID_MAX};
 use crate::storage::Storage;
 use crate::supervisor::messages::{Close, ConnHandle, ConnId, OfflineReason, Registered, Service};
@@ -82,6 +83,7 @@ pub struct ListenerShared {
     pub liveness: LivenessSettings,
     pub supervisor: Addr<Supervisor>,
     pub storage: Addr<Storage>,
+    pub packets: PacketLog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,7 @@ impl Life {
             connected_at: self.connected_at,
             supervisor: &self.listener.supervisor,
             storage: &self.listener.storage,
+            packets: &self.listener.packets,
         }
     }
 

@@ -10,10 +10,11 @@ use actix::Addr;
 use chrono::{DateTime, Utc};
 
 use crate::protocol::Protocol;
+use crate::storage::packet_log::PacketLog;
 use crate::storage::rows::{
     ConnEvent, ConnEventRow, DeviceRow, Direction, PacketKind, PacketRow, Row,
 };
-use crate::storage::{Storage, Store};
+use crate::storage::{Storage, Store, StoreMany};
 use crate::supervisor::messages::{self, ConnId, OfflineReason};
 use crate::supervisor::Supervisor;
 
@@ -33,6 +34,7 @@ pub struct Link<'a> {
     pub connected_at: DateTime<Utc>,
     pub supervisor: &'a Addr<Supervisor>,
     pub storage: &'a Addr<Storage>,
+    pub packets: &'a PacketLog,
 }
 
 impl Link<'_> {
@@ -40,16 +42,39 @@ impl Link<'_> {
         self.storage.do_send(Store(row));
     }
 
-    /// Records bytes that crossed the socket (only once the connection has an id).
+    /// Records bytes that crossed the socket (only once the connection has an id): in the
+    /// device's recent packets, and in the database as `[storage] packets` says.
     pub fn store_packet(&self, direction: Direction, kind: PacketKind, bytes: &[u8]) {
         if let Some(id) = self.id {
-            self.store(Row::Packet(PacketRow {
-                device_id: id.to_string(),
-                direction,
-                kind,
-                bytes: bytes.to_vec(),
-                at: Utc::now(),
-            }));
+            let at = Utc::now();
+            if self.packets.record(id, direction, kind, bytes, at) {
+                self.store(Row::Packet(PacketRow {
+                    device_id: id.to_string(),
+                    direction,
+                    kind,
+                    bytes: bytes.to_vec(),
+                    at,
+                }));
+            }
+        }
+    }
+
+    /// A request is about to go out: what crosses the socket from here on is its exchange.
+    pub fn exchange_started(&self) {
+        if let Some(id) = self.id {
+            self.packets.exchange_started(id);
+        }
+    }
+
+    /// The exchange in progress ended; if it `failed` (no answer, an exception), its packets
+    /// go to the database where `[storage] packets = "errors"` held them back.
+    pub fn exchange_ended(&self, failed: bool) {
+        if let Some(id) = self.id {
+            let rows = self.packets.exchange_ended(id, failed);
+            if !rows.is_empty() {
+                self.storage
+                    .do_send(StoreMany(rows.into_iter().map(Row::Packet).collect()));
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use crate::protocol::link::{LinkCodec, LinkOptions, Role};
 use crate::protocol::Protocol;
 use crate::settings::{LivenessSettings, Profile};
 use crate::storage::db::Db;
+use crate::storage::packet_log::PacketLog;
 use crate::storage::Storage;
 use crate::supervisor::messages::InFlight;
 use crate::supervisor::Supervisor;
@@ -26,6 +27,8 @@ use crate::supervisor::Supervisor;
 pub struct Services {
     pub supervisor: Addr<Supervisor>,
     pub storage: Addr<Storage>,
+    /// Every device's last packets, and which of them the database gets.
+    pub packets: PacketLog,
     pub events: Addr<EventBus>,
     pub db: Db,
     pub liveness: LivenessSettings,
@@ -89,6 +92,7 @@ impl Listener {
             liveness: services.liveness.clone(),
             supervisor: services.supervisor.clone(),
             storage: services.storage.clone(),
+            packets: services.packets.clone(),
         });
         let kind = match protocol.role() {
             Role::Polled { server, .. } => {

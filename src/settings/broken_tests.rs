@@ -48,6 +48,8 @@ pool_size = 0
 [storage]
 batch_size = "many"
 store_heartbeats = "yes"
+packets = "some"
+recent_packets = -1
 
 [[webhooks]]
 url = "ftp://example.com/hook"
@@ -278,6 +280,8 @@ fn broken_settings_report_every_problem() {
             "storage.store_heartbeats",
             "expected true or false, found \"yes\"",
         ),
+        ("server.toml", "storage.packets", "(all, errors or none)"),
+        ("server.toml", "storage.recent_packets", "out of range"),
         (
             "server.toml",
             "webhooks[0].url",

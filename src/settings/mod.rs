@@ -29,6 +29,7 @@ use crate::events::webhooks::{WebhookDeliverySettings, WebhookSettings};
 use crate::protocol::link::{Heartbeat, Registration};
 use crate::protocol::points::Point;
 use crate::protocol::Protocol;
+use crate::storage::packet_log::{PacketMode, RECENT_DEFAULT};
 use crate::storage::StorageSettings;
 pub use data::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_REGISTERS};
 use tree::{Ctx, EnvVars, ORIGIN_DEFAULTS, ORIGIN_FILE};
@@ -164,6 +165,8 @@ impl Default for ServerSettings {
                 retention_telemetry: None,
                 retention_packets: Some(Duration::from_secs(30 * 86_400)),
                 retention_deliveries: Some(Duration::from_secs(7 * 86_400)),
+                packets: PacketMode::All,
+                recent_packets: RECENT_DEFAULT,
             },
             auth: AuthSettings {
                 admin_token: String::new(),

@@ -146,6 +146,8 @@ pub(super) fn validate(
                 "retention_telemetry",
                 "retention_packets",
                 "retention_deliveries",
+                "packets",
+                "recent_packets",
             ],
         )
         .map(|s| StorageSettings {
@@ -181,6 +183,14 @@ pub(super) fn validate(
                 .field(ctx, "retention_deliveries", retention)
                 .or(d.storage.retention_deliveries)
                 .unwrap_or(d.storage.retention_deliveries),
+            packets: s
+                .field(ctx, "packets", parsed)
+                .or(d.storage.packets)
+                .unwrap_or(d.storage.packets),
+            recent_packets: s
+                .field(ctx, "recent_packets", uint(0, 100_000))
+                .or(d.storage.recent_packets)
+                .unwrap_or(d.storage.recent_packets),
         }),
         None => None,
     };

@@ -33,6 +33,7 @@ mod error;
 mod insert;
 #[cfg(feature = "mysql")]
 mod mysql;
+pub mod packet_log;
 mod repo;
 pub mod rows;
 pub mod schema;
@@ -73,6 +74,10 @@ pub struct StorageSettings {
     pub retention_packets: Option<Duration>,
     /// Webhook delivery attempts older than this are deleted; None keeps them for good.
     pub retention_deliveries: Option<Duration>,
+    /// Which raw packets go to the database.
+    pub packets: packet_log::PacketMode,
+    /// Packets kept in memory per device for the API, whatever is stored; 0 keeps none.
+    pub recent_packets: usize,
 }
 
 /// Writes a row at once, off the async threads, for records a client may read right after an

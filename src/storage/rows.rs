@@ -57,6 +57,8 @@ pub enum PacketKind {
     Relay,
     /// A device signing off (DDP `02`).
     Logout,
+    /// Bytes the codec refused (a bad CRC, a broken frame).
+    Malformed,
 }
 
 impl PacketKind {
@@ -69,7 +71,14 @@ impl PacketKind {
             PacketKind::Unsolicited => "unsolicited",
             PacketKind::Relay => "relay",
             PacketKind::Logout => "logout",
+            PacketKind::Malformed => "malformed",
         }
+    }
+
+    /// Whether a packet of this kind is an error by itself (`[storage] packets = "errors"`
+    /// stores it as it comes); the packets of a failed exchange are errors only afterwards.
+    pub fn is_error(self) -> bool {
+        matches!(self, PacketKind::Malformed | PacketKind::Unsolicited)
     }
 }
 

@@ -153,7 +153,20 @@ async fn packets(
     caller.device(&id)?;
     known_device(&state, &id).await?;
     let limit = limit(q.limit)?;
-    let rows = state.db.call(move |db| db.packets(&id, limit)).await?;
+    // The newest come from memory (every packet, whatever `[storage] packets` stores); the
+    // database adds those older than the oldest one held there.
+    let mut rows = state
+        .packets
+        .recent(&id, usize::try_from(limit).unwrap_or(usize::MAX));
+    let rest = limit - rows.len() as i64;
+    if rest > 0 {
+        let before = rows.last().map(|p| p.at);
+        let older = state
+            .db
+            .call(move |db| db.packets(&id, before, rest))
+            .await?;
+        rows.extend(older);
+    }
     Ok(HttpResponse::Ok().json(rows))
 }
 

@@ -25,6 +25,7 @@ use crate::events::bus::EventBus;
 use crate::events::webhooks::Webhooks;
 use crate::settings::Settings;
 use crate::storage::db::Db;
+use crate::storage::packet_log::PacketLog;
 use crate::storage::Storage;
 use crate::supervisor::Supervisor;
 use error::{json_payload_rejection, json_rejection, ApiError};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub db: Db,
     /// Where rows go (batched).
     pub storage: Addr<Storage>,
+    /// Every device's last packets in memory, served before the stored ones.
+    pub packets: PacketLog,
     /// Sends operator commands and keeps their records.
     pub commands: Commands,
     /// The token cache that authenticates every `/api` request.

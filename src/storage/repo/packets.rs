@@ -18,11 +18,19 @@ pub struct PacketRecord {
 }
 
 impl Db {
-    /// A device's raw packets, newest first.
-    pub fn packets(&self, device: &str, limit: i64) -> Result<Vec<PacketRecord>, StorageError> {
+    /// A device's raw packets, newest first; with `before`, only those older than that.
+    pub fn packets(
+        &self,
+        device: &str,
+        before: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<PacketRecord>, StorageError> {
         use crate::storage::schema::raw_packets::dsl::*;
-        let rows: Vec<(String, String, String, NaiveDateTime)> = raw_packets
-            .filter(device_id.eq(device))
+        let mut query = raw_packets.filter(device_id.eq(device)).into_boxed();
+        if let Some(before) = before {
+            query = query.filter(at.lt(before.naive_utc()));
+        }
+        let rows: Vec<(String, String, String, NaiveDateTime)> = query
             .select((direction, kind, hex, at))
             .order((at.desc(), id.desc()))
             .limit(limit.max(0))
