@@ -8,6 +8,7 @@
 //! the simulator and the API find it there.
 
 pub mod ddp;
+pub mod dlt645;
 pub mod framed;
 pub mod hex;
 pub mod link;
