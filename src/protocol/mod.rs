@@ -14,6 +14,7 @@ pub mod hex;
 pub mod link;
 pub mod modbus;
 pub mod points;
+pub mod serial;
 pub mod transparent;
 pub mod ttms;
 

@@ -171,6 +171,9 @@ pub enum Dlt645Error {
     WrongControl { sent: u8, got: u8 },
     #[error("answer for data identifier {got}, expected {expected}")]
     WrongDi { expected: Di, got: Di },
+    /// The data of an answer does not fit its format.
+    #[error("cannot decode data identifier {di}: {reason}")]
+    BadValue { di: Di, reason: String },
 }
 
 fn bad_frame(bytes: &[u8], reason: impl Into<String>) -> Dlt645Error {
