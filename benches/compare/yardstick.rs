@@ -98,8 +98,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let (poll, every) = profile
         .polls
         .iter()
-        .find_map(|p| match p.trigger {
-            PollTrigger::Every(every) if p.reads_registers() => Some((p, every)),
+        .find_map(|p| match (p.trigger.clone(), p.block()) {
+            (PollTrigger::Every(every), Some(block)) if block.reads_registers() => {
+                Some((block, every))
+            }
             _ => None,
         })
         .context("the yardstick polls the profile's first timer poll of registers; it has none")?;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use dtu_supervisor::protocol::link::{DeviceOptions, RegistrationMode, Role};
 use dtu_supervisor::protocol::modbus::Request;
+use dtu_supervisor::protocol::serial::Framing;
 use dtu_supervisor::protocol::{Protocol, PROTOCOLS};
 use dtu_supervisor::settings::parse_duration;
 use dtu_supervisor::sim::ttms::{self as sim_ttms, TtmsSimConfig};
@@ -55,6 +56,11 @@ fn first_id_help() -> String {
     format!("Number of the first device ({})", examples.join("; "))
 }
 
+/// `--meter`, in any case.
+fn meter(s: &str) -> Result<Framing, String> {
+    s.to_ascii_lowercase().parse()
+}
+
 /// `--registration-mode`, in any case.
 fn registration_mode(s: &str) -> Result<RegistrationMode, String> {
     s.to_ascii_lowercase().parse()
@@ -88,6 +94,12 @@ struct Args {
     /// Modbus slave address the simulated meters answer to.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
     slave: u8,
+    /// What the meter behind each DTU speaks: modbus-rtu; modbus-tcp (the MBAP header, no
+    /// CRC; the server's profile says modbus = "tcp"); dlt645 (DL/T 645-2007 meters, each
+    /// slave a meter at address <last 6 digits of the device number><slave, 6 digits>, e.g.
+    /// 001001000001, answering the table's identifiers with values that change over time).
+    #[arg(long, default_value = "modbus-rtu", value_parser = meter)]
+    meter: Framing,
     /// Several slaves on each DTU's RS-485 bus instead of --slave, e.g. 1,7 (each answers with
     /// values of its own).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=247))]
@@ -256,10 +268,14 @@ fn plan(args: Args, server: SocketAddr) -> anyhow::Result<Plan> {
             first,
         });
     }
+    if args.passive_every.is_some() && args.meter != Framing::Rtu {
+        bail!("--passive-every sends RTU answers up: it needs --meter modbus-rtu");
+    }
     let config = SimConfig {
         server,
         protocol: args.protocol,
         slave: args.slave,
+        meter: args.meter,
         units: args.units,
         silent: args.silent,
         passive: args.passive_every.map(|every| PassiveQuery {
@@ -365,6 +381,40 @@ mod tests {
         for bad in ["5:0:1", "3:0", "3:x:1", "3:0:126"] {
             assert!(parse(&["--passive-read", bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn meters() {
+        let meter = |args: &[&str]| match planned(args) {
+            Ok(Plan::Devices { config, .. }) => Ok(config.meter),
+            Ok(Plan::Terminals { .. }) => panic!("{args:?} are DTUs"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(meter(&[]), Ok(Framing::Rtu));
+        assert_eq!(meter(&["--meter", "modbus-tcp"]), Ok(Framing::ModbusTcp));
+        assert_eq!(meter(&["--meter", "DLT645"]), Ok(Framing::Dlt645));
+        assert!(parse(&["--meter", "iec"]).is_err());
+        let err = meter(&["--meter", "dlt645", "--passive-every", "5s"]).unwrap_err();
+        assert!(err.contains("--meter modbus-rtu"), "{err}");
+        // The transparent device side it makes finds the meter's requests.
+        let Plan::Devices { config, .. } =
+            planned(&["--protocol", "transparent", "--meter", "modbus-tcp"]).unwrap()
+        else {
+            panic!("DTUs");
+        };
+        let link = config.device_link().unwrap();
+        let request = dtu_supervisor::protocol::modbus::tcp::encode_request(
+            1,
+            1,
+            &Request::read(3, 0, 1).unwrap(),
+        );
+        let mut buf = bytes::BytesMut::from(&request[..]);
+        assert_eq!(
+            link.decode(&mut buf).unwrap(),
+            Some(dtu_supervisor::protocol::link::FromServer::Request(
+                bytes::Bytes::from(request)
+            ))
+        );
     }
 
     #[test]

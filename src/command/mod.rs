@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
+use crate::protocol::dlt645::{Di, Dlt645Error};
 use crate::protocol::hex::to_hex;
 use crate::protocol::modbus::{ModbusError, Request, Response};
 use crate::protocol::points::Decoded;
@@ -28,6 +29,8 @@ pub enum DeviceCommand {
     Raw(Vec<u8>),
     /// A command of the device's profile, by name.
     Named(String),
+    /// A read of one data identifier of a DL/T 645 meter.
+    Dlt645Read(Di),
 }
 
 /// A successful command.
@@ -40,6 +43,16 @@ pub enum CommandOutcome {
     },
     /// The answer ADU to a raw request.
     Raw(Vec<u8>),
+    /// A DL/T 645 meter's answer to a read of `di`: its data bytes (offset undone), and the
+    /// value they decode to where the format is known (the profile's point for that
+    /// identifier, named like it, or the table's, named like the identifier), with the text
+    /// of a date or time.
+    Dlt645 {
+        di: Di,
+        data: Vec<u8>,
+        values: Vec<Decoded>,
+        text: Option<String>,
+    },
 }
 
 /// Why a command did not succeed. Each maps to one HTTP status in the web layer.
@@ -64,6 +77,9 @@ pub enum CommandError {
     Timeout(u64),
     #[error("{0}")]
     Modbus(ModbusError),
+    /// A DL/T 645 meter's error answer, or data it sent that cannot be decoded.
+    #[error("{0}")]
+    Meter(Dlt645Error),
     #[error("device disconnected before answering")]
     Disconnected,
 }
@@ -75,6 +91,27 @@ pub type CommandReply = oneshot::Sender<Result<CommandOutcome, CommandError>>;
 pub fn outcome_json(outcome: &CommandOutcome) -> Value {
     match outcome {
         CommandOutcome::Raw(adu) => json!({ "hex": to_hex(adu) }),
+        CommandOutcome::Dlt645 {
+            di,
+            data,
+            values,
+            text,
+        } => {
+            let first = values.first();
+            let mut result = json!({
+                "di": di.to_string(),
+                "data": to_hex(data),
+                "value": first.map(|d| d.value),
+                "unit": first.map(|d| d.unit.clone()),
+            });
+            if let (Some(text), Some(obj)) = (text, result.as_object_mut()) {
+                obj.insert("text".into(), json!(text));
+            }
+            if let Some(obj) = result.as_object_mut() {
+                obj.insert("values".into(), Value::Object(decoded_map(values)));
+            }
+            result
+        }
         CommandOutcome::Modbus { response, values } => {
             let mut result = match response {
                 Response::Registers(regs) => json!({ "registers": regs }),
@@ -90,22 +127,26 @@ pub fn outcome_json(outcome: &CommandOutcome) -> Value {
                 }
             };
             if matches!(response, Response::Registers(_) | Response::Bits(_)) {
-                let decoded: Map<String, Value> = values
-                    .iter()
-                    .map(|d| {
-                        (
-                            d.name.clone(),
-                            json!({"value": d.value, "raw": d.raw, "unit": d.unit}),
-                        )
-                    })
-                    .collect();
                 if let Some(obj) = result.as_object_mut() {
-                    obj.insert("values".into(), Value::Object(decoded));
+                    obj.insert("values".into(), Value::Object(decoded_map(values)));
                 }
             }
             result
         }
     }
+}
+
+/// Decoded points by name, as a result's `values` shows them.
+fn decoded_map(values: &[Decoded]) -> Map<String, Value> {
+    values
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                json!({"value": d.value, "raw": d.raw, "unit": d.unit}),
+            )
+        })
+        .collect()
 }
 
 /// The record status a command's end maps to: `ok`, `timeout` or `failed`.
@@ -160,6 +201,22 @@ mod tests {
         assert_eq!(
             outcome_json(&CommandOutcome::Raw(vec![1, 3])),
             json!({"hex": "01 03"})
+        );
+        let energy = CommandOutcome::Dlt645 {
+            di: Di(0x0001_0000),
+            data: vec![0x78, 0x56, 0x34, 0x12],
+            values: vec![Decoded {
+                name: "energy".into(),
+                raw: 123_456.78,
+                value: 123_456.78,
+                unit: "kWh".into(),
+            }],
+            text: None,
+        };
+        assert_eq!(
+            outcome_json(&energy),
+            json!({"di": "00010000", "data": "78 56 34 12", "value": 123_456.78, "unit": "kWh",
+                   "values": {"energy": {"value": 123_456.78, "raw": 123_456.78, "unit": "kWh"}}})
         );
     }
 }

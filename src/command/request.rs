@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::DeviceCommand;
+use crate::protocol::dlt645::Di;
 use crate::protocol::hex::parse_hex;
 use crate::protocol::modbus::rtu;
 use crate::protocol::modbus::Request;
@@ -55,6 +56,9 @@ pub struct CommandBody {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hex: Option<String>,
+    /// The data identifier of a `dlt645_read`, 8 hex digits as the standard prints it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub di: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +124,12 @@ impl CommandBody {
                     .collect::<Result<_, _>>()?,
             },
             "named" => return Ok(DeviceCommand::Named(need(self.name.clone(), "name", kind)?)),
+            "dlt645_read" => {
+                let di = need(self.di.as_deref(), "di", kind)?
+                    .parse::<Di>()
+                    .map_err(RequestError::new)?;
+                return Ok(DeviceCommand::Dlt645Read(di));
+            }
             "raw" => {
                 let bytes = parse_hex(need(self.hex.as_deref(), "hex", kind)?)
                     .map_err(|e| RequestError::new(e.to_string()))?;
@@ -130,7 +140,7 @@ impl CommandBody {
             }
             other => {
                 return Err(RequestError::new(format!(
-                    "unknown command type {other:?}: use read, write_register, write_registers, write_coil, write_coils, named or raw"
+                    "unknown command type {other:?}: use read, write_register, write_registers, write_coil, write_coils, named, raw or dlt645_read"
                 )))
             }
         };
@@ -191,6 +201,7 @@ mod tests {
             values: None,
             name: None,
             hex: None,
+            di: None,
             timeout_ms: None,
             queue_if_offline: queue,
             ttl_s: ttl,
@@ -227,6 +238,16 @@ mod tests {
         );
         assert_eq!(wait, DEFAULT_WAIT);
         assert!(parse_request("{\"type\":\"bogus\"}").is_err());
+        let (command, _) =
+            parse_request("{\"type\":\"dlt645_read\",\"di\":\"02010100\"}").expect("parses");
+        assert_eq!(command, DeviceCommand::Dlt645Read(Di(0x0201_0100)));
+        for bad in [
+            "{\"type\":\"dlt645_read\"}",
+            "{\"type\":\"dlt645_read\",\"di\":\"0201010\"}",
+            "{\"type\":\"dlt645_read\",\"di\":\"0201010X\"}",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad}");
+        }
         assert!(parse_request("not json").is_err());
     }
 }

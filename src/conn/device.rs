@@ -6,8 +6,10 @@
 //! run, and operator commands queue behind polls; a device that logs out is answered and its
 //! connection closed. All outbound work — every unit's — goes through one queue with exactly
 //! one request in flight, as a bus carries one request at a time; its answer is matched by
-//! slave, function, length and CRC; a timeout retries per profile, then fails it and lets
-//! the next one go.
+//! the rules of the target's meter protocol ([`Wire`]: slave, function, length and CRC for
+//! RTU, transaction and unit for Modbus TCP, address, control code and identifier for DL/T
+//! 645); a timeout retries per profile, then fails it and lets the next one go. A DL/T 645
+//! meter with `address = "auto"` has its address read (broadcast) before its first request.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,11 +26,13 @@ use crate::conn::plan::{Answer, Mismatch, Plan, Wire};
 use crate::conn::target::{Change, Target};
 use crate::events::bus::{Event, EventBus, EventKind, Publish};
 use crate::metrics::METRICS;
+use crate::protocol::dlt645::formats;
+use crate::protocol::dlt645::{Di, Dlt645Error};
 use crate::protocol::hex::to_hex;
 use crate::protocol::link::{CodecError, Expect, Inbound, LinkCodec, Outbound};
 use crate::protocol::modbus::Response;
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
-use crate::settings::{PollTrigger, Profile, Require};
+use crate::settings::{Meter, PollRead, PollTrigger, Profile, Require};
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
 use crate::storage::StoreMany;
 use crate::supervisor::messages::{
@@ -86,6 +90,8 @@ pub struct PollDriver {
     /// When the poll in flight was first transmitted (its retries keep it), for the poll
     /// latency metric.
     poll_sent_at: Option<Instant>,
+    /// The Modbus TCP transaction id of the next request (each transmission its own).
+    next_transaction: u16,
 }
 
 impl PollDriver {
@@ -95,14 +101,16 @@ impl PollDriver {
         // Answers the DTU may send up unasked, for a link that must cut them out of its bytes.
         let passive: Vec<Expect> = targets
             .iter()
+            .filter(|t| t.profile.meter == Meter::ModbusRtu)
             .flat_map(|t| {
                 t.profile
                     .polls
                     .iter()
                     .filter(|p| p.trigger == PollTrigger::Passive)
-                    .map(|p| Expect {
+                    .filter_map(|p| p.block())
+                    .map(|b| Expect::Rtu {
                         slave: t.slave,
-                        function: p.function,
+                        function: b.function,
                     })
             })
             .collect();
@@ -114,6 +122,7 @@ impl PollDriver {
             queue: VecDeque::new(),
             in_flight: None,
             poll_sent_at: None,
+            next_transaction: 1,
         }
     }
 
@@ -324,6 +333,12 @@ impl Conn {
                 Job::Command { reply, .. } if reply.is_closed() => continue,
                 Job::Command { plan, .. } => plan.first().clone(),
             };
+            // A DL/T 645 meter whose address is still unknown is asked for it first.
+            let known = job
+                .target()
+                .and_then(|t| self.driver.targets.get(t))
+                .and_then(|t| t.meter_address);
+            let wire = wire.addressed(known);
             let (timeout, configured) = self
                 .driver
                 .profile()
@@ -346,7 +361,7 @@ impl Conn {
             return None;
         }
         let p = t.profile.polls.get(poll)?;
-        match Wire::read(t.slave, p.function, p.start, p.count) {
+        match Wire::poll(t.profile.meter, t.slave, t.meter_address, p) {
             Ok(wire) => Some(wire),
             Err(e) => {
                 log::error!("device {}: poll {} cannot be built: {e}", t.id, p.name);
@@ -358,12 +373,14 @@ impl Conn {
     fn transmit(
         &mut self,
         job: Job,
-        wire: Wire,
+        mut wire: Wire,
         attempt: u32,
         retries: u32,
         timeout: Duration,
         ctx: &mut Context<Conn>,
     ) {
+        wire.stamp(self.driver.next_transaction);
+        self.driver.next_transaction = self.driver.next_transaction.wrapping_add(1);
         let adu = wire.adu();
         log::debug!(
             "{}: request (attempt {}) {}",
@@ -467,11 +484,15 @@ impl Conn {
     fn on_unasked(&mut self, adu: &[u8], ctx: &mut Context<Conn>) -> bool {
         let mut fit = None;
         'find: for (ti, t) in self.driver.targets.iter().enumerate() {
+            // Passive polls are RTU answers (settings allow them nowhere else).
+            if t.profile.meter != Meter::ModbusRtu {
+                continue;
+            }
             for (pi, p) in t.profile.polls.iter().enumerate() {
                 if p.trigger != PollTrigger::Passive {
                     continue;
                 }
-                let Ok(wire) = Wire::read(t.slave, p.function, p.start, p.count) else {
+                let Ok(wire) = Wire::poll(t.profile.meter, t.slave, None, p) else {
                     continue;
                 };
                 if let Ok(Answer::Modbus(response)) = wire.match_answer(adu) {
@@ -517,7 +538,70 @@ impl Conn {
                 self.finish(job, Ok(outcome), ctx);
             }
             (job, Answer::Raw(adu)) => self.finish(job, Ok(CommandOutcome::Raw(adu)), ctx),
+            (job, Answer::Address(address)) => {
+                // The read of an `auto` address, made before the job's own request: that
+                // goes now, ahead of everything else.
+                if let Some(t) = job.target().and_then(|t| self.driver.targets.get_mut(t)) {
+                    log::info!("device {}: DL/T 645 meter address is {address}", t.id);
+                    t.meter_address = Some(address);
+                }
+                self.driver.queue.push_front(job);
+                self.pump(ctx);
+            }
+            (job, Answer::Dlt645 { di, data }) => {
+                let outcome = self.decode_dlt645(&job, di, data);
+                self.finish(job, outcome, ctx);
+            }
         }
+    }
+
+    /// A DL/T 645 read's data as its value: a poll's with its point's format, a command's
+    /// with the format of the profile's point for that identifier, else the table's (else it
+    /// has no value, only its data). A poll whose data does not fit its format fails.
+    fn decode_dlt645(
+        &self,
+        job: &Job,
+        di: Di,
+        data: Vec<u8>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let target = job.target().and_then(|t| self.driver.targets.get(t));
+        let profile = target.map(|t| t.profile.as_ref());
+        let point = match job {
+            Job::Poll { poll, .. } => profile.and_then(|p| p.polls.get(*poll)),
+            Job::Command { .. } => profile.and_then(|p| {
+                p.polls
+                    .iter()
+                    .find(|poll| matches!(poll.read, PollRead::Dlt645 { di: d, .. } if d == di))
+            }),
+        };
+        let format = match point.map(|p| (&p.name, &p.read)) {
+            Some((name, PollRead::Dlt645 { format, unit, .. })) => {
+                Some((name.clone(), *format, unit.clone()))
+            }
+            _ => formats::known(di).map(|k| (di.to_string(), k.format, k.unit.to_string())),
+        };
+        let Some((name, format, unit)) = format else {
+            return Ok(CommandOutcome::Dlt645 {
+                di,
+                data,
+                values: Vec::new(),
+                text: None,
+            });
+        };
+        let reading = format
+            .decode(&data)
+            .map_err(|reason| CommandError::Meter(Dlt645Error::BadValue { di, reason }))?;
+        Ok(CommandOutcome::Dlt645 {
+            di,
+            data,
+            values: vec![Decoded {
+                name,
+                raw: reading.value,
+                value: reading.value,
+                unit,
+            }],
+            text: reading.text,
+        })
     }
 
     /// The live read of a named command's `require` point came back: write, or refuse.
@@ -629,7 +713,9 @@ impl Conn {
         let name = t.profile.polls.get(poll).map_or("?", |p| p.name.as_str());
         let id = t.id.clone();
         match result {
-            Ok(CommandOutcome::Modbus { values, .. }) => self.store_values(target, poll, values),
+            Ok(CommandOutcome::Modbus { values, .. } | CommandOutcome::Dlt645 { values, .. }) => {
+                self.store_values(target, poll, values)
+            }
             Ok(CommandOutcome::Raw(_)) => {}
             Err(e) => {
                 log::warn!("device {id}: poll {name} failed: {e}");

@@ -1,25 +1,39 @@
-//! How an operator command becomes requests on the wire for one device's profile, and how a
-//! request is matched with its answer.
+//! How a poll or an operator command becomes a request on the wire for one target, and how
+//! a request is matched with its answer. The target's meter protocol (its profile's
+//! [`Meter`]: Modbus RTU, Modbus TCP, DL/T 645) is decided here and nowhere else: a [`Wire`]
+//! is built for it, framed by it and matches answers by its rules.
 
 use crate::command::{CommandError, DeviceCommand};
+use crate::protocol::dlt645::{self, Dlt645Error};
 use crate::protocol::link::Expect;
 use crate::protocol::modbus::rtu::{self, MAX_ADU};
-use crate::protocol::modbus::{ModbusError, Request, Response};
+use crate::protocol::modbus::{tcp, ModbusError, Request, Response};
 use crate::protocol::points::Point;
-use crate::settings::{NamedCommand, Profile, Require, WriteSpec};
+use crate::settings::{Meter, NamedCommand, Poll, PollRead, Profile, Require, WriteSpec};
 
 /// One request on the wire, as it must be matched with its answer.
 #[derive(Debug, Clone)]
 pub enum Wire {
+    /// A Modbus request to `slave`: RTU, or Modbus TCP in transaction `tcp` (stamped when
+    /// sent, [`Wire::stamp`]).
     Modbus {
         slave: u8,
         request: Request,
+        tcp: Option<u16>,
     },
-    /// An ADU the operator wrote by hand; its answer is checked for slave, function and CRC.
+    /// An RTU ADU the operator wrote by hand; its answer is checked for slave, function and
+    /// CRC. To a Modbus TCP slave its PDU goes in an MBAP header instead.
     Raw {
         slave: u8,
         function: u8,
         adu: Vec<u8>,
+        tcp: Option<u16>,
+    },
+    /// A DL/T 645 request to the meter at `address`; None: not known yet (`address =
+    /// "auto"`, see [`Wire::addressed`]), or the broadcast of a read of the address.
+    Dlt645 {
+        address: Option<dlt645::Address>,
+        request: dlt645::Request,
     },
 }
 
@@ -27,54 +41,193 @@ pub enum Wire {
 pub enum Answer {
     Modbus(Response),
     Raw(Vec<u8>),
+    /// The data of a DL/T 645 read (identifier removed, offset undone).
+    Dlt645 {
+        di: dlt645::Di,
+        data: Vec<u8>,
+    },
+    /// The meter's address, read with the broadcast address.
+    Address(dlt645::Address),
+}
+
+/// A Modbus TCP transaction id placeholder until [`Wire::stamp`].
+fn tcp_of(meter: Meter) -> Option<u16> {
+    (meter == Meter::ModbusTcp).then_some(0)
 }
 
 impl Wire {
-    /// A read of `count` from `start` with `function`, to `slave`.
-    pub fn read(slave: u8, function: u8, start: u16, count: u16) -> Result<Wire, String> {
-        Request::read(function, start, count)
-            .map(|request| Wire::Modbus { slave, request })
-            .map_err(|e| e.to_string())
+    /// A Modbus request to `slave` of a profile whose slave speaks `meter`.
+    pub fn modbus(meter: Meter, slave: u8, request: Request) -> Wire {
+        Wire::Modbus {
+            slave,
+            request,
+            tcp: tcp_of(meter),
+        }
     }
 
+    /// The request of `poll` to `slave` (Modbus) or to the meter at `address` (DL/T 645).
+    pub fn poll(
+        meter: Meter,
+        slave: u8,
+        address: Option<dlt645::Address>,
+        poll: &Poll,
+    ) -> Result<Wire, String> {
+        match &poll.read {
+            PollRead::Block(b) => Request::read(b.function, b.start, b.count)
+                .map(|request| Wire::modbus(meter, slave, request))
+                .map_err(|e| e.to_string()),
+            PollRead::Dlt645 { di, .. } => Ok(Wire::Dlt645 {
+                address,
+                request: dlt645::Request::Read(*di),
+            }),
+        }
+    }
+
+    /// A DL/T 645 read for a meter whose address is `known` (None: not read yet): addressed
+    /// to it, or, while it is unknown, the broadcast read of the address that must come first.
+    /// Any other request is returned as it is.
+    pub fn addressed(self, known: Option<dlt645::Address>) -> Wire {
+        match self {
+            Wire::Dlt645 {
+                address: None,
+                request: request @ dlt645::Request::Read(_),
+            } => match known {
+                Some(address) => Wire::Dlt645 {
+                    address: Some(address),
+                    request,
+                },
+                None => Wire::Dlt645 {
+                    address: None,
+                    request: dlt645::Request::ReadAddress,
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// Gives a Modbus TCP request its transaction id; nothing for other requests.
+    pub fn stamp(&mut self, transaction: u16) {
+        if let Wire::Modbus { tcp: Some(t), .. } | Wire::Raw { tcp: Some(t), .. } = self {
+            *t = transaction;
+        }
+    }
+
+    /// The bytes that go to the serial side.
     pub fn adu(&self) -> Vec<u8> {
         match self {
-            Wire::Modbus { slave, request } => request.encode(*slave),
-            Wire::Raw { adu, .. } => adu.clone(),
-        }
-    }
-
-    pub fn expect(&self) -> Expect {
-        match self {
-            Wire::Modbus { slave, request } => Expect {
-                slave: *slave,
-                function: request.function(),
-            },
+            Wire::Modbus {
+                slave,
+                request,
+                tcp: None,
+            } => request.encode(*slave),
+            Wire::Modbus {
+                slave,
+                request,
+                tcp: Some(t),
+            } => tcp::encode_request(*t, *slave, request),
+            Wire::Raw { adu, tcp: None, .. } => adu.clone(),
             Wire::Raw {
-                slave, function, ..
-            } => Expect {
-                slave: *slave,
-                function: *function,
-            },
-        }
-    }
-
-    /// Whether `adu` answers this request: the answer, a device exception, or `Err(None)`
-    /// when it is not the answer to this request at all (a late answer to an earlier one,
-    /// line noise), with what is wrong.
-    pub fn match_answer(&self, adu: &[u8]) -> Result<Answer, Mismatch> {
-        let parsed = match self {
-            Wire::Modbus { slave, request } => {
-                rtu::parse_response(*slave, request, adu).map(Answer::Modbus)
+                slave,
+                adu,
+                tcp: Some(t),
+                ..
+            } => {
+                // The PDU between the slave byte and the CRC (checked when the plan was made).
+                let pdu = adu.get(1..adu.len().saturating_sub(2)).unwrap_or_default();
+                tcp::frame(*t, *slave, pdu)
             }
-            Wire::Raw {
-                slave, function, ..
-            } => rtu::parse_raw_response(*slave, *function, adu).map(Answer::Raw),
+            Wire::Dlt645 { address, request } => {
+                request.encode(address.as_ref().unwrap_or(&dlt645::BROADCAST))
+            }
+        }
+    }
+
+    /// What its answer looks like, for a link that cuts it out of a byte stream.
+    pub fn expect(&self) -> Expect {
+        let modbus = |slave: u8, function: u8, tcp: Option<u16>| match tcp {
+            None => Expect::Rtu { slave, function },
+            Some(transaction) => Expect::Tcp {
+                transaction,
+                unit: slave,
+                function,
+            },
         };
-        parsed.map_err(|e| match e {
+        match self {
+            Wire::Modbus {
+                slave,
+                request,
+                tcp,
+            } => modbus(*slave, request.function(), *tcp),
+            Wire::Raw {
+                slave,
+                function,
+                tcp,
+                ..
+            } => modbus(*slave, *function, *tcp),
+            Wire::Dlt645 { address, request } => Expect::Dlt645 {
+                address: *address,
+                request: *request,
+            },
+        }
+    }
+
+    /// Whether `adu` answers this request: the answer, a device exception or meter error,
+    /// or `NotTheAnswer` when it is not the answer to this request at all (a late answer to
+    /// an earlier one, line noise), with what is wrong.
+    pub fn match_answer(&self, adu: &[u8]) -> Result<Answer, Mismatch> {
+        let modbus = |e: ModbusError| match e {
             e @ ModbusError::Exception { .. } => Mismatch::Exception(CommandError::Modbus(e)),
-            e => Mismatch::NotTheAnswer(e),
-        })
+            e => Mismatch::NotTheAnswer(e.to_string()),
+        };
+        match self {
+            Wire::Modbus {
+                slave,
+                request,
+                tcp: None,
+            } => rtu::parse_response(*slave, request, adu)
+                .map(Answer::Modbus)
+                .map_err(modbus),
+            Wire::Modbus {
+                slave,
+                request,
+                tcp: Some(t),
+            } => tcp::parse_response(*t, *slave, request, adu)
+                .map(Answer::Modbus)
+                .map_err(modbus),
+            Wire::Raw {
+                slave,
+                function,
+                tcp: None,
+                ..
+            } => rtu::parse_raw_response(*slave, *function, adu)
+                .map(Answer::Raw)
+                .map_err(modbus),
+            Wire::Raw {
+                slave,
+                function,
+                tcp: Some(t),
+                ..
+            } => tcp::parse_raw_response(*t, *slave, *function, adu)
+                .map(Answer::Raw)
+                .map_err(modbus),
+            Wire::Dlt645 { address, request } => {
+                match dlt645::parse_answer(*request, address.as_ref(), adu) {
+                    Ok(dlt645::Answer::Data { di, data, more }) => {
+                        if more {
+                            log::debug!(
+                                "DL/T 645 answer for {di} has frames to follow; the first is read"
+                            );
+                        }
+                        Ok(Answer::Dlt645 { di, data })
+                    }
+                    Ok(dlt645::Answer::Address(a)) => Ok(Answer::Address(a)),
+                    Err(e @ Dlt645Error::Meter { .. }) => {
+                        Err(Mismatch::Exception(CommandError::Meter(e)))
+                    }
+                    Err(e) => Err(Mismatch::NotTheAnswer(e.to_string())),
+                }
+            }
+        }
     }
 
     /// The start address of the read this request makes, for decoding its answer.
@@ -87,17 +240,18 @@ impl Wire {
                 | Request::ReadInputRegisters { start, .. } => Some(*start),
                 _ => None,
             },
-            Wire::Raw { .. } => None,
+            Wire::Raw { .. } | Wire::Dlt645 { .. } => None,
         }
     }
 }
 
 /// Why an answer did not end the request in flight.
 pub enum Mismatch {
-    /// The device refused the request: the request ends with this error.
+    /// The device refused the request (a Modbus exception, a DL/T 645 error answer): the
+    /// request ends with this error.
     Exception(CommandError),
     /// Not the answer to this request: keep waiting (the timeout retries).
-    NotTheAnswer(ModbusError),
+    NotTheAnswer(String),
 }
 
 /// An operator command once resolved against the profile.
@@ -133,13 +287,33 @@ impl Plan {
                     .into(),
             )
         };
+        let meter = target.map_or(Meter::ModbusRtu, |(profile, _)| profile.meter);
+        let dlt645 = matches!(meter, Meter::Dlt645(_));
+        if dlt645 && !matches!(command, DeviceCommand::Dlt645Read(_)) {
+            return Err(CommandError::Invalid(
+                "a DL/T 645 meter takes dlt645_read commands only (writes are not supported)"
+                    .into(),
+            ));
+        }
         match command {
+            DeviceCommand::Dlt645Read(di) => {
+                if !dlt645 {
+                    return Err(CommandError::Invalid(
+                        "dlt645_read is for DL/T 645 meters; this device's profile speaks Modbus"
+                            .into(),
+                    ));
+                }
+                Ok(Plan::Single(Wire::Dlt645 {
+                    address: None,
+                    request: dlt645::Request::Read(di),
+                }))
+            }
             DeviceCommand::Modbus(request) => {
                 let (_, slave) = target.ok_or_else(no_profile)?;
                 request
                     .validate()
                     .map_err(|e| CommandError::Invalid(e.to_string()))?;
-                Ok(Plan::Single(Wire::Modbus { slave, request }))
+                Ok(Plan::Single(Wire::modbus(meter, slave, request)))
             }
             DeviceCommand::Raw(adu) => match (adu.first(), adu.get(1)) {
                 (Some(&slave), Some(&function)) if adu.len() >= 4 && adu.len() <= MAX_ADU => {
@@ -150,6 +324,7 @@ impl Plan {
                         slave,
                         function,
                         adu,
+                        tcp: tcp_of(meter),
                     }))
                 }
                 _ => Err(CommandError::Invalid(format!(
@@ -185,7 +360,7 @@ fn named(profile: &Profile, slave: u8, command: &NamedCommand) -> Result<Plan, C
             value: *value,
         },
     };
-    let then = Wire::Modbus { slave, request };
+    let then = Wire::modbus(profile.meter, slave, request);
     let Some(require) = &command.require else {
         return Ok(Plan::Single(then));
     };
@@ -200,6 +375,7 @@ fn named(profile: &Profile, slave: u8, command: &NamedCommand) -> Result<Plan, C
     let function = profile
         .polls
         .iter()
+        .filter_map(Poll::block)
         .find(|p| {
             let end = u32::from(p.start) + u32::from(p.count);
             p.start <= point.address && u32::from(point.address) + u32::from(width) <= end
@@ -208,10 +384,7 @@ fn named(profile: &Profile, slave: u8, command: &NamedCommand) -> Result<Plan, C
     let read = Request::read(function, point.address, width)
         .map_err(|e| CommandError::Invalid(e.to_string()))?;
     Ok(Plan::Checked {
-        read: Wire::Modbus {
-            slave,
-            request: read,
-        },
+        read: Wire::modbus(profile.meter, slave, read),
         point: point.clone(),
         require: require.clone(),
         then,

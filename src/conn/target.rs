@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::settings::Profile;
+use crate::protocol::dlt645;
+use crate::settings::{Meter, Profile};
 
 /// How often a unit that stopped answering is polled, at most (without retries).
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -24,6 +25,9 @@ pub struct Target {
     pub unit: Option<Unit>,
     /// Per poll of its profile: queued or in flight, so a slow slave never piles up polls.
     pub poll_pending: Vec<bool>,
+    /// A DL/T 645 meter's address: the unit's or the profile's, or once read (`address =
+    /// "auto"`) the one it answered with; None until then (and for a Modbus slave).
+    pub meter_address: Option<dlt645::Address>,
 }
 
 /// Whether a unit answers.
@@ -57,7 +61,7 @@ impl Target {
     /// The targets of a DTU polled with `profile`: its units, or its one slave.
     pub fn of(profile: &Arc<Profile>) -> Vec<Target> {
         if profile.units.is_empty() {
-            return vec![Target::new(profile.slave, profile.clone(), None)];
+            return vec![Target::new(profile.slave, profile.clone(), None, None)];
         }
         profile
             .units
@@ -69,19 +73,29 @@ impl Target {
                     last_probe: None,
                     since: Utc::now(),
                 };
-                Target::new(u.slave, u.profile.clone(), Some(unit))
+                Target::new(u.slave, u.profile.clone(), Some(unit), u.address)
             })
             .collect()
     }
 
-    fn new(slave: u8, profile: Arc<Profile>, unit: Option<Unit>) -> Target {
+    fn new(
+        slave: u8,
+        profile: Arc<Profile>,
+        unit: Option<Unit>,
+        address: Option<dlt645::Address>,
+    ) -> Target {
         let polls = profile.polls.len();
+        let meter_address = match profile.meter {
+            Meter::Dlt645(own) => address.or(own),
+            Meter::ModbusRtu | Meter::ModbusTcp => None,
+        };
         Target {
             slave,
             profile,
             id: String::new(),
             unit,
             poll_pending: vec![false; polls],
+            meter_address,
         }
     }
 
@@ -158,6 +172,7 @@ mod tests {
             max_failed: 3,
             registration: None,
             heartbeat: None,
+            meter: Meter::ModbusRtu,
         });
         Target::new(
             7,
@@ -168,6 +183,7 @@ mod tests {
                 last_probe: None,
                 since: Utc::now(),
             }),
+            None,
         )
     }
 

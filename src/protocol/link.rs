@@ -15,6 +15,7 @@ use std::str::FromStr;
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::hex::to_hex;
+use crate::protocol::serial::Framing;
 
 /// What a device sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,9 +30,9 @@ pub enum Inbound {
     /// Bytes that are neither a heartbeat nor the answer awaited, on a link without framing of
     /// its own (transparent): stored, never answered.
     Unsolicited(Bytes),
-    /// One answer from the serial side: a Modbus RTU response ADU, CRC included. A link that
-    /// frames it (framed type 04) has not looked inside; the connection parses it against the
-    /// request in flight.
+    /// One answer from the serial side: a Modbus RTU response ADU (CRC included), a Modbus TCP
+    /// ADU or a DL/T 645 frame. A link that frames it (framed type 04) has not looked inside;
+    /// the connection parses it against the request in flight.
     Answer(Bytes),
     /// Dropped bytes; the connection logs `reason` and the bytes in hex with the device id.
     Malformed { reason: String, bytes: Bytes },
@@ -48,7 +49,8 @@ pub enum Outbound {
     DataAck,
     /// The answer to [`Inbound::Logout`].
     LogoutAck,
-    /// A request for the serial side: a Modbus RTU ADU with CRC.
+    /// A request for the serial side: a Modbus RTU ADU with CRC, a Modbus TCP ADU or a
+    /// DL/T 645 frame, as the meter behind the DTU speaks.
     Request(Bytes),
 }
 
@@ -76,13 +78,10 @@ impl CodecError {
     }
 }
 
-/// The answer the connection waits for: the slave and function of the request in flight.
-/// A link without framing of its own needs it to cut the answer out of the byte stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expect {
-    pub slave: u8,
-    pub function: u8,
-}
+/// The answer the connection waits for, as the request in flight makes it look (RTU, Modbus
+/// TCP, DL/T 645). A link without framing of its own needs it to cut the answer out of the
+/// byte stream.
+pub use crate::protocol::serial::Expect;
 
 /// The server side of a link protocol for one connection.
 pub trait LinkCodec: Send + fmt::Debug {
@@ -235,6 +234,9 @@ pub struct DeviceOptions {
     /// When the registration is sent, where the protocol leaves that to the DTU's
     /// configuration.
     pub registration_mode: RegistrationMode,
+    /// How the meter behind it frames requests, for a link that has to find them in the
+    /// bytes that arrive (transparent).
+    pub framing: Framing,
 }
 
 /// What a simulated device gets from the server.

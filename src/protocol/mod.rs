@@ -8,11 +8,13 @@
 //! the simulator and the API find it there.
 
 pub mod ddp;
+pub mod dlt645;
 pub mod framed;
 pub mod hex;
 pub mod link;
 pub mod modbus;
 pub mod points;
+pub mod serial;
 pub mod transparent;
 pub mod ttms;
 

@@ -3,7 +3,8 @@
 //!
 //! Nothing on the wire says where a packet ends, so the codec decides from context: the
 //! first bytes are the registration as the profile describes it; later, a response to the
-//! request in flight is framed by the RTU rules ([`rtu::response_len`] + CRC), the profile's
+//! request in flight is framed by its protocol's rules ([`Expect`]: RTU length and CRC, the MBAP
+//! header of Modbus TCP, the DL/T 645 frame and checksum), the profile's
 //! heartbeat bytes are a heartbeat wherever an item may begin (alone, glued before or after
 //! an answer, inside other bytes), and anything else is unsolicited data. A complete answer
 //! with a good CRC always wins: a heartbeat is never taken out of an RTU frame's bytes, and
@@ -23,7 +24,7 @@
 //! the bytes were cut into reads.
 //!
 //! Bounds: the registration is looked for in the first [`REGISTRATION_WINDOW`] bytes; a
-//! response candidate is at most [`MAX_ADU`] bytes, resynchronising one byte at a time; a
+//! response candidate is at most [`MAX_REQUEST`] bytes, resynchronising one byte at a time; a
 //! partial heartbeat is shorter than the heartbeat, a partial prefix shorter than the
 //! registration; data items are at most [`MAX_DATA`] bytes. So the codec never holds more
 //! than a few hundred bytes between reads, and each decode call consumes at least one byte or
@@ -37,7 +38,7 @@ use crate::protocol::link::{
     CodecError, DeviceLink, Expect, FromServer, Heartbeat, IdFormat, IdMatcher, Inbound, LinkCodec,
     LinkOptions, LinkProtocol, Outbound, Registration, RegistrationMode, Role,
 };
-use crate::protocol::modbus::rtu::{self, MAX_ADU};
+use crate::protocol::serial::{Candidate, Framing, MAX_REQUEST};
 
 /// The entry of [`crate::protocol::PROTOCOLS`].
 pub const PROTOCOL: LinkProtocol = LinkProtocol {
@@ -45,10 +46,10 @@ pub const PROTOCOL: LinkProtocol = LinkProtocol {
     role: Role::Polled {
         server: server_codec,
         device: |options| {
-            Box::new(TransparentDevice::new(
-                options.heartbeat.clone(),
-                options.registration_mode,
-            ))
+            Box::new(
+                TransparentDevice::new(options.heartbeat.clone(), options.registration_mode)
+                    .with_framing(options.framing),
+            )
         },
     },
     needs_registration: true,
@@ -101,18 +102,6 @@ enum Packet {
     Open,
     /// Another DTU's, this id's: its serial bytes are dropped.
     Foreign(String),
-}
-
-/// What the bytes at the start of the buffer are, as far as the request in flight goes.
-enum Candidate {
-    /// Not its answer.
-    No,
-    /// Its answer may begin here: wait for more bytes.
-    Wait,
-    /// Its answer, this many bytes, CRC checked.
-    Answer(usize),
-    /// Its header, but no answer: why.
-    Rejected(String),
 }
 
 /// One decode step after registration.
@@ -232,44 +221,31 @@ impl TransparentCodec {
         }
     }
 
-    /// Whether `bytes` begin the answer to the request in flight.
+    /// Whether `bytes` begin the answer to the request in flight (or, a normal one, an answer
+    /// that may come unasked): the first answer any of them finds, else a wait, else the
+    /// reason a header led to no answer.
     fn response_at(&self, bytes: &[u8]) -> Candidate {
-        if !self.response_may_start(bytes) {
-            return Candidate::No;
-        }
-        if bytes.len() < 2 {
-            // Only the slave byte so far: the function byte decides.
-            return Candidate::Wait;
-        }
-        match rtu::response_len(bytes) {
-            Some(n) if n > MAX_ADU => {
-                Candidate::Rejected(format!("response length {n} over {MAX_ADU}"))
+        let awaited = self.expect.iter().map(|e| (e, true));
+        let unasked = self.passive.iter().map(|e| (e, false));
+        let mut found = Candidate::No;
+        for (expect, exceptions) in awaited.chain(unasked) {
+            match expect.candidate(bytes, exceptions) {
+                Candidate::Answer(n) => return Candidate::Answer(n),
+                Candidate::Wait => found = Candidate::Wait,
+                Candidate::Rejected(reason) if found == Candidate::No => {
+                    found = Candidate::Rejected(reason)
+                }
+                _ => {}
             }
-            Some(n) => match bytes.get(..n) {
-                Some(adu) if rtu::check_crc(adu) => Candidate::Answer(n),
-                Some(adu) => Candidate::Rejected(format!("bad CRC in response {}", to_hex(adu))),
-                None => Candidate::Wait,
-            },
-            None if bytes.len() >= MAX_ADU => {
-                Candidate::Rejected(format!("no CRC-framed response in {MAX_ADU} bytes"))
-            }
-            None => Candidate::Wait,
         }
+        found
     }
 
     /// True if a response header to the request in flight (slave, function or exception)
     /// starts `bytes`, or could once more bytes come (`bytes` is just the slave).
     fn response_may_start(&self, bytes: &[u8]) -> bool {
-        let fits = |expect: &Expect, exception: bool| match bytes {
-            [slave] => *slave == expect.slave,
-            [slave, function, ..] => {
-                *slave == expect.slave
-                    && (*function == expect.function
-                        || (exception && *function == expect.function | 0x80))
-            }
-            [] => false,
-        };
-        self.expect.is_some_and(|e| fits(&e, true)) || self.passive.iter().any(|e| fits(e, false))
+        self.expect.is_some_and(|e| e.may_start(bytes, true))
+            || self.passive.iter().any(|e| e.may_start(bytes, false))
     }
 
     /// True if the heartbeat starts `bytes`, or `bytes` is a proper prefix of it.
@@ -425,9 +401,9 @@ impl LinkCodec for TransparentCodec {
             ),
             // Downlink requests carry no prefix, whatever the registration mode.
             Outbound::Request(adu) => {
-                if adu.len() > MAX_ADU {
+                if adu.len() > MAX_REQUEST {
                     return Err(CodecError::protocol(
-                        format!("Modbus request of {} bytes over {MAX_ADU}", adu.len()),
+                        format!("request of {} bytes over {MAX_REQUEST}", adu.len()),
                         &adu,
                     ));
                 }
@@ -439,7 +415,7 @@ impl LinkCodec for TransparentCodec {
         Ok(())
     }
 
-    /// The request in flight; its answer is framed by RTU rules until this changes.
+    /// The request in flight; its answer is framed by its protocol's rules until this changes.
     fn set_expect(&mut self, expect: Option<Expect>) {
         self.expect = expect;
     }
@@ -465,11 +441,22 @@ pub const USR_HEARTBEAT: &[u8] = b"www.usr.cn";
 pub struct TransparentDevice {
     heartbeat: Vec<u8>,
     mode: RegistrationMode,
+    /// How the meter behind it frames requests (RTU unless told).
+    framing: Framing,
 }
 
 impl TransparentDevice {
     pub fn new(heartbeat: Vec<u8>, mode: RegistrationMode) -> TransparentDevice {
-        TransparentDevice { heartbeat, mode }
+        TransparentDevice {
+            heartbeat,
+            mode,
+            framing: Framing::Rtu,
+        }
+    }
+
+    /// The same DTU in front of a meter whose requests are framed by `framing`.
+    pub fn with_framing(self, framing: Framing) -> TransparentDevice {
+        TransparentDevice { framing, ..self }
     }
 
     /// `packet` as device `number` sends it: after its registration in the prefix modes.
@@ -515,7 +502,7 @@ impl DeviceLink for TransparentDevice {
     }
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<FromServer>, CodecError> {
-        match rtu::find_request(buf) {
+        match self.framing.find_request(buf) {
             Some((start, len)) => {
                 if start > 0 {
                     log::debug!("transparent device: skipping {}", to_hex(&buf[..start]));
@@ -525,8 +512,9 @@ impl DeviceLink for TransparentDevice {
             }
             None => {
                 // Nothing framed in twice the longest request: keep only what may still begin one.
-                if buf.len() > 2 * MAX_ADU {
-                    buf.advance(buf.len() - MAX_ADU);
+                let max = self.framing.max_request();
+                if buf.len() > 2 * max {
+                    buf.advance(buf.len() - max);
                 }
                 Ok(None)
             }

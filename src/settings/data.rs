@@ -10,8 +10,12 @@ use super::tree::{
     array, array_of, child_path, duration, float, hex_bytes, index_path, int_in, name, parsed,
     report_duplicates, string, uint, Ctx, Field, Section,
 };
-use super::{DataSettings, NamedCommand, Poll, PollTrigger, Profile, Require, Unit, WriteSpec};
+use super::{
+    Block, DataSettings, Meter, NamedCommand, Poll, PollRead, PollTrigger, Profile, Require, Unit,
+    WriteSpec,
+};
 use crate::events::rules::Rule;
+use crate::protocol::dlt645::{self, formats, Di};
 use crate::protocol::link::{Heartbeat, IdFormat, IdMatcher, Registration, RegistrationMode};
 use crate::protocol::points::{Point, PointType, WordOrder};
 
@@ -101,19 +105,23 @@ struct UnitRef {
     /// Its path in the file and the value of its `profile` key, for messages.
     path: String,
     value: Value,
+    /// A DL/T 645 meter's address, with its path and value for messages.
+    address: Option<(dlt645::Address, String, Value)>,
 }
 
-/// Reads `[[profiles.X.units]]`: each a slave 1..=247 (no slave twice) and a profile.
+/// Reads `[[profiles.X.units]]`: each a slave 1..=247 (no slave twice), a profile, and for a
+/// DL/T 645 meter optionally its address.
 fn units(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Vec<UnitRef> {
     let mut out = Vec::new();
     let mut seen = BTreeMap::new();
     for (i, item) in list(ctx, s, "units").iter().enumerate() {
         let path = index_path(&s.key("units"), i);
-        let Some(u) = Section::new(ctx, &path, item, &["slave", "profile"]) else {
+        let Some(u) = Section::new(ctx, &path, item, &["slave", "profile", "address"]) else {
             continue;
         };
         let slave = u.required(ctx, "slave", uint::<u8>(1, 247));
         let profile = u.required(ctx, "profile", name);
+        let address = u.field(ctx, "address", parsed::<dlt645::Address>);
         if let Some(slave) = slave {
             if let Some(first) = seen.insert(slave, u.key("slave")) {
                 ctx.err(
@@ -123,19 +131,27 @@ fn units(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Vec<UnitRef> {
                 );
             }
         }
+        let Some(address) = address.optional() else {
+            continue;
+        };
         if let (Some(slave), Some(profile), Some(value)) = (slave, profile, u.get("profile")) {
             out.push(UnitRef {
                 slave,
                 profile,
                 path: u.key("profile"),
                 value: value.clone(),
+                address: address
+                    .zip(u.get("address"))
+                    .map(|(a, v)| (a, u.key("address"), v.clone())),
             });
         }
     }
     out
 }
 
-/// Looks each unit's profile up: it must be defined and have no units itself.
+/// Looks each unit's profile up: it must be defined and have no units itself. A DL/T 645
+/// meter on a bus of several needs an address of its own (`auto` reads the only one), and
+/// two meters cannot share one.
 fn resolve_units(
     ctx: &mut Ctx<'_>,
     units: Vec<UnitRef>,
@@ -143,15 +159,53 @@ fn resolve_units(
     index: &ProfileIndex,
 ) -> Vec<Unit> {
     let mut out = Vec::new();
+    let several = units.len() > 1;
+    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
     for u in units {
         let problem = match (
             data.profiles.get(&u.profile),
             index.profiles.get(&u.profile),
         ) {
             (Some(profile), _) => {
+                let given = u.address.as_ref().map(|(a, _, _)| *a);
+                match (profile.meter, &u.address) {
+                    (Meter::Dlt645(own), _) => match given.or(own) {
+                        Some(address) => {
+                            if let Some(first) = addresses.insert(address.printed(), u.path.clone())
+                            {
+                                ctx.err(
+                                    &u.path,
+                                    Some(&u.value),
+                                    format!("meter address {address} is already the unit at {first}"),
+                                );
+                            }
+                        }
+                        None if several => ctx.err(
+                            &u.path,
+                            Some(&u.value),
+                            format!(
+                                "profile {:?} reads its meter's address (address = \"auto\"), which \
+                                 only works with one meter on the bus: give this unit address = \
+                                 \"<12 digits>\"",
+                                u.profile
+                            ),
+                        ),
+                        None => {}
+                    },
+                    (_, Some((_, path, value))) => ctx.err(
+                        path,
+                        Some(value),
+                        format!(
+                            "only a DL/T 645 meter has an address; profile {:?} is a Modbus slave",
+                            u.profile
+                        ),
+                    ),
+                    (_, None) => {}
+                }
                 out.push(Unit {
                     slave: u.slave,
                     profile: profile.clone(),
+                    address: given,
                 });
                 continue;
             }
@@ -191,8 +245,15 @@ fn profile(
             "heartbeat",
             "units",
             "max_failed",
+            "modbus",
+            "meter",
+            "address",
         ],
     )?;
+    let meter = meter(ctx, &s);
+    // Read as a meter even when its other keys have problems, so every problem is reported.
+    let dlt645 =
+        matches!(&s.get("meter").map(|v| &v.kind), Some(ValueKind::String(m)) if m == "dlt645");
     let slave = s.field(ctx, "slave", uint::<u8>(1, 247)).or(1);
     let response_timeout = s
         .field(ctx, "response_timeout", duration)
@@ -214,16 +275,42 @@ fn profile(
     report_duplicates(ctx, "point", &point_names);
     let known_points: BTreeSet<&str> = point_names.iter().map(|(_, n)| n.as_str()).collect();
     let mut points = Vec::new();
-    let all_polls_valid = polls.iter().all(Option::is_some);
-    let valid_polls: Vec<&Poll> = polls.iter().flatten().collect();
-    for (i, item) in point_items.iter().enumerate() {
-        let path = index_path(&s.key("points"), i);
-        if let Some(p) = point(ctx, &path, item) {
-            // With a broken poll, "outside every poll" would only repeat that problem.
-            if all_polls_valid {
-                check_coverage(ctx, &path, item, &p, &valid_polls);
+    let mut polls = polls;
+    if dlt645 {
+        // Each point of a DL/T 645 meter is a read of its own, on its own schedule.
+        polls = point_items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| dlt645_point(ctx, &index_path(&s.key("points"), i), item))
+            .collect();
+    } else {
+        let all_polls_valid = polls.iter().all(Option::is_some);
+        let valid_polls: Vec<&Poll> = polls.iter().flatten().collect();
+        for (i, item) in point_items.iter().enumerate() {
+            let path = index_path(&s.key("points"), i);
+            if let Some(p) = point(ctx, &path, item) {
+                // With a broken poll, "outside every poll" would only repeat that problem.
+                if all_polls_valid {
+                    check_coverage(ctx, &path, item, &p, &valid_polls);
+                }
+                points.push(p);
             }
-            points.push(p);
+        }
+        if meter == Some(Meter::ModbusTcp) {
+            for (i, poll) in polls.iter().enumerate() {
+                if poll
+                    .as_ref()
+                    .is_some_and(|p| p.trigger == PollTrigger::Passive)
+                {
+                    let key = child_path(&index_path(&s.key("polls"), i), "trigger");
+                    ctx.err(
+                        &key,
+                        None,
+                        "a passive poll is an RTU answer the DTU sends up; a Modbus TCP slave \
+                         (modbus = \"tcp\") has none",
+                    );
+                }
+            }
         }
     }
 
@@ -253,9 +340,30 @@ fn profile(
     let max_failed = s
         .field(ctx, "max_failed", uint::<u32>(1, u32::MAX.into()))
         .or(3);
+    if dlt645 {
+        // A meter is read by data identifier; it has no slave, blocks or Modbus writes.
+        for (key, why) in [
+            ("slave", "its address is `address`"),
+            ("polls", "each point is a read of its own (di, every)"),
+            (
+                "commands",
+                "writes need the meter's passwords and are not supported",
+            ),
+        ] {
+            if s.get(key).is_some() {
+                ctx.err(
+                    &s.key(key),
+                    s.get(key),
+                    format!("a DL/T 645 meter (meter = \"dlt645\") has no {key}: {why}"),
+                );
+            }
+        }
+    }
     if !units.is_empty() {
         // A bus is polled through its units; its own polls would have no slave to go to.
-        for key in ["slave", "polls", "points", "commands", "rules"] {
+        for key in [
+            "slave", "polls", "points", "commands", "rules", "modbus", "meter", "address",
+        ] {
             if s.get(key).is_some() {
                 ctx.err(
                     &s.key(key),
@@ -279,6 +387,7 @@ fn profile(
         heartbeat: heartbeat?,
         units: Vec::new(),
         max_failed: max_failed?,
+        meter: meter?,
     };
     Some((profile, units))
 }
@@ -304,6 +413,158 @@ fn peek_names(path: &str, items: &[Value]) -> Vec<(String, String)> {
             _ => None,
         })
         .collect()
+}
+
+/// What the slave speaks: `modbus = "rtu" | "tcp"` (default rtu), or `meter = "dlt645"` with
+/// its `address` (12 digits, or "auto", the default).
+fn meter(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<Meter> {
+    let kind = s.field(ctx, "meter", |ctx, path, v| {
+        match string(ctx, path, v)?.as_str() {
+            "dlt645" => Some(true),
+            "modbus" => Some(false),
+            other => {
+                ctx.err(
+                    path,
+                    Some(v),
+                    format!("unknown meter {other:?} (expected dlt645, or modbus, the default)"),
+                );
+                None
+            }
+        }
+    });
+    let modbus = s.field(ctx, "modbus", |ctx, path, v| {
+        match string(ctx, path, v)?.as_str() {
+            "rtu" => Some(Meter::ModbusRtu),
+            "tcp" => Some(Meter::ModbusTcp),
+            other => {
+                ctx.err(
+                    path,
+                    Some(v),
+                    format!("unknown Modbus framing {other:?} (expected rtu or tcp)"),
+                );
+                None
+            }
+        }
+    });
+    let address = s.field(ctx, "address", |ctx, path, v| {
+        let text = string(ctx, path, v)?;
+        if text == "auto" {
+            return Some(None);
+        }
+        match text.parse::<dlt645::Address>() {
+            Ok(a) => Some(Some(a)),
+            Err(e) => {
+                ctx.err(path, Some(v), format!("{e}, or \"auto\""));
+                None
+            }
+        }
+    });
+    match kind.or(false)? {
+        true => {
+            if let Some(framing) = s.get("modbus") {
+                ctx.err(
+                    &s.key("modbus"),
+                    Some(framing),
+                    "a DL/T 645 meter (meter = \"dlt645\") speaks no Modbus: modbus = \"tcp\" or \
+                     \"rtu\" does not go with it",
+                );
+                return None;
+            }
+            Some(Meter::Dlt645(address.or(None)?))
+        }
+        false => {
+            if let Some(value) = s.get("address") {
+                ctx.err(
+                    &s.key("address"),
+                    Some(value),
+                    "only a DL/T 645 meter (meter = \"dlt645\") has an address; a Modbus slave's \
+                     is `slave`",
+                );
+                return None;
+            }
+            modbus.or(Meter::ModbusRtu)
+        }
+    }
+}
+
+/// When a poll runs: `every = "30s"`, or `trigger = "heartbeat"` (or, where `passive` may,
+/// `"passive"`); exactly one of them.
+fn schedule(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+    path: &str,
+    v: &Value,
+    passive: bool,
+) -> Option<PollTrigger> {
+    let every = s.field(ctx, "every", duration);
+    let trigger = s.field(ctx, "trigger", trigger);
+    match (every, trigger) {
+        (Field::Value(d), Field::Missing) => Some(PollTrigger::Every(d)),
+        (Field::Missing, Field::Value(PollTrigger::Passive)) if !passive => {
+            ctx.err(
+                &s.key("trigger"),
+                s.get("trigger"),
+                "a DL/T 645 point is read by the server: use every = \"30s\" or trigger = \"heartbeat\"",
+            );
+            None
+        }
+        (Field::Missing, Field::Value(t)) => Some(t),
+        (Field::Missing, Field::Missing) => {
+            let message = if passive {
+                "needs every = \"30s\" (a timer), trigger = \"heartbeat\" or trigger = \"passive\""
+            } else {
+                "needs every = \"30s\" (a timer) or trigger = \"heartbeat\""
+            };
+            ctx.err(path, Some(v), message);
+            None
+        }
+        (every, trigger) => {
+            if every.is_present() && trigger.is_present() {
+                ctx.err(path, Some(v), "has both every and trigger; use one");
+            }
+            None
+        }
+    }
+}
+
+/// A point of a DL/T 645 meter: one data identifier read on its own schedule. The format
+/// (and the unit, unless given) come from the table of known identifiers, or from `format`.
+fn dlt645_point(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
+    let s = Section::new(
+        ctx,
+        path,
+        v,
+        &["name", "di", "every", "trigger", "unit", "format"],
+    )?;
+    let point_name = s.required(ctx, "name", name);
+    let di = s.required(ctx, "di", parsed::<Di>);
+    let format = s.field(ctx, "format", parsed::<formats::Format>).optional();
+    let unit = s.field(ctx, "unit", string).optional();
+    let trigger = schedule(ctx, &s, path, v, false);
+    let (di, format, unit) = (di?, format?, unit?);
+    let known = formats::known(di);
+    let Some(format) = format.or(known.map(|k| k.format)) else {
+        ctx.err(
+            &s.key("di"),
+            s.get("di"),
+            format!(
+                "data identifier {di} is not in the table of known formats: give its format, \
+                 e.g. format = \"XXXXXX.XX\""
+            ),
+        );
+        return None;
+    };
+    Some(Poll {
+        name: point_name?,
+        trigger: trigger?,
+        read: PollRead::Dlt645 {
+            di,
+            format,
+            unit: unit
+                .or(known.map(|k| k.unit.to_string()))
+                .unwrap_or_default(),
+        },
+    })
 }
 
 fn poll(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
@@ -355,32 +616,15 @@ fn poll(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Poll> {
             None => Some(c),
         }
     });
-    let every = s.field(ctx, "every", duration);
-    let trigger = s.field(ctx, "trigger", trigger);
-    let trigger = match (every, trigger) {
-        (Field::Value(d), Field::Missing) => Some(PollTrigger::Every(d)),
-        (Field::Missing, Field::Value(t)) => Some(t),
-        (Field::Missing, Field::Missing) => {
-            ctx.err(
-                path,
-                Some(v),
-                "needs every = \"30s\" (a timer), trigger = \"heartbeat\" or trigger = \"passive\"",
-            );
-            None
-        }
-        (every, trigger) => {
-            if every.is_present() && trigger.is_present() {
-                ctx.err(path, Some(v), "has both every and trigger; use one");
-            }
-            None
-        }
-    };
+    let trigger = schedule(ctx, &s, path, v, true);
     Some(Poll {
         name: poll_name?,
-        function: function?,
-        start: start?,
-        count: count?,
         trigger: trigger?,
+        read: PollRead::Block(Block {
+            function: function?,
+            start: start?,
+            count: count?,
+        }),
     })
 }
 
@@ -461,11 +705,15 @@ fn check_coverage(ctx: &mut Ctx<'_>, path: &str, v: &Value, p: &Point, polls: &[
     let first = p.address;
     let last = p.address.saturating_add(p.ty.registers() - 1);
     let any_poll = p.ty == PointType::Bool && p.bit.is_none();
-    let fits = |poll: &&&Poll| any_poll || poll.reads_registers();
-    let candidates: Vec<&&Poll> = polls.iter().filter(fits).collect();
+    let blocks: Vec<(&str, Block)> = polls
+        .iter()
+        .filter_map(|poll| poll.block().map(|b| (poll.name.as_str(), b)))
+        .collect();
+    let fits = |(_, block): &&(&str, Block)| any_poll || block.reads_registers();
+    let candidates: Vec<&(&str, Block)> = blocks.iter().filter(fits).collect();
     if candidates
         .iter()
-        .any(|poll| poll.start <= first && last <= poll.end())
+        .any(|(_, poll)| poll.start <= first && last <= poll.end())
     {
         return;
     }
@@ -474,23 +722,21 @@ fn check_coverage(ctx: &mut Ctx<'_>, path: &str, v: &Value, p: &Point, polls: &[
         ValueKind::Table(t) => t.get("address"),
         _ => None,
     };
-    let message = if let Some(poll) = candidates
+    let message = if let Some((name, poll)) = candidates
         .iter()
-        .find(|poll| poll.start <= first && first <= poll.end())
+        .find(|(_, poll)| poll.start <= first && first <= poll.end())
     {
         format!(
-            "this {} spans {first}..={last} but poll {:?} ends at {}",
+            "this {} spans {first}..={last} but poll {name:?} ends at {}",
             p.ty,
-            poll.name,
             poll.end()
         )
-    } else if let Some(poll) = polls
+    } else if let Some((name, poll)) = blocks
         .iter()
-        .find(|poll| poll.start <= first && first <= poll.end())
+        .find(|(_, poll)| poll.start <= first && first <= poll.end())
     {
         format!(
-            "address {first} is in poll {:?}, which reads {}; a {} point{} needs a register poll (function 3 or 4)",
-            poll.name,
+            "address {first} is in poll {name:?}, which reads {}; a {} point{} needs a register poll (function 3 or 4)",
             if poll.function == 1 { "coils" } else { "discrete inputs" },
             p.ty,
             if p.bit.is_some() { " with a bit" } else { "" }
@@ -498,9 +744,9 @@ fn check_coverage(ctx: &mut Ctx<'_>, path: &str, v: &Value, p: &Point, polls: &[
     } else if polls.is_empty() {
         format!("address {first} is outside every poll's range (the profile has no polls)")
     } else {
-        let ranges: Vec<String> = polls
+        let ranges: Vec<String> = blocks
             .iter()
-            .map(|poll| format!("{} {}..={}", poll.name, poll.start, poll.end()))
+            .map(|(name, poll)| format!("{name} {}..={}", poll.start, poll.end()))
             .collect();
         format!(
             "address {first} is outside every poll's range ({})",
@@ -817,7 +1063,10 @@ type = "f32"
         // Crosses the end of "a" but lies whole in "b": fine.
         let (data, errors) = check(base);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(data.profiles["p"].polls[1].end(), 4);
+        assert_eq!(
+            data.profiles["p"].polls[1].block().map(|b| b.end()),
+            Some(4)
+        );
         // An f64 at 1 needs 1..=4: still inside "b".
         let (_, errors) = check(&base.replace("\"f32\"", "\"f64\""));
         assert!(errors.is_empty(), "{errors:?}");
@@ -956,6 +1205,228 @@ every = \"1s\"
         );
         assert!(
             errors.iter().any(|e| e.contains("both every and trigger")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn modbus_framing_defaults_to_rtu() {
+        let meter = |extra: &str| {
+            let (data, errors) = check(&format!("[profiles.p]\n{extra}"));
+            (data.profiles.get("p").map(|p| p.meter), errors)
+        };
+        assert_eq!(meter(""), (Some(Meter::ModbusRtu), vec![]));
+        assert_eq!(meter("modbus = \"rtu\""), (Some(Meter::ModbusRtu), vec![]));
+        assert_eq!(meter("modbus = \"tcp\""), (Some(Meter::ModbusTcp), vec![]));
+        assert_eq!(
+            meter("modbus = \"ascii\""),
+            (
+                None,
+                vec!["data.toml: profiles.p.modbus: unknown Modbus framing \"ascii\" (expected rtu or tcp)".to_string()]
+            )
+        );
+        // A passive poll is an RTU answer: not for a Modbus TCP slave.
+        let (_, errors) = check(
+            "[profiles.p]\nmodbus = \"tcp\"\n[[profiles.p.polls]]\nname = \"auto\"\nfunction = 3\nstart = 0\ncount = 2\ntrigger = \"passive\"\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("profiles.p.polls[0].trigger: a passive poll"),
+            "{errors:?}"
+        );
+    }
+
+    const METER: &str = r#"
+[profiles.m]
+meter = "dlt645"
+response_timeout = "2s"
+[[profiles.m.points]]
+name = "energy_total"
+di = "00010000"
+every = "60s"
+[[profiles.m.points]]
+name = "voltage_a"
+di = "02010100"
+every = "10s"
+unit = "volt"
+[[profiles.m.points]]
+name = "apparent"
+di = "02050000"
+format = "-XX.XXXX"
+unit = "kVA"
+trigger = "heartbeat"
+"#;
+
+    #[test]
+    fn a_dlt645_meter_reads_each_point_on_its_own_schedule() {
+        let (data, errors) = check(METER);
+        assert!(errors.is_empty(), "{errors:?}");
+        let m = &data.profiles["m"];
+        assert_eq!(m.meter, Meter::Dlt645(None), "address defaults to auto");
+        assert!(m.points.is_empty());
+        let reads: Vec<(&str, String, String, String)> = m
+            .polls
+            .iter()
+            .map(|p| match &p.read {
+                PollRead::Dlt645 { di, format, unit } => (
+                    p.name.as_str(),
+                    di.to_string(),
+                    format.to_string(),
+                    unit.clone(),
+                ),
+                PollRead::Block(_) => panic!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                (
+                    "energy_total",
+                    "00010000".into(),
+                    "XXXXXX.XX".into(),
+                    "kWh".into()
+                ),
+                (
+                    "voltage_a",
+                    "02010100".into(),
+                    "XXX.X".into(),
+                    "volt".into()
+                ),
+                (
+                    "apparent",
+                    "02050000".into(),
+                    "-XX.XXXX".into(),
+                    "kVA".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            m.polls[0].trigger,
+            PollTrigger::Every(Duration::from_secs(60))
+        );
+        assert_eq!(m.polls[2].trigger, PollTrigger::Heartbeat);
+        let (data, errors) = check(&METER.replace(
+            "meter = \"dlt645\"",
+            "meter = \"dlt645\"\naddress = \"123456789012\"",
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            data.profiles["m"].meter,
+            Meter::Dlt645(Some("123456789012".parse().expect("address")))
+        );
+    }
+
+    #[test]
+    fn bad_dlt645_settings_are_reported_at_their_keys() {
+        let text = r#"
+[profiles.m]
+meter = "dlt645"
+address = "12345"
+modbus = "tcp"
+slave = 3
+[[profiles.m.commands]]
+name = "c"
+write = { address = 1, value = 1 }
+[[profiles.m.points]]
+name = "a"
+di = "0001000"
+every = "1s"
+[[profiles.m.points]]
+name = "b"
+di = "02990000"
+every = "1s"
+[[profiles.m.points]]
+name = "c"
+di = "02010100"
+format = "XX,X"
+every = "1s"
+[[profiles.m.points]]
+name = "d"
+di = "02010100"
+trigger = "passive"
+[[profiles.m.points]]
+name = "e"
+di = "02010100"
+
+[profiles.modbus]
+address = "123456789012"
+
+[profiles.other]
+meter = "iec62056"
+"#;
+        let (data, errors) = check(text);
+        let has = |key: &str, what: &str| {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(&format!("{key}: ")) && e.contains(what)),
+                "no error at {key} saying {what:?} in {errors:#?}"
+            )
+        };
+        has(
+            "profiles.m.address",
+            "is not a meter address (12 decimal digits",
+        );
+        has("profiles.m.modbus", "speaks no Modbus");
+        has("profiles.m.slave", "has no slave");
+        has("profiles.m.commands", "writes need the meter's passwords");
+        has(
+            "profiles.m.points[0].di",
+            "is not a data identifier (8 hex digits",
+        );
+        has(
+            "profiles.m.points[1].di",
+            "02990000 is not in the table of known formats",
+        );
+        has("profiles.m.points[2].format", "is not a format");
+        has("profiles.m.points[3].trigger", "is read by the server");
+        has("profiles.m.points[4]", "needs every");
+        has("profiles.modbus.address", "only a DL/T 645 meter");
+        has("profiles.other.meter", "unknown meter \"iec62056\"");
+        assert!(data.profiles.is_empty());
+    }
+
+    #[test]
+    fn meters_on_a_bus_are_units_with_addresses_of_their_own() {
+        let bus = |units: &str| check(&format!("{METER}\n[profiles.bus]\n{units}"));
+        let (data, errors) = bus(
+            "[[profiles.bus.units]]\nslave = 1\nprofile = \"m\"\naddress = \"000000000001\"\n\
+             [[profiles.bus.units]]\nslave = 2\nprofile = \"m\"\naddress = \"000000000002\"\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let addresses: Vec<String> = data.profiles["bus"]
+            .units
+            .iter()
+            .map(|u| u.address.map(|a| a.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(addresses, ["000000000001", "000000000002"]);
+        // One meter may read its address; two cannot.
+        let (_, errors) = bus("[[profiles.bus.units]]\nslave = 1\nprofile = \"m\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let (_, errors) = bus("[[profiles.bus.units]]\nslave = 1\nprofile = \"m\"\n\
+             [[profiles.bus.units]]\nslave = 2\nprofile = \"m\"\naddress = \"000000000002\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("units[0].profile") && errors[0].contains("one meter on the bus"),
+            "{errors:?}"
+        );
+        let (_, errors) = bus(
+            "[[profiles.bus.units]]\nslave = 1\nprofile = \"m\"\naddress = \"000000000002\"\n\
+             [[profiles.bus.units]]\nslave = 2\nprofile = \"m\"\naddress = \"000000000002\"\n",
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("units[1].profile") && e.contains("already the unit")),
+            "{errors:?}"
+        );
+        let (_, errors) = check(&format!(
+            "{UNIT_PROFILES}\n[profiles.bus]\n[[profiles.bus.units]]\nslave = 1\nprofile = \"meter\"\naddress = \"000000000002\"\n"
+        ));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("units[0].address") && e.contains("is a Modbus slave")),
             "{errors:?}"
         );
     }

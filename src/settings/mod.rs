@@ -26,6 +26,7 @@ use config::{Config, ConfigError, Environment, File, FileFormat, Map, Source, Va
 
 use crate::events::rules::Rule;
 use crate::events::webhooks::{WebhookDeliverySettings, WebhookSettings};
+use crate::protocol::dlt645;
 use crate::protocol::link::{Heartbeat, Registration};
 use crate::protocol::points::Point;
 use crate::protocol::Protocol;
@@ -268,6 +269,22 @@ pub struct Profile {
     pub registration: Option<Registration>,
     /// What such a DTU's heartbeat looks like.
     pub heartbeat: Option<Heartbeat>,
+    /// What the slave speaks (`modbus = "rtu" | "tcp"`, `meter = "dlt645"`): how its polls
+    /// and commands go on the wire.
+    pub meter: Meter,
+}
+
+/// What a profile's slave speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Meter {
+    /// Modbus RTU: slave address, PDU, CRC (the default).
+    #[default]
+    ModbusRtu,
+    /// Modbus TCP (`modbus = "tcp"`): the MBAP header with the slave as unit id, no CRC.
+    ModbusTcp,
+    /// A DL/T 645-2007 meter (`meter = "dlt645"`) at this address; None: `address = "auto"`,
+    /// read once per connection with the broadcast address.
+    Dlt645(Option<dlt645::Address>),
 }
 
 impl Profile {
@@ -285,26 +302,59 @@ impl Profile {
 pub struct Unit {
     pub slave: u8,
     pub profile: Arc<Profile>,
+    /// For a DL/T 645 meter: its address on the bus, if the unit names it (else its
+    /// profile's).
+    pub address: Option<dlt645::Address>,
+}
+
+/// One read on a schedule: a Modbus block (`[[polls]]`), or for a DL/T 645 meter one data
+/// identifier (each `[[points]]` entry is its own poll, named like the point).
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub name: String,
+    pub trigger: PollTrigger,
+    pub read: PollRead,
+}
+
+/// What a poll reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollRead {
+    Block(Block),
+    /// One DL/T 645 data identifier, decoded with `format` into the point named like the
+    /// poll, in `unit`.
+    Dlt645 {
+        di: dlt645::Di,
+        format: dlt645::formats::Format,
+        unit: String,
+    },
+}
+
+impl Poll {
+    /// The Modbus block it reads, if it reads one.
+    pub fn block(&self) -> Option<Block> {
+        match self.read {
+            PollRead::Block(block) => Some(block),
+            PollRead::Dlt645 { .. } => None,
+        }
+    }
 }
 
 /// One block read: `count` coils/inputs/registers from `start` with Modbus `function` 1..=4.
 /// Validated: count within the Modbus limit and the block ends at or below address 65535.
-#[derive(Debug, Clone)]
-pub struct Poll {
-    pub name: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
     pub function: u8,
     pub start: u16,
     pub count: u16,
-    pub trigger: PollTrigger,
 }
 
-impl Poll {
+impl Block {
     /// Last address read (inclusive).
     pub fn end(&self) -> u16 {
         self.start.saturating_add(self.count.saturating_sub(1))
     }
 
-    /// Whether this poll reads registers (functions 3 and 4) rather than bits.
+    /// Whether this block is registers (functions 3 and 4) rather than bits.
     pub fn reads_registers(&self) -> bool {
         matches!(self.function, 3 | 4)
     }

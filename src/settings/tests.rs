@@ -542,7 +542,8 @@ fn shipped_settings_load() {
     let p = &s.data.profiles["default"];
     assert_eq!(p.slave, 1);
     assert_eq!(p.polls.len(), 2);
-    assert_eq!((p.polls[0].start, p.polls[0].end()), (2000, 2099));
+    let block = p.polls[0].block().expect("a block");
+    assert_eq!((block.start, block.end()), (2000, 2099));
     assert_eq!(
         p.polls[0].trigger,
         PollTrigger::Every(Duration::from_secs(30))

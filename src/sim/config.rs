@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::protocol::link::{DeviceLink, DeviceOptions, RegistrationMode, Role};
 use crate::protocol::points::{PointType, WordOrder};
+use crate::protocol::serial::Framing;
 use crate::protocol::transparent::USR_HEARTBEAT;
 use crate::protocol::{framed, Protocol};
 
@@ -26,6 +27,9 @@ pub struct SimConfig {
     pub protocol: Protocol,
     /// Modbus slave address the simulated meter answers to (1..=247).
     pub slave: u8,
+    /// What the simulated meter speaks (CLI `--meter`): Modbus RTU, Modbus TCP (the MBAP
+    /// header, no CRC) or DL/T 645-2007.
+    pub meter: Framing,
     /// Several slaves on the DTU's RS-485 bus instead of `slave`, each with values of its own
     /// (CLI `--units 1,7`); empty: just `slave`.
     pub units: Vec<u8>,
@@ -88,6 +92,7 @@ impl Default for SimConfig {
             server: SocketAddr::from(([127, 0, 0, 1], 22334)),
             protocol: Protocol::of(&framed::PROTOCOL),
             slave: 1,
+            meter: Framing::Rtu,
             units: Vec::new(),
             silent: Vec::new(),
             passive: None,
@@ -171,6 +176,7 @@ impl SimConfig {
             Role::Polled { device, .. } => Ok(Arc::from(device(&DeviceOptions {
                 heartbeat: self.heartbeat_payload.clone(),
                 registration_mode: self.registration_mode,
+                framing: self.meter,
             }))),
             Role::Relay => Err(SimError::NotPolled(self.protocol)),
         }

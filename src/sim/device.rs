@@ -71,7 +71,8 @@ impl SimDevice {
         limiter: Option<Arc<ConnectLimiter>>,
     ) -> (SimDevice, SimHandle) {
         let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(id_number, config.slaves(), stop));
+        let shared =
+            Arc::new(Shared::new(id_number, config.slaves(), stop).with_framing(config.meter));
         let handle = SimHandle {
             shared: shared.clone(),
         };

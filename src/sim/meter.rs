@@ -12,11 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::debug;
 use tokio::sync::watch;
 
+use crate::protocol::dlt645::Di;
 use crate::protocol::hex::to_hex;
-use crate::protocol::modbus::{self, ModbusError, Request, Response};
+use crate::protocol::modbus::{self, tcp, ModbusError, Request, Response};
 use crate::protocol::points::{self, PointType, WordOrder};
+use crate::protocol::serial::Framing;
 
 use super::stats::{inc, SimStats, StatsSnapshot};
+
+#[path = "meter_dlt645.rs"]
+pub mod dlt645;
 
 /// Default value of a register never written: a slow sine (period 5–9.5 min depending on
 /// the address, phase from device and address) around `200 + device % 100 + address % 10`,
@@ -57,6 +62,8 @@ struct Bus {
     memories: HashMap<u8, Memory>,
     /// Slaves that do not answer (a unit switched off, a cut wire).
     silent: HashSet<u8>,
+    /// DL/T 645 readings fixed per (slave, data identifier).
+    readings: HashMap<(u8, u32), f64>,
 }
 
 /// What a request produced.
@@ -121,6 +128,8 @@ pub(super) struct Shared {
     pub(super) id: u64,
     /// The slaves that answer; the first is the one the handle's setters address.
     slaves: Vec<u8>,
+    /// What they speak.
+    framing: Framing,
     bus: Mutex<Bus>,
     pub(super) stats: SimStats,
     pub(super) stop: watch::Sender<bool>,
@@ -133,9 +142,37 @@ impl Shared {
         Shared {
             id,
             slaves,
+            framing: Framing::Rtu,
             bus: Mutex::new(Bus::default()),
             stats: SimStats::default(),
             stop,
+        }
+    }
+
+    /// The same meters speaking `framing` (Modbus RTU unless told).
+    pub(super) fn with_framing(self, framing: Framing) -> Shared {
+        Shared { framing, ..self }
+    }
+
+    /// One request of the meters' framing: RTU as it is, Modbus TCP through the RTU slave
+    /// (the answer in the request's MBAP header), DL/T 645 by the meters of [`dlt645`].
+    fn execute_framed(&self, adu: &[u8], now: f64) -> Outcome {
+        match self.framing {
+            Framing::Rtu => self.execute(adu, now),
+            Framing::ModbusTcp => {
+                let Ok((transaction, rtu_adu)) = tcp::to_rtu(adu) else {
+                    return Outcome::Malformed;
+                };
+                let in_header = |answer: Vec<u8>| tcp::from_rtu(transaction, &answer);
+                match self.execute(&rtu_adu, now) {
+                    Outcome::Reply(r) => in_header(r).map_or(Outcome::Malformed, Outcome::Reply),
+                    Outcome::Exception(r) => {
+                        in_header(r).map_or(Outcome::Malformed, Outcome::Exception)
+                    }
+                    other => other,
+                }
+            }
+            Framing::Dlt645 => self.execute_dlt645(adu, now),
         }
     }
 
@@ -255,7 +292,7 @@ impl Shared {
 
     /// Execute and count; returns the bytes to send (empty for no answer).
     pub(super) fn answer(&self, adu: &[u8]) -> Vec<u8> {
-        match self.execute(adu, unix_now()) {
+        match self.execute_framed(adu, unix_now()) {
             Outcome::Reply(r) => {
                 inc(&self.stats.polls_answered);
                 r
@@ -331,6 +368,16 @@ impl SimHandle {
             .insert(address, value);
     }
 
+    /// Fix what a DL/T 645 meter (the first slave) reads for `di` (`dtu-sim --meter dlt645`).
+    pub fn set_reading(&self, di: Di, value: f64) {
+        self.set_reading_of(self.shared.main_slave(), di, value);
+    }
+
+    /// Fix what the DL/T 645 meter at `slave` of the bus reads for `di`.
+    pub fn set_reading_of(&self, slave: u8, di: Di, value: f64) {
+        self.shared.bus().readings.insert((slave, di.0), value);
+    }
+
     /// Silence a slave of the bus (it stops answering), or let it answer again.
     pub fn set_silent(&self, slave: u8, silent: bool) {
         let mut bus = self.shared.bus();
@@ -343,7 +390,9 @@ impl SimHandle {
 
     /// Forget every fixed or written value: all addresses follow the signal again.
     pub fn clear(&self) {
-        self.shared.bus().memories = HashMap::new();
+        let mut bus = self.shared.bus();
+        bus.memories = HashMap::new();
+        bus.readings = HashMap::new();
     }
 
     /// What FC3 would read at `address` now (of the first slave).

@@ -17,6 +17,10 @@
 //!
 //! `$TTMS` relay terminals are not polled; [`ttms`] simulates them.
 //!
+//! What the meter speaks is [`SimConfig::meter`] (`--meter`): Modbus RTU, Modbus TCP (the same
+//! slave, requests and answers in MBAP headers) or DL/T 645-2007 (`meter_dlt645.rs`: each slave
+//! a meter with an address of its own, answering the identifiers of the standard's table).
+//!
 //! The "meter" behind each device answers FC 1/2/3/4/5/6/15/16. Every address exists. Holding and
 //! input registers are one table (FC3 and FC4 read the same values), coils and discrete
 //! inputs are one table (FC1 and FC2). An address that was never written reads a slowly

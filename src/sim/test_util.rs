@@ -155,7 +155,7 @@ impl Peer {
     /// Tells the codec which answer to look for: the one to `request`.
     pub(super) fn expect(&mut self, request: &[u8]) {
         if let [slave, function, ..] = *request {
-            self.codec.set_expect(Some(Expect { slave, function }));
+            self.codec.set_expect(Some(Expect::Rtu { slave, function }));
         }
     }
 

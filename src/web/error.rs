@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::command::request::RequestError;
 use crate::command::send::SendError;
 use crate::command::CommandError;
+use crate::protocol::dlt645::Dlt645Error;
 use crate::protocol::modbus::ModbusError;
 use crate::storage::db::StorageError;
 
@@ -77,6 +78,10 @@ impl From<CommandError> for ApiError {
                     .with("function", json!(function))
             }
             CommandError::Modbus(_) => ApiError::new(StatusCode::BAD_GATEWAY, message),
+            CommandError::Meter(Dlt645Error::Meter { code }) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, message).with("meter_error", json!(code))
+            }
+            CommandError::Meter(_) => ApiError::new(StatusCode::BAD_GATEWAY, message),
         }
     }
 }

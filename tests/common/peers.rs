@@ -14,15 +14,20 @@ fn site() -> PathBuf {
 }
 
 /// Installs the requirements once (several test processes may race: each installs into a
-/// directory of its own and the first to rename it into place wins).
+/// directory of its own and the first to rename it into place wins). An install of other
+/// requirements (the file changed since) is replaced.
 fn ensure_installed() {
     static ONCE: Mutex<bool> = Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done || site().join("pymodbus").is_dir() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let wanted = std::fs::read_to_string(root.join("tests/peers/requirements.txt"))
+        .expect("tests/peers/requirements.txt");
+    let stamp = |dir: &std::path::Path| dir.join("requirements.txt");
+    let installed = std::fs::read_to_string(stamp(&site())).ok();
+    if *done || installed.as_deref() == Some(wanted.as_str()) {
         *done = true;
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let staging = root.join(format!("target/peers-python.{}", std::process::id()));
     let status = Command::new("python3")
         .args([
@@ -42,6 +47,17 @@ fn ensure_installed() {
         status.success(),
         "pip could not install tests/peers/requirements.txt"
     );
+    std::fs::write(stamp(&staging), &wanted).expect("stamp the install");
+    if installed.is_some() || site().is_dir() {
+        // Installed for other requirements: out of the way (a racing process may have just
+        // put the same ones in place; then ours goes).
+        let old = root.join(format!("target/peers-python.old.{}", std::process::id()));
+        if std::fs::read_to_string(stamp(&site())).ok().as_deref() != Some(wanted.as_str())
+            && std::fs::rename(site(), &old).is_ok()
+        {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
     if std::fs::rename(&staging, site()).is_err() {
         // Another test process installed it first.
         let _ = std::fs::remove_dir_all(&staging);

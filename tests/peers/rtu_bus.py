@@ -6,9 +6,11 @@ request (`04 LL <RTU ADU>`) to the bus and the bus's answer back (`04 LL <answer
 Transparent (`--transparent`): it registers with its number as ASCII text, heartbeats
 `www.usr.cn`, and passes raw bytes both ways. The bus is pymodbus's own Modbus server speaking
 RTU framing, with one slave context per unit: the server's requests are answered by somebody
-else's implementation of Modbus, not by our simulator.
+else's implementation of Modbus, not by our simulator. With `--tcp` (transparent too) the
+slaves behind the DTU speak Modbus TCP instead: pymodbus serves the MBAP framing (its socket
+framer), unit ids for slave addresses.
 
-Usage: rtu_bus.py [--transparent] HOST PORT NUMBER UNIT=REG:VALUE,... [UNIT=...]
+Usage: rtu_bus.py [--transparent | --tcp] HOST PORT NUMBER UNIT=REG:VALUE,... [UNIT=...]
 e.g. `rtu_bus.py 127.0.0.1 4000 1001 1=0:230 7=0:5`: units 1 and 7, holding register 0 of
 unit 1 set to 230 and of unit 7 to 5.
 
@@ -62,8 +64,9 @@ def crc16(data):
 
 
 class Dtu:
-    def __init__(self, transparent, writer, bus_r, bus_w):
+    def __init__(self, transparent, tcp, writer, bus_r, bus_w):
         self.transparent = transparent
+        self.tcp = tcp
         self.writer = writer
         self.bus_r = bus_r
         self.bus_w = bus_w
@@ -72,7 +75,8 @@ class Dtu:
 
     async def ask_bus(self, adu):
         """The bus's answer to `adu`, or None (a muted or absent slave)."""
-        if adu[0] in self.muted:
+        unit = adu[6] if self.tcp and len(adu) > 6 else adu[0]
+        if unit in self.muted:
             return None
         async with self.lock:
             self.bus_w.write(adu)
@@ -123,7 +127,8 @@ async def heartbeat(writer, beat):
 
 async def main():
     args = sys.argv[1:]
-    transparent = args[:1] == ["--transparent"]
+    tcp = args[:1] == ["--tcp"]
+    transparent = tcp or args[:1] == ["--transparent"]
     if transparent:
         args = args[1:]
     host, port, number = args[0], int(args[1]), int(args[2])
@@ -136,7 +141,7 @@ async def main():
         StartAsyncTcpServer(
             context=bus_context(units),
             address=("127.0.0.1", bus_port),
-            framer=FramerType.RTU,
+            framer=FramerType.SOCKET if tcp else FramerType.RTU,
             # On an RS-485 bus a slave that is not there stays silent.
             ignore_missing_slaves=True,
         )
@@ -151,7 +156,7 @@ async def main():
         raise SystemExit("the pymodbus bus did not start")
 
     dtu_r, dtu_w = await asyncio.open_connection(host, port)
-    dtu = Dtu(transparent, dtu_w, bus_r, bus_w)
+    dtu = Dtu(transparent, tcp, dtu_w, bus_r, bus_w)
     asyncio.create_task(read_stdin(dtu))
     if transparent:
         dtu_w.write(str(number).encode())

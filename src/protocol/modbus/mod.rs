@@ -1,8 +1,10 @@
 //! Modbus at the PDU level: requests and responses as the master builds and the slave
 //! reads them, their validation, and the errors of the protocol. How a PDU crosses the wire
-//! is a framing's business: [`rtu`] (slave address and CRC on a serial line).
+//! is a framing's business: [`rtu`] (slave address and CRC on a serial line) or [`tcp`] (the
+//! MBAP header of Modbus TCP, passed through a transparent DTU).
 
 pub mod rtu;
+pub mod tcp;
 
 use crate::protocol::hex::to_hex;
 
@@ -33,6 +35,8 @@ pub enum ModbusError {
     BadCrc { hex: String },
     #[error("response from slave {got}, expected slave {expected}")]
     WrongSlave { expected: u8, got: u8 },
+    #[error("response in transaction {got}, expected transaction {expected}")]
+    WrongTransaction { expected: u16, got: u16 },
     #[error("response to function {got}, expected function {expected}")]
     WrongFunction { expected: u8, got: u8 },
     #[error("bad length ({reason}) in frame {hex}")]
@@ -151,6 +155,45 @@ impl Request {
         }
     }
 
+    /// The PDU: function code and data, as every framing carries it.
+    pub fn pdu(&self) -> Vec<u8> {
+        let mut pdu = Vec::with_capacity(8);
+        pdu.push(self.function());
+        match self {
+            Request::ReadCoils { start, count }
+            | Request::ReadDiscreteInputs { start, count }
+            | Request::ReadHoldingRegisters { start, count }
+            | Request::ReadInputRegisters { start, count } => {
+                pdu.extend_from_slice(&start.to_be_bytes());
+                pdu.extend_from_slice(&count.to_be_bytes());
+            }
+            Request::WriteSingleCoil { address, value } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&coil_word(*value).to_be_bytes());
+            }
+            Request::WriteSingleRegister { address, value } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&value.to_be_bytes());
+            }
+            Request::WriteMultipleCoils { address, values } => {
+                let packed = pack_bits(values);
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&len_u16(values.len()).to_be_bytes());
+                pdu.push(len_u8(packed.len()));
+                pdu.extend_from_slice(&packed);
+            }
+            Request::WriteMultipleRegisters { address, values } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&len_u16(values.len()).to_be_bytes());
+                pdu.push(len_u8(values.len().saturating_mul(2)));
+                for v in values {
+                    pdu.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        pdu
+    }
+
     /// Counts in range and `start + count` not past 65536.
     pub fn validate(&self) -> Result<(), ModbusError> {
         self.check()
@@ -226,6 +269,40 @@ pub enum Response {
         address: u16,
         count: u16,
     },
+}
+
+impl Response {
+    /// Slave side: this response's PDU for `function`. Oversized payloads saturate the byte
+    /// count; the simulator only builds responses to validated requests.
+    pub fn pdu(&self, function: u8) -> Vec<u8> {
+        let mut pdu = vec![function];
+        match self {
+            Response::Bits(bits) => {
+                let packed = pack_bits(bits);
+                pdu.push(len_u8(packed.len()));
+                pdu.extend_from_slice(&packed);
+            }
+            Response::Registers(registers) => {
+                pdu.push(len_u8(registers.len().saturating_mul(2)));
+                for r in registers {
+                    pdu.extend_from_slice(&r.to_be_bytes());
+                }
+            }
+            Response::WriteSingleCoil { address, value } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&coil_word(*value).to_be_bytes());
+            }
+            Response::WriteSingleRegister { address, value } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&value.to_be_bytes());
+            }
+            Response::WriteMultiple { address, count } => {
+                pdu.extend_from_slice(&address.to_be_bytes());
+                pdu.extend_from_slice(&count.to_be_bytes());
+            }
+        }
+        pdu
+    }
 }
 
 #[cfg(test)]

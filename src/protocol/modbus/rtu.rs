@@ -7,8 +7,7 @@
 
 use crate::protocol::hex::to_hex;
 use crate::protocol::modbus::{
-    bad_length, be16, bit_bytes, coil_word, len_u16, len_u8, pack_bits, unpack_bits, ModbusError,
-    Request, Response,
+    bad_length, be16, bit_bytes, coil_word, len_u16, unpack_bits, ModbusError, Request, Response,
 };
 
 /// Largest RTU ADU: slave + 253-byte PDU + CRC.
@@ -54,39 +53,7 @@ impl Request {
     pub fn encode(&self, slave: u8) -> Vec<u8> {
         let mut adu = Vec::with_capacity(16);
         adu.push(slave);
-        adu.push(self.function());
-        match self {
-            Request::ReadCoils { start, count }
-            | Request::ReadDiscreteInputs { start, count }
-            | Request::ReadHoldingRegisters { start, count }
-            | Request::ReadInputRegisters { start, count } => {
-                adu.extend_from_slice(&start.to_be_bytes());
-                adu.extend_from_slice(&count.to_be_bytes());
-            }
-            Request::WriteSingleCoil { address, value } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&coil_word(*value).to_be_bytes());
-            }
-            Request::WriteSingleRegister { address, value } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&value.to_be_bytes());
-            }
-            Request::WriteMultipleCoils { address, values } => {
-                let packed = pack_bits(values);
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&len_u16(values.len()).to_be_bytes());
-                adu.push(len_u8(packed.len()));
-                adu.extend_from_slice(&packed);
-            }
-            Request::WriteMultipleRegisters { address, values } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&len_u16(values.len()).to_be_bytes());
-                adu.push(len_u8(values.len().saturating_mul(2)));
-                for v in values {
-                    adu.extend_from_slice(&v.to_be_bytes());
-                }
-            }
-        }
+        adu.extend_from_slice(&self.pdu());
         append_crc(&mut adu);
         adu
     }
@@ -191,32 +158,8 @@ impl Response {
     /// Slave side: this response's ADU (with CRC) for `function`. Oversized payloads
     /// saturate the byte count; the simulator only builds responses to validated requests.
     pub fn encode(&self, slave: u8, function: u8) -> Vec<u8> {
-        let mut adu = vec![slave, function];
-        match self {
-            Response::Bits(bits) => {
-                let packed = pack_bits(bits);
-                adu.push(len_u8(packed.len()));
-                adu.extend_from_slice(&packed);
-            }
-            Response::Registers(registers) => {
-                adu.push(len_u8(registers.len().saturating_mul(2)));
-                for r in registers {
-                    adu.extend_from_slice(&r.to_be_bytes());
-                }
-            }
-            Response::WriteSingleCoil { address, value } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&coil_word(*value).to_be_bytes());
-            }
-            Response::WriteSingleRegister { address, value } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&value.to_be_bytes());
-            }
-            Response::WriteMultiple { address, count } => {
-                adu.extend_from_slice(&address.to_be_bytes());
-                adu.extend_from_slice(&count.to_be_bytes());
-            }
-        }
+        let mut adu = vec![slave];
+        adu.extend_from_slice(&self.pdu(function));
         append_crc(&mut adu);
         adu
     }
@@ -239,9 +182,22 @@ fn check_header(slave: u8, function: u8, adu: &[u8]) -> Result<&[u8], ModbusErro
         return Err(ModbusError::BadCrc { hex: to_hex(adu) });
     }
     let body = adu.get(..adu.len() - 2).unwrap_or_default();
+    check_body(slave, function, body, adu)?;
+    Ok(body)
+}
+
+/// Checks the slave (or unit) and the function of `body` (`slave | function | data`, the
+/// framing's own bytes removed; `adu` is the frame, for messages): an exception is
+/// `Err(Exception)`.
+pub(crate) fn check_body(
+    slave: u8,
+    function: u8,
+    body: &[u8],
+    adu: &[u8],
+) -> Result<(), ModbusError> {
     let (got_slave, got_function) = match body {
         [s, f, ..] => (*s, *f),
-        _ => return Err(bad_length(adu, "response shorter than 5 bytes")),
+        _ => return Err(bad_length(adu, "response without slave and function")),
     };
     if got_slave != slave {
         return Err(ModbusError::WrongSlave {
@@ -264,7 +220,7 @@ fn check_header(slave: u8, function: u8, adu: &[u8]) -> Result<&[u8], ModbusErro
             got: got_function,
         });
     }
-    Ok(body)
+    Ok(())
 }
 
 /// Parse a complete response ADU to `request` sent to `slave`: checks CRC, slave, function,
@@ -272,6 +228,16 @@ fn check_header(slave: u8, function: u8, adu: &[u8]) -> Result<&[u8], ModbusErro
 /// `Err(Exception)`.
 pub fn parse_response(slave: u8, request: &Request, adu: &[u8]) -> Result<Response, ModbusError> {
     let body = check_header(slave, request.function(), adu)?;
+    parse_body(request, body, adu)
+}
+
+/// The response in `body` (`slave | function | data`, slave and function checked by
+/// [`check_body`]) to `request`; `adu` is the whole frame, for messages.
+pub(crate) fn parse_body(
+    request: &Request,
+    body: &[u8],
+    adu: &[u8],
+) -> Result<Response, ModbusError> {
     // Read responses: slave, function, byte count, data.
     let read_data = |expected: usize| -> Result<&[u8], ModbusError> {
         let byte_count = body.get(2).map(|b| usize::from(*b));
