@@ -80,6 +80,7 @@ run() {
     | grep -E "Requests/sec|^ +(50|90|99)%|Non-2xx|Socket errors"
 }
 run "yardstick: health" "/api/health"
+if [ -n "${ONLY:-}" ]; then run "only" "$ONLY"; exit 0; fi
 run "console page" "/api/devices?limit=500"
 run "console page, filtered" "/api/devices?limit=500&q=1234"
 run "page of 100, online" "/api/devices?limit=100&online=true"

@@ -113,6 +113,28 @@ fn the_list_pages_filters_and_counts() {
     let huge = page(&server, "/api/devices?limit=99999999999999999999999999");
     assert_eq!(huge.ids.len(), 5);
 
+    // The counts follow devices that are replaced, come back, and leave.
+    let replacement = FakeDevice::framed(server.framed, 5001);
+    devices[0].wait_closed("the replaced connection to be closed");
+    wait_for("5001 held by its new connection", || {
+        server.online("5001").then_some(())
+    });
+    let again = FakeDevice::framed(server.framed, 5003);
+    wait_for("5003 back online", || server.online("5003").then_some(()));
+    let counted = |path: &str| {
+        let p = page(&server, path);
+        (p.total, p.online)
+    };
+    assert_eq!(counted("/api/devices?limit=1"), (5, 5));
+    assert_eq!(counted("/api/devices?limit=1&online=false"), (0, 0));
+    devices.remove(1).close();
+    wait_for("5002 offline", || (!server.online("5002")).then_some(()));
+    assert_eq!(counted("/api/devices?limit=1"), (5, 4));
+    assert_eq!(counted("/api/devices?limit=1&online=true"), (4, 4));
+    assert_eq!(counted("/api/devices?limit=1&online=false"), (1, 0));
+    assert_eq!(page(&server, "/api/devices?online=false").ids, ["5002"]);
+    drop((replacement, again));
+
     // Bad parameters: 400 with a message naming the parameter.
     for (query, word) in [
         ("online=maybe", "online"),

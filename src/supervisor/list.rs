@@ -64,7 +64,45 @@ impl DeviceQuery {
         }
     }
 
-    /// The page of `devices` (which must come in id order) this query asks for.
+    /// The counts of this query when they are the fleet's own (no reach, no text to look
+    /// for): then a page needs no pass over the whole fleet. `known` devices, `online` of them.
+    pub fn fleet_counts(&self, known: usize, online: usize) -> Option<(usize, usize)> {
+        if self.reach.is_some() || self.text.is_some() {
+            return None;
+        }
+        Some(match self.online {
+            None => (known, online),
+            Some(true) => (online, online),
+            Some(false) => (known.saturating_sub(online), 0),
+        })
+    }
+
+    /// The page this query asks for, given its counts ([`DeviceQuery::fleet_counts`]) and
+    /// the devices after `after`, in id order: walks only as far as the page reaches.
+    pub fn page_counted<'a>(
+        &self,
+        after: impl Iterator<Item = &'a DeviceView>,
+        (total, online): (usize, usize),
+    ) -> DevicePage {
+        let limit = self.limit.unwrap_or(usize::MAX);
+        let mut page = DevicePage {
+            total,
+            online,
+            ..DevicePage::default()
+        };
+        for d in after.filter(|d| self.matches(d)) {
+            if page.devices.len() < limit {
+                page.devices.push(d.clone());
+            } else {
+                page.next = page.devices.last().map(|last| last.id.clone());
+                break;
+            }
+        }
+        page
+    }
+
+    /// The page of `devices` (which must come in id order) this query asks for, counting
+    /// every device it matches on the way.
     pub fn page<'a>(&self, devices: impl Iterator<Item = &'a DeviceView>) -> DevicePage {
         let mut page = DevicePage::default();
         let limit = self.limit.unwrap_or(usize::MAX);
@@ -90,14 +128,12 @@ impl DeviceQuery {
     }
 }
 
-/// Whether `haystack` contains `needle` (already lower-case), ignoring case, without
-/// allocating for the common ASCII ids and addresses.
+/// Whether `haystack` contains `needle` (already lower-case), ignoring case. Ids and
+/// addresses are mostly digits and lower-case letters: those are searched as they are
+/// (memchr's vectorised search), others lower-cased first.
 fn contains_lowercase(haystack: &str, needle: &str) -> bool {
-    if haystack.is_ascii() && needle.is_ascii() {
-        let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-        n.is_empty()
-            || h.windows(n.len())
-                .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+    if !haystack.bytes().any(|b| b.is_ascii_uppercase()) && haystack.is_ascii() {
+        memchr::memmem::find(haystack.as_bytes(), needle.as_bytes()).is_some()
     } else {
         haystack.to_lowercase().contains(needle)
     }
@@ -204,6 +240,40 @@ mod tests {
             ..DeviceQuery::default()
         };
         assert_eq!(ids(&reach.page(fleet.iter())), ["1001", "2001", "2002"]);
+    }
+
+    #[test]
+    fn a_page_from_the_fleet_counts_is_the_page_of_a_full_pass() {
+        let fleet = fleet();
+        let (known, online) = (fleet.len(), fleet.iter().filter(|d| d.online).count());
+        for state in [None, Some(true), Some(false)] {
+            for limit in [None, Some(1), Some(2), Some(5)] {
+                for after in [None, Some("1001"), Some("1002"), Some("2002"), Some("0")] {
+                    let query = DeviceQuery {
+                        after: after.map(String::from),
+                        limit,
+                        online: state,
+                        ..DeviceQuery::default()
+                    };
+                    let counts = query.fleet_counts(known, online).expect("fleet counts");
+                    let rest = fleet
+                        .iter()
+                        .filter(|d| after.map_or(true, |a| d.id.as_str() > a));
+                    assert_eq!(
+                        query.page_counted(rest, counts),
+                        query.page(fleet.iter()),
+                        "{query:?}"
+                    );
+                }
+            }
+        }
+        let text = DeviceQuery::default().with_text("x");
+        assert_eq!(text.fleet_counts(known, online), None);
+        let reach = DeviceQuery {
+            reach: Some(vec!["1*".into()]),
+            ..DeviceQuery::default()
+        };
+        assert_eq!(reach.fleet_counts(known, online), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod messages;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -72,8 +73,11 @@ impl DeviceEntry {
 }
 
 pub struct Supervisor {
-    /// In id order, so that a page of the device list is one pass without a sort.
+    /// In id order, so that a page of the device list is a walk from its first id.
     devices: BTreeMap<String, DeviceEntry>,
+    /// How many of `devices` are online, kept as they come and go: the list's counts
+    /// without a pass over the fleet.
+    online: usize,
     /// Where online, offline, telemetry and rule events go.
     events: Addr<EventBus>,
     /// data.toml's profiles by name, for their rules.
@@ -122,6 +126,7 @@ impl Supervisor {
             events,
             profiles,
             locks: Locks::default(),
+            online: 0,
             queue: None,
             interest: None,
         }
@@ -210,6 +215,9 @@ impl Handler<Registered> for Supervisor {
         let id = msg.id.clone();
         match self.devices.get_mut(&msg.id) {
             Some(entry) => {
+                if !entry.view.online {
+                    self.online += 1;
+                }
                 if let Some((old_conn, old)) = entry.conn.take() {
                     if old_conn != msg.conn {
                         log::info!(
@@ -229,6 +237,7 @@ impl Handler<Registered> for Supervisor {
                 entry.conn = Some((msg.conn, msg.handle));
             }
             None => {
+                self.online += 1;
                 self.devices.insert(
                     msg.id,
                     DeviceEntry {
@@ -333,6 +342,9 @@ impl Handler<Offline> for Supervisor {
             // A replaced connection reports after its successor registered: leave that one be.
             if entry.holds(msg.conn) {
                 entry.conn = None;
+                if entry.view.online {
+                    self.online -= 1;
+                }
                 entry.view.online = false;
                 log::info!("device {}: offline ({})", msg.id, msg.reason.as_str());
                 publish_offline(&self.events, &msg.id, msg.reason);
@@ -345,7 +357,18 @@ impl Handler<ListDevices> for Supervisor {
     type Result = MessageResult<ListDevices>;
 
     fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
-        MessageResult(msg.0.page(self.devices.values().map(|e| &e.view)))
+        let query = msg.0;
+        MessageResult(match query.fleet_counts(self.devices.len(), self.online) {
+            Some(counts) => {
+                let after = match query.after.as_deref() {
+                    Some(after) => Bound::Excluded(after),
+                    None => Bound::Unbounded,
+                };
+                let rest = self.devices.range::<str, _>((after, Bound::Unbounded));
+                query.page_counted(rest.map(|(_, e)| &e.view), counts)
+            }
+            None => query.page(self.devices.values().map(|e| &e.view)),
+        })
     }
 }
 
