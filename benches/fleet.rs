@@ -3,7 +3,8 @@
 //! second and heartbeating every 10 s with a heartbeat poll. Reports answered polls per second
 //! against the offered rate, and the server's CPU and memory.
 //!
-//! `cargo bench --bench fleet` (env: DTU_BENCH_DEVICES=1000, DTU_BENCH_SECONDS=20).
+//! `cargo bench --bench fleet` (env: DTU_BENCH_DEVICES=1000, DTU_BENCH_SECONDS=20,
+//! DTU_BENCH_PACKETS=errors as shipped, or all/none: which raw packets are stored).
 //!
 //! Webhooks: `DTU_BENCH_WEBHOOK=1` subscribes a receiver in this process (std TcpListener,
 //! answers 200 at once) to every event and reports envelopes and POSTs received per second;
@@ -21,7 +22,7 @@ use dtu_supervisor::sim::{spawn_fleet, SimConfig};
 use dtu_supervisor::storage::db::Db;
 
 mod common;
-use common::{bench_profile, env_or, free_port, usage, Server};
+use common::{bench_profile, env_or, free_port, storage_toml, usage, Server};
 
 /// Envelopes and POSTs a webhook receiver took.
 #[derive(Default)]
@@ -122,12 +123,11 @@ profile = "bench"
 heartbeat_interval = "10s"
 [database]
 url = "sqlite://{db}"
-[storage]
-spool_path = "{spool}"
+{storage}
 {hooks}
 "#,
             db = dir.path().join("bench.db").display(),
-            spool = dir.path().join("spool.jsonl").display(),
+            storage = storage_toml(dir.path()),
         ),
     )
     .expect("server.toml");

@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_or, free_port, Server};
+use common::{env_or, free_port, storage_toml, Server};
 use dtu_supervisor::protocol::{framed, Protocol};
 use dtu_supervisor::sim::{SimConfig, SimDevice};
 
@@ -59,11 +59,10 @@ protocol = "framed"
 profile = "bus"
 [database]
 url = "sqlite://{db}"
-[storage]
-spool_path = "{spool}"
+{storage}
 "#,
             db = dir.path().join("bench.db").display(),
-            spool = dir.path().join("spool.jsonl").display(),
+            storage = storage_toml(dir.path()),
         ),
     )
     .expect("server.toml");

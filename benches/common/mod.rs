@@ -15,6 +15,16 @@ pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The `[storage]` section of a bench server: the shipped storage settings (raw packets:
+/// errors only), its spool in `dir`; `DTU_BENCH_PACKETS=all|errors|none` picks the packets.
+pub fn storage_toml(dir: &std::path::Path) -> String {
+    let packets: String = env_or("DTU_BENCH_PACKETS", "errors".to_string());
+    format!(
+        "[storage]\nspool_path = \"{}\"\npackets = \"{packets}\"\n",
+        dir.join("spool.jsonl").display()
+    )
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -31,7 +31,8 @@
 //! and decoded it and handed it on, and was free to answer again: the part of a poll's latency
 //! the server adds, plus the loopback both ways. One sample per DTU and heartbeat interval.
 //!
-//! Other knobs: `DTU_BENCH_TARGETS` (`yardstick,dtu-supervisor`), `DTU_BENCH_PHASES`
+//! The server's `[storage]` is as shipped (raw packets: `errors` only); `DTU_BENCH_PACKETS=all`
+//! stores every packet as before that setting existed. Other knobs: `DTU_BENCH_TARGETS` (`yardstick,dtu-supervisor`), `DTU_BENCH_PHASES`
 //! (`poll,storm`), `DTU_BENCH_WRAP` (a command the servers run under, e.g.
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p`). The soft limit of open files
 //! is raised to the hard one first; the servers inherit it. Exits 1 if a poll phase answered
@@ -48,7 +49,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_profile, env_or, free_port, usage, Server};
+use common::{bench_profile, env_or, free_port, storage_toml, usage, Server};
 use dtu_supervisor::sim::{spawn_fleet, RoundTrips, SimConfig};
 
 /// Device numbers of the simulated DTUs start here.
@@ -154,13 +155,12 @@ max_missed = 3
 register_timeout = "{register_timeout}"
 [database]
 url = "sqlite://{db}"
-[storage]
-spool_path = "{spool}"
+{storage}
 "#,
         heartbeat = setup.heartbeat,
         register_timeout = setup.register_timeout,
         db = dir.join("bench.db").display(),
-        spool = dir.join("spool.jsonl").display(),
+        storage = storage_toml(dir),
     )
 }
 

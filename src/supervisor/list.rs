@@ -2,6 +2,10 @@
 //! not, a text to look for), where the page starts and how long it is. Pure: the supervisor
 //! hands it its devices in id order, so a page costs one pass and no sort.
 
+use std::sync::Arc;
+
+use memchr::memmem::Finder;
+
 use crate::events::bus::device_matches;
 
 use super::messages::DeviceView;
@@ -16,16 +20,54 @@ pub struct DeviceQuery {
     /// Only devices online (true) or offline (false).
     pub online: Option<bool>,
     /// Only devices whose id, profile, protocol or remote address contains this text, in
-    /// any case. Stored lower-cased.
-    pub text: Option<String>,
+    /// any case: the lower-cased text and its searcher. Set with [`DeviceQuery::with_text`].
+    pub text: Option<(String, Finder<'static>)>,
     /// The token's reach: only devices matching one of these patterns; None: every device.
     pub reach: Option<Vec<String>>,
+}
+
+/// A device as the list holds it: its view, shared with answers in flight (a page costs a
+/// reference count per device, not a copy), and the text `q` searches, lower-cased once
+/// when the view is made rather than at every search.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub view: Arc<DeviceView>,
+    search: Box<str>,
+}
+
+impl ListEntry {
+    pub fn new(view: DeviceView) -> ListEntry {
+        let fields = [
+            Some(view.id.as_str()),
+            view.profile.as_deref(),
+            Some(view.protocol.as_str()),
+            Some(view.remote_addr.as_str()),
+        ];
+        // Joined by newlines: a match spans two fields only if the text holds one.
+        let search = fields
+            .into_iter()
+            .flatten()
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_boxed_str();
+        ListEntry {
+            view: Arc::new(view),
+            search,
+        }
+    }
+
+    /// The view to change in place (copied first if an answer in flight still holds it).
+    /// Only fields `q` does not search may change this way; a new identity is a new entry.
+    pub fn view_mut(&mut self) -> &mut DeviceView {
+        Arc::make_mut(&mut self.view)
+    }
 }
 
 /// A page of devices, with the counts a console needs to say how many there are.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DevicePage {
-    pub devices: Vec<DeviceView>,
+    pub devices: Vec<Arc<DeviceView>>,
     /// Devices matching the query, on every page.
     pub total: usize,
     /// Of those, how many are online.
@@ -37,30 +79,27 @@ pub struct DevicePage {
 impl DeviceQuery {
     pub fn with_text(mut self, text: &str) -> DeviceQuery {
         let text = text.trim().to_lowercase();
-        self.text = (!text.is_empty()).then_some(text);
+        self.text = (!text.is_empty()).then(|| {
+            let finder = Finder::new(text.as_bytes()).into_owned();
+            (text, finder)
+        });
         self
     }
 
-    fn matches(&self, d: &DeviceView) -> bool {
-        if self.online.is_some_and(|online| online != d.online) {
-            return false;
-        }
-        if let Some(reach) = &self.reach {
-            if !device_matches(reach, &d.id) {
+    fn matches(&self, entry: &ListEntry) -> bool {
+        // The text first: it is in the entry itself, the rest one pointer further.
+        if let Some((_, finder)) = &self.text {
+            if finder.find(entry.search.as_bytes()).is_none() {
                 return false;
             }
         }
-        match &self.text {
+        let d = &entry.view;
+        if self.online.is_some_and(|online| online != d.online) {
+            return false;
+        }
+        match &self.reach {
+            Some(reach) => device_matches(reach, &d.id),
             None => true,
-            Some(text) => [
-                Some(d.id.as_str()),
-                d.profile.as_deref(),
-                Some(d.protocol.as_str()),
-                Some(d.remote_addr.as_str()),
-            ]
-            .into_iter()
-            .flatten()
-            .any(|field| contains_lowercase(field, text)),
         }
     }
 
@@ -81,7 +120,7 @@ impl DeviceQuery {
     /// the devices after `after`, in id order: walks only as far as the page reaches.
     pub fn page_counted<'a>(
         &self,
-        after: impl Iterator<Item = &'a DeviceView>,
+        after: impl Iterator<Item = &'a ListEntry>,
         (total, online): (usize, usize),
     ) -> DevicePage {
         let limit = self.limit.unwrap_or(usize::MAX);
@@ -90,7 +129,7 @@ impl DeviceQuery {
             online,
             ..DevicePage::default()
         };
-        for d in after.filter(|d| self.matches(d)) {
+        for d in after.filter(|d| self.matches(d)).map(|e| &e.view) {
             if page.devices.len() < limit {
                 page.devices.push(d.clone());
             } else {
@@ -103,11 +142,11 @@ impl DeviceQuery {
 
     /// The page of `devices` (which must come in id order) this query asks for, counting
     /// every device it matches on the way.
-    pub fn page<'a>(&self, devices: impl Iterator<Item = &'a DeviceView>) -> DevicePage {
+    pub fn page<'a>(&self, devices: impl Iterator<Item = &'a ListEntry>) -> DevicePage {
         let mut page = DevicePage::default();
         let limit = self.limit.unwrap_or(usize::MAX);
         let mut full = false;
-        for d in devices.filter(|d| self.matches(d)) {
+        for d in devices.filter(|d| self.matches(d)).map(|e| &e.view) {
             page.total += 1;
             page.online += usize::from(d.online);
             if self
@@ -125,17 +164,6 @@ impl DeviceQuery {
             }
         }
         page
-    }
-}
-
-/// Whether `haystack` contains `needle` (already lower-case), ignoring case. Ids and
-/// addresses are mostly digits and lower-case letters: those are searched as they are
-/// (memchr's vectorised search), others lower-cased first.
-fn contains_lowercase(haystack: &str, needle: &str) -> bool {
-    if !haystack.bytes().any(|b| b.is_ascii_uppercase()) && haystack.is_ascii() {
-        memchr::memmem::find(haystack.as_bytes(), needle.as_bytes()).is_some()
-    } else {
-        haystack.to_lowercase().contains(needle)
     }
 }
 
@@ -159,14 +187,17 @@ mod tests {
         }
     }
 
-    fn fleet() -> Vec<DeviceView> {
-        vec![
+    fn fleet() -> Vec<ListEntry> {
+        [
             view("1001", true, "meter"),
             view("1001.7", false, "plc"),
             view("1002", true, "Meter"),
             view("2001", false, "meter"),
             view("2002", true, "pump"),
         ]
+        .into_iter()
+        .map(ListEntry::new)
+        .collect()
     }
 
     fn ids(page: &DevicePage) -> Vec<&str> {
@@ -245,7 +276,7 @@ mod tests {
     #[test]
     fn a_page_from_the_fleet_counts_is_the_page_of_a_full_pass() {
         let fleet = fleet();
-        let (known, online) = (fleet.len(), fleet.iter().filter(|d| d.online).count());
+        let (known, online) = (fleet.len(), fleet.iter().filter(|d| d.view.online).count());
         for state in [None, Some(true), Some(false)] {
             for limit in [None, Some(1), Some(2), Some(5)] {
                 for after in [None, Some("1001"), Some("1002"), Some("2002"), Some("0")] {
@@ -258,7 +289,7 @@ mod tests {
                     let counts = query.fleet_counts(known, online).expect("fleet counts");
                     let rest = fleet
                         .iter()
-                        .filter(|d| after.map_or(true, |a| d.id.as_str() > a));
+                        .filter(|d| after.map_or(true, |a| d.view.id.as_str() > a));
                     assert_eq!(
                         query.page_counted(rest, counts),
                         query.page(fleet.iter()),
@@ -279,7 +310,9 @@ mod tests {
     #[test]
     fn text_outside_ascii_matches_in_any_case() {
         let mut fleet = fleet();
-        fleet[0].profile = Some("Zähler-Ost".into());
+        let mut changed = DeviceView::clone(&fleet[0].view);
+        changed.profile = Some("Zähler-Ost".into());
+        fleet[0] = ListEntry::new(changed);
         let page = DeviceQuery::default()
             .with_text("ZÄHLER")
             .page(fleet.iter());

@@ -22,6 +22,7 @@ use crate::events::rules::RuleStates;
 use crate::protocol::Protocol;
 use crate::settings::Profile;
 use crate::storage::rows::DeviceRow;
+use list::ListEntry;
 use locks::Locks;
 use messages::{
     Close, CloseAll, ConnHandle, ConnId, CountDevices, Deliver, DeviceCounts, DeviceView, Execute,
@@ -30,7 +31,8 @@ use messages::{
 };
 
 struct DeviceEntry {
-    view: DeviceView,
+    /// Its view, as the device list holds it.
+    listed: ListEntry,
     values: Values,
     /// Which of its profile's rules are triggered; kept across reconnections.
     rules: RuleStates,
@@ -113,7 +115,7 @@ impl Supervisor {
                     unit: d.unit,
                 };
                 let entry = DeviceEntry {
-                    view,
+                    listed: ListEntry::new(view),
                     values: Values::new(),
                     rules: RuleStates::default(),
                     conn: None,
@@ -215,7 +217,7 @@ impl Handler<Registered> for Supervisor {
         let id = msg.id.clone();
         match self.devices.get_mut(&msg.id) {
             Some(entry) => {
-                if !entry.view.online {
+                if !entry.listed.view.online {
                     self.online += 1;
                 }
                 if let Some((old_conn, old)) = entry.conn.take() {
@@ -224,7 +226,7 @@ impl Handler<Registered> for Supervisor {
                             "device {}: new connection from {} replaces the one from {}",
                             msg.id,
                             msg.remote_addr,
-                            entry.view.remote_addr
+                            entry.listed.view.remote_addr
                         );
                         old.close.do_send(Close {
                             reason: OfflineReason::Replaced,
@@ -233,7 +235,7 @@ impl Handler<Registered> for Supervisor {
                         publish_offline(&self.events, &msg.id, OfflineReason::Replaced);
                     }
                 }
-                entry.view = view;
+                entry.listed = ListEntry::new(view);
                 entry.conn = Some((msg.conn, msg.handle));
             }
             None => {
@@ -241,7 +243,7 @@ impl Handler<Registered> for Supervisor {
                 self.devices.insert(
                     msg.id,
                     DeviceEntry {
-                        view,
+                        listed: ListEntry::new(view),
                         values: Values::new(),
                         rules: RuleStates::default(),
                         conn: Some((msg.conn, msg.handle)),
@@ -268,7 +270,7 @@ impl Handler<Seen> for Supervisor {
     fn handle(&mut self, msg: Seen, _: &mut Self::Context) {
         if let Some(entry) = self.devices.get_mut(&msg.id) {
             if entry.holds(msg.conn) {
-                entry.view.last_seen = Utc::now();
+                entry.listed.view_mut().last_seen = Utc::now();
             }
         }
     }
@@ -284,7 +286,7 @@ impl Handler<Telemetry> for Supervisor {
         if !entry.holds(msg.conn) {
             return;
         }
-        entry.view.last_seen = msg.at;
+        entry.listed.view_mut().last_seen = msg.at;
         let wanted = self
             .interest
             .as_ref()
@@ -303,6 +305,7 @@ impl Handler<Telemetry> for Supervisor {
             )));
         }
         let rules = entry
+            .listed
             .view
             .profile
             .as_ref()
@@ -342,10 +345,10 @@ impl Handler<Offline> for Supervisor {
             // A replaced connection reports after its successor registered: leave that one be.
             if entry.holds(msg.conn) {
                 entry.conn = None;
-                if entry.view.online {
+                if entry.listed.view.online {
                     self.online -= 1;
                 }
-                entry.view.online = false;
+                entry.listed.view_mut().online = false;
                 log::info!("device {}: offline ({})", msg.id, msg.reason.as_str());
                 publish_offline(&self.events, &msg.id, msg.reason);
             }
@@ -365,9 +368,9 @@ impl Handler<ListDevices> for Supervisor {
                     None => Bound::Unbounded,
                 };
                 let rest = self.devices.range::<str, _>((after, Bound::Unbounded));
-                query.page_counted(rest.map(|(_, e)| &e.view), counts)
+                query.page_counted(rest.map(|(_, e)| &e.listed), counts)
             }
-            None => query.page(self.devices.values().map(|e| &e.view)),
+            None => query.page(self.devices.values().map(|e| &e.listed)),
         })
     }
 }
@@ -379,7 +382,7 @@ impl Handler<GetDevice> for Supervisor {
         MessageResult(
             self.devices
                 .get(&msg.id)
-                .map(|e| (e.view.clone(), e.values.clone())),
+                .map(|e| (DeviceView::clone(&e.listed.view), e.values.clone())),
         )
     }
 }
@@ -404,7 +407,8 @@ impl Handler<RouteCommand> for Supervisor {
             (Some(_), None) => return Err(not_for_terminals()),
             // Known as a terminal, even while offline: nothing to queue for it either.
             (None, _)
-                if Protocol::by_name(&entry.view.protocol).is_some_and(Protocol::is_relay) =>
+                if Protocol::by_name(&entry.listed.view.protocol)
+                    .is_some_and(Protocol::is_relay) =>
             {
                 return Err(not_for_terminals())
             }
@@ -414,7 +418,7 @@ impl Handler<RouteCommand> for Supervisor {
             .try_send(Execute {
                 command: msg.command,
                 reply: msg.reply,
-                unit: entry.view.unit,
+                unit: entry.listed.view.unit,
             })
             .map_err(|_| CommandError::Offline(msg.id))
     }
@@ -426,7 +430,10 @@ impl Handler<CloseAll> for Supervisor {
     fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
         let mut n = 0;
         // Units are closed with their DTU's connection.
-        let connections = self.devices.values().filter(|e| e.view.unit.is_none());
+        let connections = self
+            .devices
+            .values()
+            .filter(|e| e.listed.view.unit.is_none());
         for (_, handle) in connections.filter_map(|e| e.conn.as_ref()) {
             handle.close.do_send(Close {
                 reason: OfflineReason::Closed,
