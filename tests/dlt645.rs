@@ -112,14 +112,7 @@ fn a_dlt645_meter_behind_a_transparent_dtu() {
     assert!(stored.iter().all(|v| close(*v, 123_456.78)), "{stored:?}");
 
     // The address was read once, with the broadcast address, and the reads went to it.
-    let (_, packets) = server.get(&format!("/api/devices/{DTU}/packets?limit=500"));
-    let out: Vec<String> = packets
-        .as_array()
-        .expect("packets")
-        .iter()
-        .filter(|p| p["direction"] == "out")
-        .filter_map(|p| p["hex"].as_str().map(str::to_string))
-        .collect();
+    let out = server.packets_out(DTU, 500);
     let discover = "FE FE FE FE 68 AA AA AA AA AA AA 68 13 00 DF 16";
     assert_eq!(out.iter().filter(|h| *h == discover).count(), 1, "{out:?}");
     assert!(

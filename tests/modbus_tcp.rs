@@ -120,14 +120,7 @@ fn a_modbus_tcp_slave_behind_a_transparent_dtu() {
     );
 
     // The requests on the wire carried the MBAP header, not a CRC.
-    let (_, packets) = server.get(&format!("/api/devices/{DTU}/packets?limit=200"));
-    let requests: Vec<String> = packets
-        .as_array()
-        .expect("packets")
-        .iter()
-        .filter(|p| p["direction"] == "out")
-        .filter_map(|p| p["hex"].as_str().map(str::to_string))
-        .collect();
+    let requests = server.packets_out(DTU, 200);
     assert!(
         requests
             .iter()

@@ -373,6 +373,19 @@ flush_interval = "200ms"
         answer(with_token(ureq::delete(&self.url(path)).timeout(DEADLINE), token).call())
     }
 
+    /// The hex of the last `limit` packets sent to device `id`, newest first.
+    pub fn packets_out(&self, id: &str, limit: usize) -> Vec<String> {
+        let (status, packets) = self.get(&format!("/api/devices/{id}/packets?limit={limit}"));
+        assert_eq!(status, 200, "{packets}");
+        packets
+            .as_array()
+            .expect("packets")
+            .iter()
+            .filter(|p| p["direction"] == "out")
+            .filter_map(|p| p["hex"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub fn device(&self, id: &str) -> Option<Value> {
         let (status, body) = self.get(&format!("/api/devices/{id}"));
         (status == 200).then_some(body)
