@@ -83,6 +83,7 @@ fn telemetry(device: u32, i: u32) -> Row {
             .timestamp_opt(1_700_000_000 + i64::from(i), 0)
             .single()
             .expect("valid time"),
+        unit: "°C".into(),
     })
 }
 

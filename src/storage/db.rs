@@ -32,6 +32,7 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub use super::error::StorageError;
+use super::series::SeriesCache;
 pub use super::url::Backend;
 #[cfg(feature = "mysql")]
 use super::url::CONNECT_TIMEOUT;
@@ -228,6 +229,8 @@ pub struct Db {
     /// Serialises this process's offline-queue inserts, so that they never race for a
     /// device's next sequence number (other processes are handled by retrying).
     pub(super) enqueue_lock: Arc<Mutex<()>>,
+    /// Series ids by device and point, for the writes (`series.rs`).
+    pub(super) series: Arc<SeriesCache>,
 }
 
 impl std::fmt::Debug for Db {
@@ -294,6 +297,7 @@ impl Db {
             shown,
             _keeper: keeper,
             enqueue_lock: Arc::new(Mutex::new(())),
+            series: Arc::new(SeriesCache::default()),
         })
     }
 
@@ -326,6 +330,33 @@ impl Db {
         let mut conn = self.conn()?;
         conn.ping()
             .map_err(|e| StorageError::Connect(scrub(e.to_string(), self.shown.1.as_deref())))
+    }
+}
+
+/// Runs `f` in a transaction that writes. On SQLite it begins as `BEGIN IMMEDIATE`: a
+/// deferred transaction that reads first (a batch looking up its series) could not turn into a
+/// writer once another connection had committed since its read (`SQLITE_BUSY` at once, without
+/// waiting for `busy_timeout`); taking the write lock first makes writers queue instead.
+pub(super) fn write_transaction<T>(
+    conn: &mut AnyConnection,
+    f: impl FnOnce(&mut AnyConnection) -> diesel::QueryResult<T>,
+) -> diesel::QueryResult<T> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let AnyConnection::Sqlite(c) = conn else {
+        return conn.transaction(f);
+    };
+    AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+    // The inner connection's transaction state is what `AnyConnection`'s manager reads.
+    type Manager = <AnyConnection as Connection>::TransactionManager;
+    match f(conn) {
+        Ok(value) => {
+            Manager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            Manager::rollback_transaction(conn)?;
+            Err(e)
+        }
     }
 }
 

@@ -23,7 +23,8 @@
 //! Where things are: this file is the actor's public face (its messages); `actor.rs` the actor
 //! (buffer, backoff, spool replay); `writer.rs` the thread that writes; `spool.rs` the file.
 //! The database itself: `db.rs` (connection, pool, `Db::call`), `schema.rs` (the tables),
-//! `batch.rs` (the batched write of [`Row`]s), `repo/<table>.rs` (each table's queries),
+//! `batch.rs` (the batched write of [`Row`]s), `series.rs` (telemetry's series ids and their
+//! cache), `repo/<table>.rs` (each table's queries),
 //! `mysql.rs` (what MariaDB/MySQL needs differently), `time.rs`, `url.rs`.
 
 mod actor;
@@ -36,6 +37,7 @@ mod mysql;
 mod repo;
 pub mod rows;
 pub mod schema;
+mod series;
 pub mod spool;
 mod time;
 mod url;

@@ -47,6 +47,7 @@ fn row(i: u32) -> Row {
             .timestamp_opt(1_700_000_000 + i64::from(i), 0)
             .single()
             .expect("valid time"),
+        unit: String::new(),
     })
 }
 
