@@ -3,7 +3,8 @@
 //! Device actors `do_send` [`Store`] / [`StoreMany`]; that never waits and never fails. Rows
 //! are buffered and written in batches by a [`DbWriter`] on its own thread: when `batch_size`
 //! rows are waiting, or `flush_interval` after the oldest of them arrived. One batch is in
-//! flight at a time.
+//! flight at a time; the next takes every row that waits (up to 50,000, or `batch_size` if
+//! larger), so a write that falls behind catches up in larger transactions.
 //!
 //! Nothing is lost:
 //! - A failed write keeps its rows at the front and is retried with exponential backoff
@@ -60,7 +61,8 @@ pub use writer::{BatchWriter, DbWriter, WriteBatch};
 /// long history is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSettings {
-    /// Rows per write; at least 1.
+    /// Rows waiting that start a write (a write takes all that wait, up to 50,000 or this if
+    /// larger); at least 1.
     pub batch_size: usize,
     /// Longest a row waits in memory.
     pub flush_interval: Duration,
