@@ -1175,7 +1175,9 @@ fn previous_release_database(url: &str, backend: Backend) {
         }
         #[cfg(feature = "mysql")]
         Backend::Mysql => {
-            let mut c = MysqlConnection::establish(url).expect("mysql");
+            // The client library knows only the mysql:// spelling.
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let mut c = MysqlConnection::establish(&url).expect("mysql");
             up_to(&mut c, MYSQL);
             diesel::sql_query(&insert).execute(&mut c).expect("rows");
         }
