@@ -1441,6 +1441,15 @@ fn sqlite_connections_get_the_pragmas() {
         .get_result(c)
         .expect("busy");
     assert!(busy.timeout >= 1000);
+    #[derive(QueryableByName)]
+    struct Checkpoint {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        wal_autocheckpoint: i32,
+    }
+    let checkpoint: Checkpoint = diesel::sql_query("PRAGMA wal_autocheckpoint")
+        .get_result(c)
+        .expect("wal_autocheckpoint");
+    assert_eq!(checkpoint.wal_autocheckpoint, 10_000);
 }
 
 fn relay_queue_in_order_capped_and_marked(url: &str, backend: Backend) {

@@ -8,8 +8,9 @@
 //! Connections are a `diesel::MultiConnection` enum handed out by an r2d2 pool whose manager
 //! picks the variant from the scheme (diesel's own `establish` tries each backend in turn, and
 //! SQLite would accept any string). SQLite connections get `busy_timeout`, WAL,
-//! `synchronous=NORMAL` and foreign keys on acquire. The embedded migrations of the chosen
-//! backend run once, on a first connection, before the pool is built: a restart applies nothing.
+//! `synchronous=NORMAL`, a `wal_autocheckpoint` of 10,000 pages and foreign keys on acquire.
+//! The embedded migrations of the chosen backend run once, on a first connection, before the
+//! pool is built: a restart applies nothing.
 //!
 //! Everything here blocks: call it from a blocking thread, or from async code through
 //! [`Db::call`], never on an async executor.
@@ -94,6 +95,11 @@ const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long SQLite waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// WAL pages after which a commit checkpoints (SQLite's default is 1,000, 4 MiB). Telemetry is
+/// stored by series, so a write touches one page per series and the next writes touch the same
+/// pages again: a larger WAL (up to some 40 MiB) lets a checkpoint write each such page once for
+/// several commits. With it a fleet of 10,000 series is written 1.6× faster (BENCHMARKS.md).
+const SQLITE_WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// The r2d2 manager: opens the variant of `AnyConnection` that the URL's scheme names.
 pub struct AnyManager {
@@ -200,6 +206,7 @@ impl SessionSetup {
                 "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
                  PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = NORMAL; \
+                 PRAGMA wal_autocheckpoint = {SQLITE_WAL_CHECKPOINT_PAGES}; \
                  PRAGMA foreign_keys = ON;"
             ),
             AnyConnection::Postgresql(_) => return Ok(()),
