@@ -10,14 +10,16 @@
 //!   series, joined, sorted and cut at the page. The window starts at the cursor and its
 //!   length adapts: it widens (×4) while it holds less than a page, and the next page starts
 //!   with the length the previous page took, so a page reads about a page of rows whatever
-//!   the density of the data.
+//!   the density of the data. The first page finds the oldest and newest times of the
+//!   selected series (one index probe each); an export ends at that newest time, so values
+//!   stored while it runs with later times are not in it.
 //!
 //! Among rows of the same millisecond, the lower series (the one created first, for a device
 //! the point its first poll decoded first) comes first in exports and last in histories.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use serde::Serialize;
 
 use crate::storage::db::{Backend, Db, MultiBackend, PooledConn, StorageError};
@@ -47,13 +49,15 @@ pub struct TelemetryRecord {
     pub at: DateTime<Utc>,
 }
 
-/// Keyset position of an export: the last `(at, series)` handed out, and how long a window
-/// of time the next page starts reading.
+/// Keyset position of an export: the last `(at, series)` handed out, how long a window of
+/// time the next page starts reading, and where the export ends (the newest time stored when
+/// its first page was read: later pages need not look for it again).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ExportCursor {
     pub at: DateTime<Utc>,
     pub series: i32,
     span: i64,
+    end: i64,
 }
 
 /// The stored range `[lo, hi)` in milliseconds for the bounds `[from, to)`.
@@ -162,19 +166,24 @@ impl Db {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        let Some((first, last)) = extent(&mut conn, self.backend, device)? else {
-            return Ok(Vec::new());
-        };
-        lo = lo.max(first);
-        let hi = hi.min(last.saturating_add(1));
         let mut key = None;
-        if let Some(c) = after {
-            let at = millis(c.at);
-            if at >= lo {
-                lo = at;
-                key = Some((at, c.series));
+        let hi = match after {
+            Some(c) => {
+                let at = millis(c.at);
+                if at >= lo {
+                    lo = at;
+                    key = Some((at, c.series));
+                }
+                hi.min(c.end)
             }
-        }
+            None => {
+                let Some((first, last)) = extent(&mut conn, self.backend, device)? else {
+                    return Ok(Vec::new());
+                };
+                lo = lo.max(first);
+                hi.min(last.saturating_add(1))
+            }
+        };
         let start = lo;
         let mut span = after.map_or(hi.saturating_sub(lo) / FIRST_WINDOWS, |c| c.span);
         span = span.max(1);
@@ -182,7 +191,7 @@ impl Db {
         while lo < hi && (out.len() as i64) < page {
             let end = lo.saturating_add(span).min(hi);
             let need = page - out.len() as i64;
-            let rows = window(&mut conn, device, lo, end, key.take(), need)?;
+            let rows = window(&mut conn, self.backend, device, lo, end, key.take(), need)?;
             let full = rows.len() as i64 == need;
             out.extend(rows);
             if full {
@@ -202,7 +211,12 @@ impl Db {
             .map(|(series, at, value, raw, device_id, point)| {
                 let at = from_millis(at);
                 (
-                    ExportCursor { at, series, span },
+                    ExportCursor {
+                        at,
+                        series,
+                        span,
+                        end: hi,
+                    },
                     TelemetryRecord {
                         device_id,
                         point,
@@ -236,37 +250,78 @@ fn newest_first(rows: &mut Vec<(i64, usize, f64, f64)>, keep: usize) {
     rows.truncate(keep);
 }
 
+/// One row of an export window.
+#[derive(QueryableByName)]
+struct WindowRow {
+    #[diesel(sql_type = Integer)]
+    series_id: i32,
+    #[diesel(sql_type = BigInt)]
+    at: i64,
+    #[diesel(sql_type = Double)]
+    value: f64,
+    #[diesel(sql_type = Double)]
+    raw: f64,
+    #[diesel(sql_type = Text)]
+    device_id: String,
+    #[diesel(sql_type = Text)]
+    point: String,
+}
+
 /// The rows of `[lo, end)` of the device (or all), after the keyset `key` if given, ascending
 /// by `(at, series)`, at most `limit`.
+///
+/// SQL of its own for one reason: `series CROSS JOIN points` is how SQLite is told to loop
+/// over the series and seek each one's time range along the key; given a plain join without a
+/// device it scans all of `points` instead. PostgreSQL and MySQL plan it as any join.
 fn window(
     conn: &mut PooledConn,
+    backend: Backend,
     device: Option<&str>,
     lo: i64,
     end: i64,
     key: Option<(i64, i32)>,
     limit: i64,
 ) -> QueryResult<Vec<JoinedTuple>> {
-    let mut query = points::table
-        .inner_join(series::table)
-        .filter(points::at.ge(lo))
-        .filter(points::at.lt(end))
-        .into_boxed::<MultiBackend>();
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        match backend {
+            Backend::Postgres => format!("${n}"),
+            Backend::Sqlite | Backend::Mysql => "?".to_string(),
+        }
+    };
+    let mut sql = format!(
+        "SELECT p.series_id AS series_id, p.at AS at, p.value AS value, p.raw AS raw, \
+         s.device_id AS device_id, s.point AS point \
+         FROM series s CROSS JOIN points p \
+         WHERE p.series_id = s.id AND p.at >= {} AND p.at < {}",
+        param(),
+        param()
+    );
+    if device.is_some() {
+        sql.push_str(&format!(" AND s.device_id = {}", param()));
+    }
+    if key.is_some() {
+        sql.push_str(&format!(
+            " AND (p.at > {} OR p.series_id > {})",
+            param(),
+            param()
+        ));
+    }
+    sql.push_str(&format!(" ORDER BY p.at, p.series_id LIMIT {}", param()));
+    let mut query = diesel::sql_query(sql)
+        .into_boxed::<MultiBackend>()
+        .bind::<BigInt, _>(lo)
+        .bind::<BigInt, _>(end);
     if let Some(d) = device {
-        query = query.filter(series::device_id.eq(d));
+        query = query.bind::<Text, _>(d.to_string());
     }
     if let Some((at, id)) = key {
-        query = query.filter(points::at.gt(at).or(points::series_id.gt(id)));
+        query = query.bind::<BigInt, _>(at).bind::<Integer, _>(id);
     }
-    query
-        .select((
-            points::series_id,
-            points::at,
-            points::value,
-            points::raw,
-            series::device_id,
-            series::point,
-        ))
-        .order((points::at.asc(), points::series_id.asc()))
-        .limit(limit)
-        .load(&mut **conn)
+    let rows: Vec<WindowRow> = query.bind::<BigInt, _>(limit).load(&mut **conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.series_id, r.at, r.value, r.raw, r.device_id, r.point))
+        .collect())
 }
