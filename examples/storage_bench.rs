@@ -48,6 +48,7 @@ fn bench(url: &str) -> Result<(), Box<dyn std::error::Error>> {
                 value: i as f64 * 0.1,
                 raw: i as f64,
                 at: start + Duration::milliseconds(i as i64 * 10),
+                unit: String::new(),
             })
         })
         .collect();

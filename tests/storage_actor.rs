@@ -83,6 +83,7 @@ fn telemetry(device: u32, i: u32) -> Row {
             .timestamp_opt(1_700_000_000 + i64::from(i), 0)
             .single()
             .expect("valid time"),
+        unit: "°C".into(),
     })
 }
 
@@ -235,17 +236,27 @@ async fn flushes_when_a_batch_is_full() {
         settings(100, Duration::from_secs(3600), 10_000),
         dir.path().join("spool.jsonl"),
     );
+    // 250 rows: a write starts at 100 waiting; those that arrive meanwhile (150, more than a
+    // batch) go in the next write, which takes all that wait.
     for i in 0..250 {
         addr.do_send(Store(telemetry(1, i)));
     }
-    eventually("two full batches", || count(&db) == 200).await;
-    let s = stats_until(&addr, "two batches", |s| s.written == 200).await;
-    assert_eq!(s.buffered, 50, "the rest waits for the interval: {s:?}");
+    eventually("full batches", || count(&db) == 250).await;
+    stats_until(&addr, "full batches", |s| {
+        s.written == 250 && s.buffered == 0
+    })
+    .await;
+    // Fewer than a batch wait for the interval.
+    for i in 250..300 {
+        addr.do_send(Store(telemetry(1, i)));
+    }
+    let s = stats_until(&addr, "50 waiting", |s| s.buffered == 50).await;
+    assert_eq!(s.written, 250, "{s:?}");
     actix_rt::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(count(&db), 200, "no partial batch before the interval");
+    assert_eq!(count(&db), 250, "no partial batch before the interval");
     let report = addr.send(FlushAll::default()).await.expect("flush answers");
     assert_eq!(report.written, 50);
-    assert_eq!(count(&db), 250);
+    assert_eq!(count(&db), 300);
 }
 
 #[actix_rt::test]

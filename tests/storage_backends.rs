@@ -15,7 +15,7 @@ use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use diesel::prelude::*;
 use dtu_supervisor::storage::db::{
     Backend, Db, ExportCursor, PrunableTable, QueuedCommand, StorageError, TelemetryQuery,
-    TokenRecord, WebhookRecord,
+    TelemetryRecord, TokenRecord, WebhookRecord,
 };
 use dtu_supervisor::storage::rows::{
     CommandRow, ConnEvent, ConnEventRow, DeliveryRow, DeviceRow, Direction, PacketKind, PacketRow,
@@ -195,6 +195,9 @@ suite!(
     unstorable_rows_are_dropped_not_fatal,
     concurrent_writers,
     times_far_from_now_compare_exactly,
+    one_value_per_series_and_millisecond_the_last_wins,
+    telemetry_is_also_the_contract_view,
+    telemetry_of_the_previous_release_is_migrated,
     relay_queue_in_order_capped_and_marked,
     command_upsert_keeps_the_latest_state,
     tokens_insert_list_revoke,
@@ -216,6 +219,11 @@ fn secs(s: i64) -> DateTime<Utc> {
     base() + chrono::Duration::seconds(s)
 }
 
+/// A time as telemetry stores it: to the millisecond.
+fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
+}
+
 fn tel(device: &str, point: &str, value: f64, at: DateTime<Utc>) -> Row {
     Row::Telemetry(TelemetryRow {
         device_id: device.into(),
@@ -223,6 +231,7 @@ fn tel(device: &str, point: &str, value: f64, at: DateTime<Utc>) -> Row {
         value,
         raw: value * 10.0,
         at,
+        unit: String::new(),
     })
 }
 
@@ -346,7 +355,7 @@ fn writes_and_reads_every_row_kind(url: &str, backend: Backend) {
     assert_eq!(t[0].point, "temperature");
     assert_eq!(t[0].value, 21.25);
     assert_eq!(t[0].raw, 212.5);
-    assert_eq!(t[0].at, base(), "times keep exactly their microseconds");
+    assert_eq!(t[0].at, ms(base()), "telemetry keeps milliseconds");
 
     let p = db.packets("dev-1", None, 10).expect("packets");
     assert_eq!(p.len(), 1);
@@ -370,7 +379,7 @@ fn writes_and_reads_every_row_kind(url: &str, backend: Backend) {
     assert_eq!(db.devices().expect("devices"), vec![d]);
 
     let json = serde_json::to_value(&t[0]).expect("json");
-    assert_eq!(json["at"], "2024-03-05T12:34:56.123456Z");
+    assert_eq!(json["at"], "2024-03-05T12:34:56.123Z");
 }
 
 fn device_upsert_updates(url: &str, backend: Backend) {
@@ -608,7 +617,7 @@ fn telemetry_filters_and_orders(url: &str, backend: Backend) {
     let all = db.telemetry(&query("d")).expect("all");
     assert_eq!(all.len(), 40);
     assert!(all.windows(2).all(|w| w[0].at >= w[1].at), "newest first");
-    assert_eq!(all[0].at, secs(19));
+    assert_eq!(all[0].at, ms(secs(19)));
 
     let a = db
         .telemetry(&TelemetryQuery {
@@ -633,8 +642,8 @@ fn telemetry_filters_and_orders(url: &str, backend: Backend) {
     let values: Vec<f64> = window.iter().map(|r| r.value).collect();
     assert_eq!(values, vec![109.0, 108.0, 107.0, 106.0, 105.0]);
 
-    // A bound between two rows, to the microsecond.
-    let from = secs(18) + chrono::Duration::microseconds(1);
+    // A bound between two rows, to the millisecond (telemetry's resolution).
+    let from = secs(18) + chrono::Duration::milliseconds(1);
     let late = db
         .telemetry(&TelemetryQuery {
             from: Some(from),
@@ -650,8 +659,13 @@ fn telemetry_filters_and_orders(url: &str, backend: Backend) {
         })
         .expect("limit");
     assert_eq!(limited.len(), 3);
-    assert_eq!(limited[0].at, secs(19));
-    assert_eq!(limited[2].at, secs(18));
+    assert_eq!(limited[0].at, ms(secs(19)));
+    assert_eq!(limited[2].at, ms(secs(18)));
+    // Ties in time: the later series (b, created second) first.
+    assert_eq!(
+        (limited[0].point.as_str(), limited[1].point.as_str()),
+        ("b", "a")
+    );
 
     assert!(db
         .telemetry(&TelemetryQuery {
@@ -715,7 +729,7 @@ fn export_pages_walk_everything_once(url: &str, backend: Backend) {
     db.write(&rows).expect("write");
 
     let mut seen = HashSet::new();
-    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
     let mut last: Option<ExportCursor> = None;
     let mut pages = 0;
     loop {
@@ -729,12 +743,12 @@ fn export_pages_walk_everything_once(url: &str, backend: Backend) {
         for (cursor, rec) in &page {
             if let Some(prev) = last {
                 assert!(
-                    (cursor.at, cursor.id) > (prev.at, prev.id),
-                    "ascending by (at, id)"
+                    (cursor.at, cursor.series) > (prev.at, prev.series),
+                    "ascending by (at, series)"
                 );
             }
             assert_eq!(cursor.at, rec.at);
-            assert!(ids.insert(cursor.id), "id {} twice", cursor.id);
+            assert!(keys.insert((cursor.at, cursor.series)), "{cursor:?} twice");
             assert!(seen.insert(rec.value as i64), "row {} twice", rec.value);
             last = Some(*cursor);
         }
@@ -762,18 +776,19 @@ fn export_pages_walk_everything_once(url: &str, backend: Backend) {
 
 fn prune_deletes_exactly_the_old_rows(url: &str, backend: Backend) {
     let db = open(url, backend);
-    // 12,000 old rows (more than one chunk; many share a timestamp) and 300 new ones.
+    // 12,000 old rows (more than one chunk per series; the three series share timestamps)
+    // and 300 new ones, the first in the cutoff's millisecond.
     let mut rows = Vec::new();
     for i in 0..12_000 {
-        rows.push(tel("d", "t", i as f64, secs(i / 3)));
+        rows.push(tel("d", &format!("t{}", i % 3), i as f64, secs(i / 3)));
     }
     let cutoff = secs(4_000);
     for i in 0..300 {
         rows.push(tel(
             "d",
-            "t",
+            "t0",
             -(i as f64),
-            cutoff + chrono::Duration::microseconds(i),
+            cutoff + chrono::Duration::milliseconds(i),
         ));
     }
     for i in 0..50 {
@@ -795,7 +810,11 @@ fn prune_deletes_exactly_the_old_rows(url: &str, backend: Backend) {
     let oldest = db
         .telemetry_page(None, None, None, None, 1)
         .expect("oldest");
-    assert_eq!(oldest[0].1.at, cutoff, "a row exactly at the cutoff stays");
+    assert_eq!(
+        oldest[0].1.at,
+        ms(cutoff),
+        "a row of the cutoff's millisecond stays"
+    );
 
     assert_eq!(
         db.prune(PrunableTable::RawPackets, cutoff).expect("prune"),
@@ -864,6 +883,7 @@ fn failed_write_leaves_nothing(url: &str, backend: Backend) {
     let err = db
         .write(&[
             tel("d", "t", 2.0, secs(1)),
+            tel("d", "new", 3.0, secs(1)),
             packet("d", Direction::In, &[1], secs(1)),
         ])
         .expect_err("a write into a missing table fails");
@@ -873,6 +893,18 @@ fn failed_write_leaves_nothing(url: &str, backend: Backend) {
         1,
         "all or nothing"
     );
+    // The series created by the failed write was rolled back with it: a later write of the
+    // same point creates it again, and its values can be read.
+    db.write(&[tel("d", "new", 4.0, secs(2))])
+        .expect("write after the failure");
+    let new = db
+        .telemetry(&TelemetryQuery {
+            point: Some("new".into()),
+            ..query("d")
+        })
+        .expect("read");
+    assert_eq!(new.len(), 1);
+    assert_eq!((new[0].value, new[0].at), (4.0, ms(secs(2))));
 }
 
 fn unstorable_rows_are_dropped_not_fatal(url: &str, backend: Backend) {
@@ -929,9 +961,9 @@ fn times_far_from_now_compare_exactly(url: &str, backend: Backend) {
         Utc.with_ymd_and_hms(y, mo, d, 23, 59, 59).unwrap() + chrono::Duration::microseconds(us)
     };
     let times = [
-        at(1965, 5, 5, 1),
+        at(1965, 5, 5, 1_000),
         at(2024, 1, 1, 0),
-        at(2045, 7, 8, 999_999),
+        at(2045, 7, 8, 999_000),
         at(2999, 12, 30, 500_000),
     ];
     let rows: Vec<Row> = times
@@ -979,6 +1011,268 @@ fn times_far_from_now_compare_exactly(url: &str, backend: Backend) {
         2
     );
     assert_eq!(between(None, None), times[2..].to_vec());
+}
+
+fn one_value_per_series_and_millisecond_the_last_wins(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let t = secs(0);
+    let us = chrono::Duration::microseconds;
+    // A device polling a point twice within one millisecond, in one batch: the later is kept.
+    let rows = [
+        tel("d", "p", 1.0, t),
+        tel("d", "q", 5.0, t),
+        tel("d", "p", 2.0, t + us(300)),
+    ];
+    assert_eq!(db.write(&rows).expect("write"), 3);
+    // And across batches (a batch written again after an ambiguous commit, a late poll).
+    db.write(&[tel("d", "p", 3.0, t + us(500))]).expect("again");
+    db.write(&[tel("d", "p", 4.0, t + us(1_000))])
+        .expect("next");
+    let p = db
+        .telemetry(&TelemetryQuery {
+            point: Some("p".into()),
+            ..query("d")
+        })
+        .expect("read");
+    let got: Vec<(f64, DateTime<Utc>)> = p.iter().map(|r| (r.value, r.at)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (4.0, ms(t) + chrono::Duration::milliseconds(1)),
+            (3.0, ms(t))
+        ]
+    );
+    assert_eq!(p[1].raw, 30.0, "raw goes with its value");
+    assert_eq!(db.count_telemetry(Some("d")).expect("count"), 3);
+}
+
+/// The contract's `telemetry` (device_id, point, value, raw, at) as a view.
+#[derive(QueryableByName, Debug, PartialEq)]
+struct ViewRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    device_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    point: String,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    value: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    raw: f64,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    at: chrono::NaiveDateTime,
+}
+
+fn view_rows(db: &Db) -> Vec<ViewRow> {
+    let mut conn = db.conn().expect("conn");
+    diesel::sql_query(
+        "SELECT device_id, point, value, raw, at FROM telemetry ORDER BY at, device_id, point",
+    )
+    .load(&mut *conn)
+    .expect("the telemetry view")
+}
+
+fn telemetry_is_also_the_contract_view(url: &str, backend: Backend) {
+    let db = open(url, backend);
+    let old = Utc.with_ymd_and_hms(1969, 7, 20, 20, 17, 40).unwrap();
+    db.write(&[
+        tel("d", "b", 2.5, secs(1)),
+        tel("d", "a", 1.5, secs(1)),
+        tel("e", "a", -7.0, old),
+    ])
+    .expect("write");
+    let view = view_rows(&db);
+    let row = |d: &str, p: &str, value: f64, at: DateTime<Utc>| ViewRow {
+        device_id: d.into(),
+        point: p.into(),
+        value,
+        raw: value * 10.0,
+        at: ms(at).naive_utc(),
+    };
+    assert_eq!(
+        view,
+        vec![
+            row("e", "a", -7.0, old),
+            row("d", "a", 1.5, secs(1)),
+            row("d", "b", 2.5, secs(1)),
+        ]
+    );
+}
+
+/// The telemetry rows a database of the release before the series layout holds, as that
+/// release's diesel wrote them (times as `%F %T%.f`), in the order written.
+const LEGACY_ROWS: [(&str, &str, f64, f64, &str); 7] = [
+    ("1001", "temperature", 21.5, 215.0, "2026-11-30 10:00:00"),
+    ("1001", "humidity", 40.25, 4025.0, "2026-11-30 10:00:00"),
+    (
+        "1002",
+        "temperature",
+        19.0,
+        190.0,
+        "2026-11-30 10:00:00.500",
+    ),
+    (
+        "1001",
+        "temperature",
+        21.75,
+        217.5,
+        "2026-11-30 10:00:01.250",
+    ),
+    // The same millisecond again: the later row is the one kept.
+    (
+        "1001",
+        "temperature",
+        22.0,
+        220.0,
+        "2026-11-30 10:00:01.250400",
+    ),
+    ("1001", "humidity", 41.0, 4100.0, "2026-11-30 10:00:01.250"),
+    (
+        "1002",
+        "temperature",
+        -3.5,
+        -35.25,
+        "1969-12-31 23:59:59.999",
+    ),
+];
+
+/// Runs the migrations before the series layout on `url`, as the previous release did, and
+/// writes [`LEGACY_ROWS`] into its `telemetry` table.
+fn previous_release_database(url: &str, backend: Backend) {
+    use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+    const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+    const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+    #[cfg(feature = "mysql")]
+    const MYSQL: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+    const LAYOUT: &str = "2026-11-30-000100";
+    let values: Vec<String> = LEGACY_ROWS
+        .iter()
+        .map(|(d, p, v, r, at)| format!("('{d}', '{p}', {v:?}, {r:?}, '{at}')"))
+        .collect();
+    let insert = format!(
+        "INSERT INTO telemetry (device_id, point, value, raw, at) VALUES {}",
+        values.join(", ")
+    );
+    fn up_to<C: MigrationHarness<B>, B: diesel::backend::Backend>(
+        c: &mut C,
+        source: EmbeddedMigrations,
+    ) {
+        let pending = c.pending_migrations(source).expect("migrations");
+        for m in pending {
+            if m.name().to_string().as_str() < LAYOUT {
+                c.run_migration(&*m).expect("migration");
+            }
+        }
+    }
+    match backend {
+        Backend::Sqlite => {
+            let path = url.trim_start_matches("sqlite://");
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(dir).expect("directory");
+            }
+            let mut c = SqliteConnection::establish(path).expect("sqlite");
+            up_to(&mut c, SQLITE);
+            diesel::sql_query(&insert).execute(&mut c).expect("rows");
+        }
+        Backend::Postgres => {
+            let mut c = PgConnection::establish(url).expect("postgres");
+            up_to(&mut c, POSTGRES);
+            diesel::sql_query(&insert).execute(&mut c).expect("rows");
+        }
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => {
+            // The client library knows only the mysql:// spelling.
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let mut c = MysqlConnection::establish(&url).expect("mysql");
+            up_to(&mut c, MYSQL);
+            diesel::sql_query(&insert).execute(&mut c).expect("rows");
+        }
+        #[cfg(not(feature = "mysql"))]
+        Backend::Mysql => unreachable!("MySQL tests need the mysql feature"),
+    }
+}
+
+fn telemetry_of_the_previous_release_is_migrated(url: &str, backend: Backend) {
+    previous_release_database(url, backend);
+    let db = open(url, backend);
+    assert!(
+        migrations(&db)
+            .iter()
+            .any(|(v, _)| v.as_str() == "20261130000100"),
+        "the layout migration ran"
+    );
+    let at = |s: &str| {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .unwrap()
+            .and_utc()
+    };
+    let rec = |d: &str, p: &str, value: f64, raw: f64, t: &str| TelemetryRecord {
+        device_id: d.into(),
+        point: p.into(),
+        value,
+        raw,
+        at: at(t),
+    };
+    // A device's history, newest first; in one millisecond the later series first.
+    assert_eq!(
+        db.telemetry(&query("1001")).expect("1001"),
+        vec![
+            rec("1001", "humidity", 41.0, 4100.0, "2026-11-30 10:00:01.250"),
+            rec(
+                "1001",
+                "temperature",
+                22.0,
+                220.0,
+                "2026-11-30 10:00:01.250"
+            ),
+            rec("1001", "humidity", 40.25, 4025.0, "2026-11-30 10:00:00"),
+            rec("1001", "temperature", 21.5, 215.0, "2026-11-30 10:00:00"),
+        ]
+    );
+    // The export of everything, oldest first; series numbered in order of appearance.
+    let page = db
+        .telemetry_page(None, None, None, None, 100)
+        .expect("export");
+    let export: Vec<TelemetryRecord> = page.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        export,
+        vec![
+            rec(
+                "1002",
+                "temperature",
+                -3.5,
+                -35.25,
+                "1969-12-31 23:59:59.999"
+            ),
+            rec("1001", "temperature", 21.5, 215.0, "2026-11-30 10:00:00"),
+            rec("1001", "humidity", 40.25, 4025.0, "2026-11-30 10:00:00"),
+            rec(
+                "1002",
+                "temperature",
+                19.0,
+                190.0,
+                "2026-11-30 10:00:00.500"
+            ),
+            rec(
+                "1001",
+                "temperature",
+                22.0,
+                220.0,
+                "2026-11-30 10:00:01.250"
+            ),
+            rec("1001", "humidity", 41.0, 4100.0, "2026-11-30 10:00:01.250"),
+        ]
+    );
+    assert_eq!(view_rows(&db).len(), 6);
+    // New values join the migrated series.
+    db.write(&[tel("1002", "temperature", 20.0, at("2026-11-30 10:00:02"))])
+        .expect("write");
+    let t = db
+        .telemetry(&TelemetryQuery {
+            point: Some("temperature".into()),
+            ..query("1002")
+        })
+        .expect("1002");
+    let values: Vec<f64> = t.iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![20.0, 19.0, -3.5]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1151,6 +1445,15 @@ fn sqlite_connections_get_the_pragmas() {
         .get_result(c)
         .expect("busy");
     assert!(busy.timeout >= 1000);
+    #[derive(QueryableByName)]
+    struct Checkpoint {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        wal_autocheckpoint: i32,
+    }
+    let checkpoint: Checkpoint = diesel::sql_query("PRAGMA wal_autocheckpoint")
+        .get_result(c)
+        .expect("wal_autocheckpoint");
+    assert_eq!(checkpoint.wal_autocheckpoint, 10_000);
 }
 
 fn relay_queue_in_order_capped_and_marked(url: &str, backend: Backend) {

@@ -746,6 +746,7 @@ impl Conn {
                     value: d.value,
                     raw: d.raw,
                     at,
+                    unit: d.unit.clone(),
                 })
             })
             .collect::<Vec<_>>();

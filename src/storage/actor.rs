@@ -25,6 +25,11 @@ const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// After the spool could not be read or written, leave it alone this long.
 const SPOOL_RETRY: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(60);
+/// A write from the buffer takes every row waiting, up to this many (or `batch_size` if that
+/// is larger): under load the rows that arrived during one write go in the next, in one
+/// transaction. Telemetry is stored by series, so a larger write puts more points of each
+/// series into each page it touches (BENCHMARKS.md, "Telemetry layout").
+const LARGEST_WRITE: usize = 50_000;
 
 /// The storage actor. See the documentation of `storage` (mod.rs).
 pub struct Storage {
@@ -236,7 +241,7 @@ impl Storage {
         }
         let due = self.oldest.map_or(now, |t| t + self.flush_interval);
         if self.buffer.len() >= self.batch_size || due <= now || !self.drains.is_empty() {
-            let n = self.batch_size.min(self.buffer.len());
+            let n = self.buffer.len().min(self.batch_size.max(LARGEST_WRITE));
             let rows: Vec<Row> = self.buffer.drain(..n).collect();
             if self.buffer.is_empty() {
                 self.oldest = None;

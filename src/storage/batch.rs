@@ -1,6 +1,12 @@
 //! The batched write of [`Row`]s: one transaction, rows sorted by table and checked, then
 //! multi-row INSERTs per table chunked under the backend's bind-parameter limit, devices and
-//! commands upserted by id, and telemetry through COPY on PostgreSQL.
+//! commands upserted by id, and telemetry as points under their series (`series.rs`).
+//!
+//! Telemetry points are sorted by (series, time) and upserted: of two values of one series in
+//! the same millisecond the later one wins, in a batch as across batches (a device polling a
+//! point twice within a millisecond, or a batch written twice after an ambiguous commit).
+//! PostgreSQL takes them through binary COPY into a temporary table and one
+//! `INSERT … SELECT … ON CONFLICT DO UPDATE`; SQLite and MySQL through multi-row upserts.
 //!
 //! PostgreSQL and SQLite share one diesel statement per table; MySQL's, which bind times as
 //! DATETIME, are in `mysql.rs`.
@@ -10,15 +16,16 @@ use std::collections::HashSet;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 
-use super::db::{on_inner, AnyConnection, Backend, Db, StorageError};
-use super::insert::{NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewTelemetry};
+use super::db::{on_inner, write_transaction, AnyConnection, Backend, Db, StorageError};
+use super::insert::{NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewPoint};
 #[cfg(feature = "mysql")]
 use super::mysql;
 use super::rows::{
     CommandRow, ConnEventRow, DeliveryRow, DeviceRow, PacketRow, Row, TelemetryRow, DEVICE_ID_MAX,
 };
-use super::schema::{connection_events, raw_packets, telemetry, webhook_deliveries};
-use super::time::naive;
+use super::schema::{connection_events, raw_packets, webhook_deliveries};
+use super::series::SeriesCache;
+use super::time::{millis, naive};
 
 /// Bind parameters one statement may carry, per backend (SQLite's default
 /// SQLITE_MAX_VARIABLE_NUMBER is 32766; PostgreSQL's and MySQL's wire limit is 65535).
@@ -36,6 +43,8 @@ const MAX_ROWS_PER_INSERT: usize = 5_000;
 /// longer value would fail the whole batch on PostgreSQL and MySQL, so such a row is dropped
 /// with a warning instead (likewise for the other widths checked below).
 const NAME_MAX: usize = 128;
+/// Width of `series.unit`.
+const UNIT_MAX: usize = 32;
 
 fn rows_per_insert(max_binds: usize, columns: usize) -> usize {
     (max_binds / columns).clamp(1, MAX_ROWS_PER_INSERT)
@@ -49,8 +58,18 @@ struct Batch<'a> {
     deliveries: Vec<NewDelivery<'a>>,
     events: Vec<NewEvent<'a>>,
     packets: Vec<NewPacket<'a>>,
-    telemetry: Vec<NewTelemetry<'a>>,
+    telemetry: Vec<TelemetryIn<'a>>,
     dropped: usize,
+}
+
+/// A telemetry row before its series is known.
+struct TelemetryIn<'a> {
+    device_id: &'a str,
+    point: &'a str,
+    unit: &'a str,
+    at: i64,
+    value: f64,
+    raw: f64,
 }
 
 fn too_long(what: &str, value: &str, max: usize) -> bool {
@@ -80,6 +99,18 @@ fn latest_by_id<'a, T>(rows: Vec<T>, id: impl Fn(&T) -> &'a str) -> (Vec<T>, usi
     }
     latest.reverse();
     (latest, left_out)
+}
+
+/// `INSERT INTO points … ON CONFLICT (series_id, at) DO UPDATE` of value and raw.
+macro_rules! upsert_points {
+    ($values:expr) => {{
+        use super::schema::points::dsl::*;
+        diesel::insert_into(points)
+            .values($values)
+            .on_conflict((series_id, at))
+            .do_update()
+            .set((value.eq(excluded(value)), raw.eq(excluded(raw))))
+    }};
 }
 
 impl<'a> Batch<'a> {
@@ -124,12 +155,18 @@ impl<'a> Batch<'a> {
             self.dropped += 1;
             return;
         }
-        self.telemetry.push(NewTelemetry {
+        self.telemetry.push(TelemetryIn {
             device_id: &t.device_id,
             point: &t.point,
+            // Longer is no unit: the series keeps the one it has.
+            unit: if t.unit.chars().count() > UNIT_MAX {
+                ""
+            } else {
+                &t.unit
+            },
+            at: millis(t.at),
             value: t.value,
             raw: t.raw,
-            at: naive(t.at),
         });
     }
 
@@ -240,7 +277,12 @@ impl<'a> Batch<'a> {
     }
 
     /// Runs inside the caller's transaction.
-    fn insert(&self, conn: &mut AnyConnection, backend: Backend) -> QueryResult<()> {
+    fn insert(
+        &self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        series: &SeriesCache,
+    ) -> QueryResult<()> {
         let binds = max_binds(backend);
         for chunk in self.devices.chunks(rows_per_insert(binds, 9)) {
             on_inner!(conn, c => c.upsert(chunk),
@@ -268,24 +310,114 @@ impl<'a> Batch<'a> {
                 .execute(c),
                 mysql c => mysql::packets(c, chunk))?;
         }
-        // Telemetry is the bulk of every batch: PostgreSQL takes it through binary COPY, the
-        // others through multi-row INSERTs.
-        if let AnyConnection::Postgresql(c) = conn {
-            if !self.telemetry.is_empty() {
-                diesel::copy_from(telemetry::table)
-                    .from_insertable(self.telemetry.clone())
-                    .execute(c)?;
-            }
+        self.insert_points(conn, series)
+    }
+
+    /// The telemetry, under its series: sorted, one value per series and millisecond, then
+    /// upserted (see the module documentation).
+    fn insert_points(&self, conn: &mut AnyConnection, series: &SeriesCache) -> QueryResult<()> {
+        if self.telemetry.is_empty() {
             return Ok(());
         }
-        for chunk in self.telemetry.chunks(rows_per_insert(binds, 5)) {
-            on_inner!(conn, c => diesel::insert_into(telemetry::table)
-                .values(chunk)
-                .execute(c),
-                mysql c => mysql::telemetry(c, chunk))?;
+        let mut resolver = series.resolver();
+        let mut points = Vec::with_capacity(self.telemetry.len());
+        for t in &self.telemetry {
+            points.push(NewPoint {
+                series_id: resolver.id(conn, t.device_id, t.point, t.unit)?,
+                at: t.at,
+                value: t.value,
+                raw: t.raw,
+            });
         }
+        let points = last_per_key(points);
+        match conn {
+            AnyConnection::Postgresql(c) => copy_points(c, points)?,
+            AnyConnection::Sqlite(c) => {
+                for chunk in points.chunks(rows_per_insert(max_binds(Backend::Sqlite), 4)) {
+                    upsert_points!(chunk).execute(c)?;
+                }
+            }
+            #[cfg(feature = "mysql")]
+            AnyConnection::Mysql(c) => {
+                for chunk in points.chunks(rows_per_insert(max_binds(Backend::Mysql), 4)) {
+                    mysql::upsert_points(c, chunk)?;
+                }
+            }
+        }
+        resolver.commit();
         Ok(())
     }
+}
+
+/// Points sorted by (series, time), of several with one key the last: what one upsert
+/// statement may hold (PostgreSQL refuses to touch a row twice in one statement), and the
+/// order in which the primary key's pages are visited.
+fn last_per_key(mut points: Vec<NewPoint>) -> Vec<NewPoint> {
+    // Stable: equal keys stay in the order they were written.
+    points.sort_by_key(|p| (p.series_id, p.at));
+    let mut out: Vec<NewPoint> = Vec::with_capacity(points.len());
+    for p in points {
+        match out.last_mut() {
+            Some(last) if (last.series_id, last.at) == (p.series_id, p.at) => *last = p,
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// PostgreSQL's staging table of the points of one batch: a temporary table of the
+/// connection, emptied at every commit.
+mod staging {
+    diesel::table! {
+        points_in (series_id, at) {
+            series_id -> Integer,
+            at -> BigInt,
+            value -> Double,
+            raw -> Double,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = staging::points_in)]
+#[diesel(treat_none_as_default_value = false)]
+struct StagedPoint {
+    series_id: i32,
+    at: i64,
+    value: f64,
+    raw: f64,
+}
+
+/// Binary COPY of the points into `points_in`, then one upsert from it into `points`: COPY
+/// itself cannot skip or replace a row whose key exists. Runs inside the batch's transaction.
+fn copy_points(c: &mut diesel::PgConnection, points: Vec<NewPoint>) -> QueryResult<()> {
+    use diesel::connection::SimpleConnection;
+    c.batch_execute(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS points_in (\
+             series_id INTEGER NOT NULL, at BIGINT NOT NULL, \
+             value DOUBLE PRECISION NOT NULL, raw DOUBLE PRECISION NOT NULL\
+         ) ON COMMIT DELETE ROWS",
+    )?;
+    diesel::copy_from(staging::points_in::table)
+        .from_insertable(
+            points
+                .into_iter()
+                .map(|p| StagedPoint {
+                    series_id: p.series_id,
+                    at: p.at,
+                    value: p.value,
+                    raw: p.raw,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .execute(c)?;
+    diesel::sql_query(
+        "INSERT INTO points (series_id, at, value, raw) \
+         SELECT series_id, at, value, raw FROM points_in \
+         ON CONFLICT (series_id, at) DO UPDATE SET value = EXCLUDED.value, raw = EXCLUDED.raw",
+    )
+    .execute(c)?;
+    Ok(())
 }
 
 /// Insert-or-update by id (`ON CONFLICT (id) DO UPDATE`), on PostgreSQL and SQLite.
@@ -366,7 +498,7 @@ impl Db {
         let batch = Batch::new(rows);
         let mut conn = self.conn()?;
         let backend = self.backend;
-        conn.transaction(|c| batch.insert(c, backend))?;
+        write_transaction(&mut conn, |c| batch.insert(c, backend, &self.series))?;
         Ok(rows.len() - batch.dropped)
     }
 }

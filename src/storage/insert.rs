@@ -1,25 +1,33 @@
 //! Every table's row as diesel inserts it: what the batched writes (`batch.rs`), the
 //! per-table queries (`repo/`) and the MySQL inserts (`mysql.rs`) bind. Times are naive UTC
-//! truncated to microseconds (`time.rs`).
+//! truncated to microseconds (`time.rs`); telemetry's are integer milliseconds.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{
-    commands, connection_events, devices, raw_packets, relay_queue, telemetry, tokens,
+    commands, connection_events, devices, points, raw_packets, relay_queue, series, tokens,
     webhook_deliveries, webhooks,
 };
 
-#[derive(Insertable, Clone)]
-#[diesel(table_name = telemetry)]
+/// A telemetry value under its series (`series.rs`); `at` in milliseconds since 1970 UTC.
+#[derive(Insertable, Clone, Copy, Debug, PartialEq)]
+#[diesel(table_name = points)]
 // No optional fields; this only makes the derive fit PostgreSQL's COPY.
 #[diesel(treat_none_as_default_value = false)]
-pub(crate) struct NewTelemetry<'a> {
-    pub(crate) device_id: &'a str,
-    pub(crate) point: &'a str,
+pub(crate) struct NewPoint {
+    pub(crate) series_id: i32,
+    pub(crate) at: i64,
     pub(crate) value: f64,
     pub(crate) raw: f64,
-    pub(crate) at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = series)]
+pub(crate) struct NewSeries<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) point: &'a str,
+    pub(crate) unit: &'a str,
 }
 
 #[derive(Insertable)]

@@ -3,7 +3,8 @@
 //! Device actors `do_send` [`Store`] / [`StoreMany`]; that never waits and never fails. Rows
 //! are buffered and written in batches by a [`DbWriter`] on its own thread: when `batch_size`
 //! rows are waiting, or `flush_interval` after the oldest of them arrived. One batch is in
-//! flight at a time.
+//! flight at a time; the next takes every row that waits (up to 50,000, or `batch_size` if
+//! larger), so a write that falls behind catches up in larger transactions.
 //!
 //! Nothing is lost:
 //! - A failed write keeps its rows at the front and is retried with exponential backoff
@@ -23,7 +24,8 @@
 //! Where things are: this file is the actor's public face (its messages); `actor.rs` the actor
 //! (buffer, backoff, spool replay); `writer.rs` the thread that writes; `spool.rs` the file.
 //! The database itself: `db.rs` (connection, pool, `Db::call`), `schema.rs` (the tables),
-//! `batch.rs` (the batched write of [`Row`]s), `repo/<table>.rs` (each table's queries),
+//! `batch.rs` (the batched write of [`Row`]s), `series.rs` (telemetry's series ids and their
+//! cache), `repo/<table>.rs` (each table's queries),
 //! `mysql.rs` (what MariaDB/MySQL needs differently), `time.rs`, `url.rs`.
 
 mod actor;
@@ -37,6 +39,7 @@ pub mod packet_log;
 mod repo;
 pub mod rows;
 pub mod schema;
+mod series;
 pub mod spool;
 mod time;
 mod url;
@@ -59,7 +62,8 @@ pub use writer::{BatchWriter, DbWriter, WriteBatch};
 /// long history is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSettings {
-    /// Rows per write; at least 1.
+    /// Rows waiting that start a write (a write takes all that wait, up to 50,000 or this if
+    /// larger); at least 1.
     pub batch_size: usize,
     /// Longest a row waits in memory.
     pub flush_interval: Duration,

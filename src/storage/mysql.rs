@@ -11,8 +11,8 @@ use diesel::prelude::*;
 use diesel::MysqlConnection;
 
 use super::insert::{
-    NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewQueued, NewRelay, NewTelemetry,
-    NewToken, NewWebhook,
+    NewCommand, NewDelivery, NewDevice, NewEvent, NewPacket, NewPoint, NewQueued, NewRelay,
+    NewSeries, NewToken, NewWebhook,
 };
 
 /// `schema.rs` as MySQL inserts must bind it: `Datetime` wherever a time is stored.
@@ -103,16 +103,6 @@ mod datetime_tables {
         }
     }
     diesel::table! {
-        telemetry (id) {
-            id -> BigInt,
-            device_id -> Text,
-            point -> Text,
-            value -> Double,
-            raw -> Double,
-            at -> Datetime,
-        }
-    }
-    diesel::table! {
         relay_queue (id) {
             id -> BigInt,
             target -> Text,
@@ -145,8 +135,30 @@ macro_rules! inserted {
     }};
 }
 
-pub(super) fn telemetry(c: &mut MysqlConnection, rows: &[NewTelemetry<'_>]) -> QueryResult<usize> {
-    insert!(rows => telemetry(device_id, point, value, raw, at)).execute(c)
+/// Telemetry points: `INSERT … ON DUPLICATE KEY UPDATE` of value and raw (no time column to
+/// bind as DATETIME: `at` is milliseconds).
+pub(super) fn upsert_points(c: &mut MysqlConnection, rows: &[NewPoint]) -> QueryResult<usize> {
+    use super::schema::points::dsl as t;
+    diesel::insert_into(t::points)
+        .values(rows)
+        .on_conflict(diesel::dsl::DuplicatedKeys)
+        .do_update()
+        .set((
+            t::value.eq(diesel::dsl::sql::<diesel::sql_types::Double>(
+                "VALUES(`value`)",
+            )),
+            t::raw.eq(diesel::dsl::sql::<diesel::sql_types::Double>(
+                "VALUES(`raw`)",
+            )),
+        ))
+        .execute(c)
+}
+
+/// A series unless it exists (`INSERT IGNORE`).
+pub(super) fn insert_series(c: &mut MysqlConnection, row: &NewSeries<'_>) -> QueryResult<usize> {
+    diesel::insert_or_ignore_into(super::schema::series::table)
+        .values(row)
+        .execute(c)
 }
 
 pub(super) fn packets(c: &mut MysqlConnection, rows: &[NewPacket<'_>]) -> QueryResult<usize> {

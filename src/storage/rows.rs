@@ -20,7 +20,8 @@ pub fn new_id(prefix: char) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
-/// One decoded value of one point.
+/// One decoded value of one point. Stored to the millisecond: of two values of a point in
+/// the same millisecond, the one written last is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryRow {
     pub device_id: String,
@@ -28,6 +29,10 @@ pub struct TelemetryRow {
     pub value: f64,
     pub raw: f64,
     pub at: DateTime<Utc>,
+    /// The point's unit (the profile's), kept with its series; empty when unknown (rows
+    /// spooled by releases before it was stored).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

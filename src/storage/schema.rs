@@ -1,4 +1,5 @@
-// @generated automatically by Diesel CLI.
+// @generated automatically by Diesel CLI, then edited: `telemetry` is a view over `series` and
+// `points` (migration 2026-11-30-000100), which the server reads and writes directly.
 
 diesel::table! {
     commands (id) {
@@ -43,6 +44,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Telemetry values: one row per value, keyed by series and time (milliseconds since
+    /// 1970-01-01 UTC). Read as the contract's `telemetry` shape through the view of that name.
+    points (series_id, at) {
+        series_id -> Integer,
+        at -> BigInt,
+        value -> Double,
+        raw -> Double,
+    }
+}
+
+diesel::table! {
     raw_packets (id) {
         id -> BigInt,
         device_id -> Text,
@@ -65,13 +77,12 @@ diesel::table! {
 }
 
 diesel::table! {
-    telemetry (id) {
-        id -> BigInt,
+    /// One device's point: what `points` are stored under.
+    series (id) {
+        id -> Integer,
         device_id -> Text,
         point -> Text,
-        value -> Double,
-        raw -> Double,
-        at -> Timestamp,
+        unit -> Text,
     }
 }
 
@@ -114,13 +125,16 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(points -> series (series_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     commands,
     connection_events,
     devices,
+    points,
     raw_packets,
     relay_queue,
-    telemetry,
+    series,
     tokens,
     webhook_deliveries,
     webhooks,

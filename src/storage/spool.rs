@@ -408,6 +408,8 @@ fn parse_line(line: &[u8]) -> Result<Row, String> {
         value: Option<f64>,
         raw: Option<f64>,
         at: DateTime<Utc>,
+        #[serde(default)]
+        unit: String,
     }
     match serde_json::from_slice::<Row>(line) {
         Ok(row) => Ok(row),
@@ -418,6 +420,7 @@ fn parse_line(line: &[u8]) -> Result<Row, String> {
                 value: t.value.unwrap_or(f64::NAN),
                 raw: t.raw.unwrap_or(f64::NAN),
                 at: t.at,
+                unit: t.unit,
             })),
             _ => Err(e.to_string()),
         },
@@ -500,6 +503,11 @@ mod tests {
                 .timestamp_opt(1_700_000_000 + i64::from(i), 0)
                 .single()
                 .expect("valid time"),
+            unit: if i % 2 == 0 {
+                "°C".into()
+            } else {
+                String::new()
+            },
         })
     }
 
@@ -665,6 +673,7 @@ mod tests {
             value: f64::NAN,
             raw: f64::INFINITY,
             at,
+            unit: String::new(),
         });
         let event = Row::Event(ConnEventRow {
             device_id: "1".into(),
@@ -682,5 +691,57 @@ mod tests {
         }
         assert_eq!(back[1], event);
         assert_eq!(spool.skipped(), 0);
+    }
+
+    /// Lines as the release before units were stored wrote them (no `unit`), a non-finite
+    /// one included: they replay, with an empty unit.
+    #[test]
+    fn a_spool_of_the_previous_release_replays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spool.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"t":"telemetry","device_id":"1001","point":"temperature","value":23.5,"raw":235.0,"at":"2026-11-30T10:00:00.123456Z"}"#,
+                "\n",
+                r#"{"t":"telemetry","device_id":"1001","point":"flow","value":null,"raw":7.0,"at":"2026-11-30T10:00:01Z"}"#,
+                "\n",
+            ),
+        )
+        .expect("write");
+        let mut spool = Spool::open(&path).expect("open");
+        let back = drain(&mut spool, 10);
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 30, 10, 0, 0)
+            .single()
+            .expect("time");
+        assert_eq!(
+            back[0],
+            Row::Telemetry(TelemetryRow {
+                device_id: "1001".into(),
+                point: "temperature".into(),
+                value: 23.5,
+                raw: 235.0,
+                at: at + chrono::Duration::microseconds(123_456),
+                unit: String::new(),
+            })
+        );
+        match &back[1] {
+            Row::Telemetry(t) => {
+                assert!(t.value.is_nan());
+                assert_eq!((t.raw, t.unit.as_str()), (7.0, ""));
+            }
+            other => panic!("expected telemetry, got {other:?}"),
+        }
+        assert_eq!(back.len(), 2);
+        assert_eq!(spool.skipped(), 0);
+    }
+
+    #[test]
+    fn a_unit_is_spooled_and_an_empty_one_is_left_out() {
+        let line = serde_json::to_string(&row(0)).expect("json");
+        assert!(line.contains(r#""unit":"°C""#), "{line}");
+        let line = serde_json::to_string(&row(1)).expect("json");
+        assert!(!line.contains("unit"), "{line}");
     }
 }

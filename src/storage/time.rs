@@ -1,5 +1,6 @@
 //! Times in the database: stored as naive UTC, truncated to microseconds (the finest that
-//! every backend keeps), read back as `DateTime<Utc>`, and compared through [`bound`].
+//! every backend keeps), read back as `DateTime<Utc>`, and compared through [`bound`]. Telemetry
+//! times are integer milliseconds instead ([`millis`]).
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::dsl::{sql, AsExprOf};
@@ -35,4 +36,22 @@ pub(super) fn bound(backend: Backend, t: NaiveDateTime) -> Bound {
         Backend::Sqlite | Backend::Postgres => ("", ""),
     };
     sql::<Timestamp>(open).bind::<Timestamp, _>(t).sql(close)
+}
+
+/// A telemetry time as it is stored: milliseconds since 1970-01-01 UTC, rounded down. Bounds
+/// compared with stored times are taken to the millisecond the same way, so that a row and a
+/// bound of the same instant compare as they did before rounding.
+pub(super) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored telemetry time as the rest of the server sees it. Every stored value comes from
+/// [`millis`]; one out of chrono's range (written by something else) reads as the nearest end
+/// of the range.
+pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(if ms < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
 }

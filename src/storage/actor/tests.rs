@@ -47,6 +47,7 @@ fn row(i: u32) -> Row {
             .timestamp_opt(1_700_000_000 + i64::from(i), 0)
             .single()
             .expect("valid time"),
+        unit: String::new(),
     })
 }
 
@@ -234,14 +235,14 @@ async fn a_write_hanging_past_the_deadline_is_spooled_too() {
         }
     );
     assert_eq!(stats(&addr).await.buffered, 0);
-    // The slow write commits after all, then the spool is replayed: at least once, here
-    // twice for the batch that was in flight.
+    // The slow write (all 15 rows waiting: a write takes every row waiting) commits after
+    // all, then the spool is replayed: at least once, here twice for the batch in flight.
     wait_for(&addr, "spool replayed", |s| {
-        s.spooled_now == 0 && s.written == 25
+        s.spooled_now == 0 && s.written == 30
     })
     .await;
     let written = lock_rows(&writer.rows).clone();
-    let expected: Vec<Row> = (0..10).chain(0..15).map(row).collect();
+    let expected: Vec<Row> = (0..15).chain(0..15).map(row).collect();
     assert_eq!(written, expected);
     assert!(!spool.exists());
 }

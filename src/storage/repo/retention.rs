@@ -4,9 +4,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 use crate::storage::db::{AnyConnection, Db, StorageError};
-use crate::storage::time::{bound, naive};
+use crate::storage::schema::{points, series};
+use crate::storage::time::{bound, millis, naive};
 
-/// Rows one retention DELETE removes (more only when rows share the boundary timestamp).
+/// Rows one retention DELETE removes (more only when rows share the boundary timestamp;
+/// telemetry points never do).
 const PRUNE_CHUNK: i64 = 5_000;
 
 /// Tables that retention prunes by age.
@@ -58,6 +60,44 @@ macro_rules! prune_table {
     }};
 }
 
+/// Deletes the telemetry points stored before `before` (milliseconds), series by series
+/// through the primary key, in statements of at most `PRUNE_CHUNK` rows. A row stored in the
+/// cutoff's millisecond stays. Series stay, points or not (see `series.rs`).
+fn prune_points(conn: &mut AnyConnection, before: i64) -> QueryResult<usize> {
+    let ids: Vec<i32> = series::table
+        .select(series::id)
+        .order(series::id)
+        .load(conn)?;
+    let mut total = 0;
+    for id in ids {
+        let old = || {
+            points::table
+                .filter(points::series_id.eq(id))
+                .filter(points::at.lt(before))
+        };
+        loop {
+            // The time of the PRUNE_CHUNK-th oldest old point of the series, if there are that
+            // many (times are unique within a series).
+            let boundary: Option<i64> = old()
+                .select(points::at)
+                .order(points::at.asc())
+                .offset(PRUNE_CHUNK - 1)
+                .limit(1)
+                .first(conn)
+                .optional()?;
+            let deleted = match boundary {
+                Some(b) => diesel::delete(old().filter(points::at.le(b))).execute(conn)?,
+                None => diesel::delete(old()).execute(conn)?,
+            };
+            total += deleted;
+            if boundary.is_none() || deleted == 0 {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
 impl Db {
     /// Retention: deletes the rows older than `before`, in bounded chunks; returns how many.
     pub fn prune(
@@ -69,7 +109,7 @@ impl Db {
         let mut conn = self.conn()?;
         let conn: &mut AnyConnection = &mut conn;
         let deleted = match table {
-            PrunableTable::Telemetry => prune_table!(conn, self.backend, telemetry, before),
+            PrunableTable::Telemetry => prune_points(conn, millis(before.and_utc()))?,
             PrunableTable::RawPackets => prune_table!(conn, self.backend, raw_packets, before),
             PrunableTable::WebhookDeliveries => {
                 prune_table!(conn, self.backend, webhook_deliveries, before)
