@@ -8,8 +8,9 @@
 //! - poll the profile's first timer poll on its timer (the first at once), one request in
 //!   flight, a `response_timeout`; check the answer (CRC, slave, function, length) and decode
 //!   the profile's points in it;
-//! - batch-insert the values into the `telemetry` table on a writer thread with rusqlite:
-//!   everything waiting, in one transaction through one prepared statement.
+//! - batch-insert the values into the telemetry layout (`series`, `points`) on a writer
+//!   thread with rusqlite: everything waiting, in one transaction through prepared
+//!   statements, each series id looked up once and then kept in memory.
 //!
 //! It reads the same settings directory as the server (`dtu_supervisor::settings`) and works
 //! on a database made by the server's own migrations, so both store the same rows in the same
@@ -21,6 +22,7 @@
 //! Counters go to stderr when it stops (SIGTERM or Ctrl-C); a connection closed for not
 //! registering logs a line with "no registration within", as the server's does.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -359,19 +361,39 @@ fn write_rows(
     polled: mpsc::Receiver<Polled>,
 ) -> rusqlite::Result<u64> {
     let mut written = 0;
+    // Device → point → series id: looked up without building a key.
+    let mut series: HashMap<String, HashMap<String, i64>> = HashMap::new();
     while let Ok(first) = polled.recv() {
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare(
-                "INSERT INTO telemetry (device_id, point, value, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO points (series_id, at, value, raw) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut new_series =
+                tx.prepare("INSERT OR IGNORE INTO series (device_id, point) VALUES (?1, ?2)")?;
+            let mut series_id =
+                tx.prepare("SELECT id FROM series WHERE device_id = ?1 AND point = ?2")?;
             let mut next = Some(first);
             let mut rows = 0;
             while let Some(p) = next.take() {
-                // As the server stores a time: naive UTC text, microseconds.
-                let at = p.at.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+                // As the server stores a time: milliseconds since the epoch.
+                let at = p.at.timestamp_millis();
                 for v in &p.values {
-                    insert.execute(rusqlite::params![p.device, v.name, v.value, v.raw, at])?;
+                    let known = series.get(&p.device).and_then(|m| m.get(&v.name));
+                    let id = match known {
+                        Some(id) => *id,
+                        None => {
+                            new_series.execute(rusqlite::params![p.device, v.name])?;
+                            let id: i64 = series_id
+                                .query_row(rusqlite::params![p.device, v.name], |r| r.get(0))?;
+                            series
+                                .entry(p.device.clone())
+                                .or_default()
+                                .insert(v.name.clone(), id);
+                            id
+                        }
+                    };
+                    insert.execute(rusqlite::params![id, at, v.value, v.raw])?;
                     rows += 1;
                 }
                 if rows < MAX_BATCH_ROWS {
