@@ -75,12 +75,6 @@ impl std::fmt::Debug for PacketLog {
     }
 }
 
-impl Default for PacketLog {
-    fn default() -> PacketLog {
-        PacketLog::new(PacketMode::All, RECENT_DEFAULT)
-    }
-}
-
 /// One device's last packets, oldest first, each as [`HEADER`] + bytes.
 #[derive(Default)]
 struct Ring {
@@ -205,10 +199,6 @@ impl PacketLog {
         }
     }
 
-    pub fn mode(&self) -> PacketMode {
-        self.mode
-    }
-
     fn shard(&self, device: &str) -> MutexGuard<'_, HashMap<String, Ring>> {
         let mut h = DefaultHasher::new();
         device.hash(&mut h);
@@ -246,6 +236,10 @@ impl PacketLog {
 
     /// A request is about to go out: the packets from here on belong to its exchange.
     pub fn exchange_started(&self, device: &str) {
+        // Only `errors` looks back at an exchange: the other modes skip the lock per request.
+        if self.mode != PacketMode::Errors {
+            return;
+        }
         if let Some(ring) = self.shard(device).get_mut(device) {
             ring.exchange = Some(ring.next_seq());
         }
@@ -254,6 +248,9 @@ impl PacketLog {
     /// The exchange in progress ended. If it `failed` (no answer, an exception), in `errors`
     /// mode: its packets (as far as the ring still holds them), for the database.
     pub fn exchange_ended(&self, device: &str, failed: bool) -> Vec<PacketRow> {
+        if self.mode != PacketMode::Errors {
+            return Vec::new();
+        }
         let mut shard = self.shard(device);
         let Some(ring) = shard.get_mut(device) else {
             return Vec::new();
@@ -261,7 +258,7 @@ impl PacketLog {
         let Some(from) = ring.exchange.take() else {
             return Vec::new();
         };
-        if !failed || self.mode != PacketMode::Errors {
+        if !failed {
             return Vec::new();
         }
         ring.entries(from)
