@@ -30,7 +30,7 @@ use crate::protocol::dlt645::formats;
 use crate::protocol::dlt645::{Di, Dlt645Error};
 use crate::protocol::hex::to_hex;
 use crate::protocol::link::{CodecError, Expect, Inbound, LinkCodec, Outbound};
-use crate::protocol::modbus::Response;
+use crate::protocol::modbus::{self, Response};
 use crate::protocol::points::{decode_block, decode_registers, BlockData, Decoded, Point};
 use crate::settings::{Meter, PollRead, PollTrigger, Profile, Require};
 use crate::storage::rows::{ConnEvent, Direction, PacketKind, Row, TelemetryRow};
@@ -111,6 +111,9 @@ impl PollDriver {
                     .map(|b| Expect::Rtu {
                         slave: t.slave,
                         function: b.function,
+                        len: modbus::Request::read(b.function, b.start, b.count)
+                            .ok()
+                            .map(|r| r.answer_pdu_len() + 3),
                     })
             })
             .collect();

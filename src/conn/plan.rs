@@ -144,8 +144,13 @@ impl Wire {
 
     /// What its answer looks like, for a link that cuts it out of a byte stream.
     pub fn expect(&self) -> Expect {
-        let modbus = |slave: u8, function: u8, tcp: Option<u16>| match tcp {
-            None => Expect::Rtu { slave, function },
+        let modbus = |slave: u8, function: u8, len: Option<usize>, tcp: Option<u16>| match tcp {
+            None => Expect::Rtu {
+                slave,
+                function,
+                // Slave address, PDU, CRC.
+                len: len.map(|pdu| pdu + 3),
+            },
             Some(transaction) => Expect::Tcp {
                 transaction,
                 unit: slave,
@@ -157,13 +162,25 @@ impl Wire {
                 slave,
                 request,
                 tcp,
-            } => modbus(*slave, request.function(), *tcp),
+            } => modbus(
+                *slave,
+                request.function(),
+                Some(request.answer_pdu_len()),
+                *tcp,
+            ),
             Wire::Raw {
                 slave,
                 function,
+                adu,
                 tcp,
-                ..
-            } => modbus(*slave, *function, *tcp),
+            } => {
+                // A hand-written request of a standard function fixes its answer's length
+                // too; any other function is framed by the answer's own rules.
+                let len = Request::decode(adu)
+                    .ok()
+                    .map(|(_, request)| request.answer_pdu_len());
+                modbus(*slave, *function, len, *tcp)
+            }
             Wire::Dlt645 { address, request } => Expect::Dlt645 {
                 address: *address,
                 request: *request,

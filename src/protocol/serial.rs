@@ -17,8 +17,15 @@ pub const MAX_REQUEST: usize = dlt645::MAX_FRAME;
 /// The answer a connection waits for: what the request in flight makes it look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
-    /// An RTU answer of `slave` to `function` (or its exception), CRC-framed.
-    Rtu { slave: u8, function: u8 },
+    /// An RTU answer of `slave` to `function` (or its exception), CRC-framed. `len`: the
+    /// normal answer's ADU length where the request fixes it (a read asks for its count),
+    /// so bytes that merely begin like its header (a one-byte heartbeat equal to the slave
+    /// address, repeated) are refused at once instead of held for a byte count they carry.
+    Rtu {
+        slave: u8,
+        function: u8,
+        len: Option<usize>,
+    },
     /// A Modbus TCP answer in `transaction` of `unit` to `function` (or its exception).
     Tcp {
         transaction: u16,
@@ -54,7 +61,9 @@ impl Expect {
             return false;
         }
         match *self {
-            Expect::Rtu { slave, function } => match bytes {
+            Expect::Rtu {
+                slave, function, ..
+            } => match bytes {
                 [s] => *s == slave,
                 [s, f, ..] => {
                     *s == slave && (*f == function || (exceptions && *f == function | 0x80))
@@ -105,19 +114,33 @@ impl Expect {
             return Candidate::No;
         }
         match self {
-            Expect::Rtu { .. } => rtu_candidate(bytes),
+            Expect::Rtu { len, .. } => rtu_candidate(bytes, *len),
             Expect::Tcp { .. } => tcp_candidate(bytes),
             Expect::Dlt645 { .. } => dlt645_candidate(bytes),
         }
     }
 }
 
-fn rtu_candidate(bytes: &[u8]) -> Candidate {
-    if bytes.len() < 2 {
+/// `expected`: the normal answer's length, where the request fixes it.
+fn rtu_candidate(bytes: &[u8], expected: Option<usize>) -> Candidate {
+    let [_, function, ..] = *bytes else {
         // Only the slave byte so far: the function byte decides.
         return Candidate::Wait;
-    }
-    match rtu::response_len(bytes) {
+    };
+    let said = rtu::response_len(bytes);
+    let len = match expected {
+        Some(n) if function & 0x80 == 0 => {
+            if let Some(said) = said.filter(|said| *said != n) {
+                return Candidate::Rejected(format!(
+                    "response length {said} where the request asks for {n}: {}",
+                    to_hex(bytes.get(..3).unwrap_or(bytes))
+                ));
+            }
+            Some(n)
+        }
+        _ => said,
+    };
+    match len {
         Some(n) if n > rtu::MAX_ADU => {
             Candidate::Rejected(format!("response length {n} over {}", rtu::MAX_ADU))
         }

@@ -204,6 +204,33 @@ fn a_dlt645_answer_with_a_bad_checksum_is_dropped() {
 }
 
 #[test]
+fn an_rtu_answer_whose_byte_count_differs_from_the_request_is_refused_at_once() {
+    // A read of 2 registers: a 9-byte answer. `01 03 7F` announces 127 data bytes.
+    let expect = Expect::Rtu {
+        slave: 1,
+        function: 3,
+        len: Some(9),
+    };
+    let good = crate::protocol::modbus::Response::Registers(vec![1, 2]).encode(1, 3);
+    assert_eq!(expect.candidate(&good, true), Candidate::Answer(9));
+    assert!(matches!(
+        expect.candidate(&h("01 03 7F 00"), true),
+        Candidate::Rejected(reason) if reason.contains("132") && reason.contains('9')
+    ));
+    // Without the header's byte count yet: wait; an exception keeps its own length.
+    assert_eq!(expect.candidate(&h("01 03"), true), Candidate::Wait);
+    let exception = rtu::exception_adu(1, 3, 2);
+    assert_eq!(expect.candidate(&exception, true), Candidate::Answer(5));
+    // Unknown length (a hand-written request of another function): the byte count rules.
+    let unknown = Expect::Rtu {
+        slave: 1,
+        function: 3,
+        len: None,
+    };
+    assert_eq!(unknown.candidate(&h("01 03 7F 00"), true), Candidate::Wait);
+}
+
+#[test]
 fn the_simulator_finds_requests_of_each_framing() {
     let junk: &[u8] = b"\x01www.usr.cn";
     let cases = [

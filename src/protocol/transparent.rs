@@ -9,7 +9,9 @@
 //! an answer, inside other bytes), and anything else is unsolicited data. A complete answer
 //! with a good CRC always wins: a heartbeat is never taken out of an RTU frame's bytes, and
 //! bytes that may still become the answer awaited (its slave address, then its function) are
-//! held until its length has arrived.
+//! held until its length has arrived. That length is the one the request fixes (a read asks
+//! for its count) rather than the byte count the bytes carry, so a heartbeat that happens to
+//! equal the slave address and function is not held for a length it seems to announce.
 //!
 //! **Registration modes** ([`RegistrationMode`]). In `connect` mode the registration is the
 //! first packet only. In `prefix` mode every packet the DTU sends starts with it (the first

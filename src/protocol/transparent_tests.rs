@@ -86,7 +86,11 @@ fn binary() -> TransparentCodec {
 }
 
 fn expecting(mut codec: TransparentCodec, slave: u8, function: u8) -> TransparentCodec {
-    codec.set_expect(Some(Expect::Rtu { slave, function }));
+    codec.set_expect(Some(Expect::Rtu {
+        slave,
+        function,
+        len: None,
+    }));
     codec
 }
 
@@ -334,6 +338,7 @@ fn passive_answers_are_cut_out_with_nothing_in_flight() {
         codec.set_passive(&[Expect::Rtu {
             slave: 1,
             function: 3,
+            len: None,
         }]);
         codec
     };
@@ -461,6 +466,7 @@ fn the_protocol_entry_makes_codecs_from_the_profile() {
     codec.set_expect(Some(Expect::Rtu {
         slave: 1,
         function: 3,
+        len: None,
     }));
     let r = Response::Registers(vec![5]).encode(1, 3);
     let (items, _, _) = feed(&mut *codec, &[IMEI, HB, &r]);
@@ -535,7 +541,11 @@ fn codec_strategy() -> impl Strategy<Value = TransparentCodec> {
                 reply: Vec::new(),
             });
             let mut codec = TransparentCodec::new(registration, heartbeat);
-            codec.set_expect(expect.map(|(slave, function)| Expect::Rtu { slave, function }));
+            codec.set_expect(expect.map(|(slave, function)| Expect::Rtu {
+                slave,
+                function,
+                len: None,
+            }));
             codec
         })
 }
@@ -651,7 +661,8 @@ fn check_all_splits_polled(
     let answers = vec![
         Expect::Rtu {
             slave: 1,
-            function: 3
+            function: 3,
+            len: None,
         };
         answers
     ];
@@ -682,6 +693,35 @@ fn a_heartbeat_equal_to_the_slave_address_never_takes_an_answers_first_byte() {
             hb_of(&h("01")),
         ],
     );
+}
+
+#[test]
+fn a_repeated_one_byte_heartbeat_equal_to_slave_and_function_is_not_held_as_a_header() {
+    // Found by `heartbeats_anywhere_between_answers`: heartbeat 02, three of them, then
+    // slave 2's exception to function 2. `02 02 82` begins like slave 2's answer to
+    // function 2 announcing 130 bytes; the read asked for one byte (a 6-byte answer), so
+    // it is a heartbeat at once instead of a header waiting for bytes that never come.
+    let exception = exception_adu(2, 2, 1);
+    assert_eq!(exception, h("02 82 01 71 60"));
+    let stream = cat(&[&h("00 00 00 09"), &h("02 02 02"), &exception]);
+    let answer = Expect::Rtu {
+        slave: 2,
+        function: 2,
+        len: Some(6),
+    };
+    let expected = [
+        reg_hex("00000009"),
+        hb_of(&h("02")),
+        hb_of(&h("02")),
+        hb_of(&h("02")),
+        modbus(&exception),
+    ];
+    for chunks in splits(&stream) {
+        let (items, err, rest) = feed_polled(&mut with_heartbeat(&h("02")), &chunks, &[answer]);
+        assert_eq!(err, None, "chunks {chunks:?}");
+        assert_eq!(items, expected, "chunks {chunks:?}");
+        assert!(rest.is_empty(), "left {rest:?} for {chunks:?}");
+    }
 }
 
 #[test]
@@ -998,9 +1038,18 @@ impl Frame {
         let (Frame::Registers(slave, function, _)
         | Frame::Bits(slave, function, _)
         | Frame::Exception(slave, function, _)) = self;
+        // The server knows the answer's length from its read request; for an exception
+        // the request's count is not part of the frame: a one-item read.
+        let len = match self {
+            Frame::Registers(_, _, regs) => 5 + 2 * regs.len(),
+            Frame::Bits(_, _, bits) => 5 + bits.len().div_ceil(8),
+            Frame::Exception(_, function, _) if *function >= 3 => 7,
+            Frame::Exception(..) => 6,
+        };
         Expect::Rtu {
             slave: *slave,
             function: *function,
+            len: Some(len),
         }
     }
 
@@ -1140,14 +1189,14 @@ proptest! {
                     stream.extend_from_slice(IMEI);
                     stream.extend_from_slice(&adu);
                     expected.push(modbus(&adu));
-                    answers.push(Expect::Rtu { slave: 1, function: 3 });
+                    answers.push(Expect::Rtu { slave: 1, function: 3, len: None });
                 }
                 Event::Exception(code) => {
                     let adu = exception_adu(1, 3, *code);
                     stream.extend_from_slice(IMEI);
                     stream.extend_from_slice(&adu);
                     expected.push(modbus(&adu));
-                    answers.push(Expect::Rtu { slave: 1, function: 3 });
+                    answers.push(Expect::Rtu { slave: 1, function: 3, len: None });
                 }
                 Event::Data(bytes) => {
                     stream.extend_from_slice(IMEI);
@@ -1173,7 +1222,7 @@ proptest! {
     ) {
         let mode = if both { RegistrationMode::Both } else { RegistrationMode::Prefix };
         let mut codec = usr_in(mode);
-        codec.set_expect(expect.map(|(slave, function)| Expect::Rtu { slave, function }));
+        codec.set_expect(expect.map(|(slave, function)| Expect::Rtu { slave, function, len: None }));
         let mut all: Vec<&[u8]> = vec![IMEI];
         all.extend(chunks.iter().map(Vec::as_slice));
         let (items, err, rest) = feed(&mut codec, &all);

@@ -155,7 +155,12 @@ impl Peer {
     /// Tells the codec which answer to look for: the one to `request`.
     pub(super) fn expect(&mut self, request: &[u8]) {
         if let [slave, function, ..] = *request {
-            self.codec.set_expect(Some(Expect::Rtu { slave, function }));
+            // A test's requests may be any bytes: no length known.
+            self.codec.set_expect(Some(Expect::Rtu {
+                slave,
+                function,
+                len: None,
+            }));
         }
     }
 

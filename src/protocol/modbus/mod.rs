@@ -155,6 +155,24 @@ impl Request {
         }
     }
 
+    /// The length of a normal answer's PDU (function code and data): what the request asks
+    /// for fixes it, so a link that cuts answers out of a byte stream need not trust the
+    /// answer's own byte count.
+    pub fn answer_pdu_len(&self) -> usize {
+        match self {
+            Request::ReadCoils { count, .. } | Request::ReadDiscreteInputs { count, .. } => {
+                2 + usize::from(*count).div_ceil(8)
+            }
+            Request::ReadHoldingRegisters { count, .. }
+            | Request::ReadInputRegisters { count, .. } => 2 + 2 * usize::from(*count),
+            // Function, address and value or quantity.
+            Request::WriteSingleCoil { .. }
+            | Request::WriteSingleRegister { .. }
+            | Request::WriteMultipleCoils { .. }
+            | Request::WriteMultipleRegisters { .. } => 5,
+        }
+    }
+
     /// The PDU: function code and data, as every framing carries it.
     pub fn pdu(&self) -> Vec<u8> {
         let mut pdu = Vec::with_capacity(8);
