@@ -152,6 +152,14 @@ pub struct Metrics {
     pub http_requests: Labelled,
 }
 
+/// One metric without labels, with its help and type lines.
+fn one(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
+}
+
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
 /// Numbers that are read from their owners when `/metrics` is scraped.
@@ -162,6 +170,15 @@ pub struct Snapshot {
     pub rows_buffered: u64,
     pub rows_written: u64,
     pub rows_spooled: u64,
+    pub spool_rows: u64,
+    pub spool_bytes: u64,
+    pub write_lag_seconds: f64,
+    pub rows_offered_per_second: f64,
+    pub rows_written_per_second: f64,
+    pub dropped_packets: u64,
+    pub dropped_telemetry: u64,
+    /// 1 when `/api/health` answers `degraded`.
+    pub degraded: u64,
     pub event_subscribers: u64,
 }
 
@@ -169,91 +186,147 @@ impl Metrics {
     /// The Prometheus text exposition of the counters and of `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
         one(
+            &mut out,
             "dtu_connections",
             "gauge",
             "Device TCP connections open now.",
             self.connections.get(),
         );
         one(
+            &mut out,
             "dtu_connections_total",
             "counter",
             "Device TCP connections accepted.",
             self.connections_total.get(),
         );
         one(
+            &mut out,
             "dtu_devices_registered",
             "gauge",
             "Devices registered (online) now.",
             snapshot.devices_registered,
         );
         one(
+            &mut out,
             "dtu_devices_known",
             "gauge",
             "Devices the server has ever seen.",
             snapshot.devices_known,
         );
         one(
+            &mut out,
             "dtu_polls_sent_total",
             "counter",
             "Modbus polls sent.",
             self.polls_sent.get(),
         );
         one(
+            &mut out,
             "dtu_polls_answered_total",
             "counter",
             "Modbus polls answered and decoded.",
             self.polls_answered.get(),
         );
         one(
+            &mut out,
             "dtu_polls_failed_total",
             "counter",
             "Modbus polls answered with an exception or a bad answer.",
             self.polls_failed.get(),
         );
         one(
+            &mut out,
             "dtu_polls_timeout_total",
             "counter",
             "Modbus polls not answered in time.",
             self.polls_timeout.get(),
         );
         one(
+            &mut out,
             "dtu_storage_rows_buffered",
             "gauge",
             "Rows held in memory waiting for the database.",
             snapshot.rows_buffered,
         );
         one(
+            &mut out,
             "dtu_storage_rows_written_total",
             "counter",
             "Rows written to the database.",
             snapshot.rows_written,
         );
         one(
+            &mut out,
             "dtu_storage_rows_spooled_total",
             "counter",
             "Rows spooled to disk while the database was unreachable.",
             snapshot.rows_spooled,
         );
         one(
+            &mut out,
+            "dtu_storage_spool_rows",
+            "gauge",
+            "Rows in the spool file now, waiting to be replayed.",
+            snapshot.spool_rows,
+        );
+        one(
+            &mut out,
+            "dtu_storage_spool_bytes",
+            "gauge",
+            "Bytes of rows in the spool file now (bounded by max_spool).",
+            snapshot.spool_bytes,
+        );
+        one(
+            &mut out,
+            "dtu_storage_degraded",
+            "gauge",
+            "1 while storage does not keep up (database down, lag over warn_lag, rows spooled or dropped).",
+            snapshot.degraded,
+        );
+        let _ = writeln!(
+            &mut out,
+            "# HELP dtu_storage_rows_dropped_total Rows left out of a full spool (max_spool), by kind.\n\
+             # TYPE dtu_storage_rows_dropped_total counter\n\
+             dtu_storage_rows_dropped_total{{kind=\"packet\"}} {}\n\
+             dtu_storage_rows_dropped_total{{kind=\"telemetry\"}} {}",
+            snapshot.dropped_packets, snapshot.dropped_telemetry
+        );
+        for (name, help, v) in [
+            (
+                "dtu_storage_write_lag_seconds",
+                "Age of the oldest row not yet in the database.",
+                snapshot.write_lag_seconds,
+            ),
+            (
+                "dtu_storage_rows_offered_per_second",
+                "Rows offered to storage per second, over the last 10 s.",
+                snapshot.rows_offered_per_second,
+            ),
+            (
+                "dtu_storage_rows_written_per_second",
+                "Rows written to the database per second, over the last 10 s.",
+                snapshot.rows_written_per_second,
+            ),
+        ] {
+            one(&mut out, name, "gauge", help, format!("{v:.3}"));
+        }
+        one(
+            &mut out,
             "dtu_events_published_total",
             "counter",
             "Events raised (online, offline, telemetry, rules, commands, poll failures).",
             self.events_published.get(),
         );
         one(
+            &mut out,
             "dtu_stream_clients_dropped_total",
             "counter",
             "WebSocket stream clients disconnected for reading too slowly.",
             self.streams_dropped.get(),
         );
         one(
+            &mut out,
             "dtu_event_subscribers",
             "gauge",
             "Webhook senders and WebSocket clients subscribed to events.",

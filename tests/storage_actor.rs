@@ -104,6 +104,8 @@ fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> S
         max_buffer,
         store_heartbeats: true,
         spool_path: PathBuf::from("unused.jsonl"), // Storage::start takes the path
+        max_spool: u64::MAX,
+        warn_lag: Duration::from_secs(30),
         retention_telemetry: None,
         retention_packets: None,
         retention_deliveries: None,

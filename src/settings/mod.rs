@@ -163,6 +163,9 @@ impl Default for ServerSettings {
                 max_buffer: 200_000,
                 store_heartbeats: true,
                 spool_path: PathBuf::from("data/spool.jsonl"),
+                // 2 GiB: about 13 million rows, an hour's outage at 3,600 rows/s.
+                max_spool: 2 << 30,
+                warn_lag: Duration::from_secs(30),
                 retention_telemetry: None,
                 retention_packets: Some(Duration::from_secs(30 * 86_400)),
                 retention_deliveries: Some(Duration::from_secs(7 * 86_400)),
@@ -219,6 +222,8 @@ flush_interval = "1s"
 max_buffer = 200000
 store_heartbeats = true
 spool_path = "data/spool.jsonl"
+max_spool = "2GiB"
+warn_lag = "30s"
 retention_telemetry = "forever"
 retention_packets = "30d"
 retention_deliveries = "7d"

@@ -8,8 +8,8 @@ use config::{Value, ValueKind};
 
 use super::data::ProfileIndex;
 use super::tree::{
-    array, array_of, boolean, duration, index_path, name, parsed, report_duplicates, socket_addr,
-    string, uint, Ctx, Section,
+    array, array_of, boolean, byte_size, duration, index_path, name, parsed, report_duplicates,
+    socket_addr, string, uint, Ctx, Section,
 };
 use super::{
     AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, RelaySettings,
@@ -143,6 +143,8 @@ pub(super) fn validate(
                 "max_buffer",
                 "store_heartbeats",
                 "spool_path",
+                "max_spool",
+                "warn_lag",
                 "retention_telemetry",
                 "retention_packets",
                 "retention_deliveries",
@@ -171,6 +173,14 @@ pub(super) fn validate(
                 .field(ctx, "spool_path", string)
                 .or(d.storage.spool_path.display().to_string())
                 .map_or_else(|| d.storage.spool_path.clone(), PathBuf::from),
+            max_spool: s
+                .field(ctx, "max_spool", byte_size)
+                .or(d.storage.max_spool)
+                .unwrap_or(d.storage.max_spool),
+            warn_lag: s
+                .field(ctx, "warn_lag", duration)
+                .or(d.storage.warn_lag)
+                .unwrap_or(d.storage.warn_lag),
             retention_telemetry: s
                 .field(ctx, "retention_telemetry", retention)
                 .or(d.storage.retention_telemetry)

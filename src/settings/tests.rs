@@ -482,6 +482,50 @@ fn retention_and_spool_settings() {
 }
 
 #[test]
+fn max_spool_is_a_size_and_warn_lag_a_duration() {
+    for (text, bytes) in [
+        ("\"2GiB\"", 2u64 << 30),
+        ("\"500 MB\"", 500_000_000),
+        ("\"1.5gb\"", 1_500_000_000),
+        ("3000000", 3_000_000),
+    ] {
+        let server = format!("[storage]\nmax_spool = {text}\nwarn_lag = \"45s\"\n");
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", &server)]);
+        let s = load_ok(dir.path(), no_env()).server.storage;
+        assert_eq!(
+            (s.max_spool, s.warn_lag),
+            (bytes, Duration::from_secs(45)),
+            "{text}"
+        );
+    }
+    for (bad, key, says) in [
+        (
+            "max_spool = \"lots\"",
+            "storage.max_spool",
+            "expected a size",
+        ),
+        (
+            "max_spool = \"100KB\"",
+            "storage.max_spool",
+            "less than 1MB",
+        ),
+        ("max_spool = -5", "storage.max_spool", "expected a size"),
+        ("max_spool = true", "storage.max_spool", "expected a size"),
+        ("warn_lag = \"soon\"", "storage.warn_lag", "not a duration"),
+    ] {
+        let server = format!("[storage]\n{bad}\n");
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", &server)]);
+        let errors = load_err(dir.path(), no_env());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == key && e.message.contains(says)),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn default_toml_equals_default_struct() {
     let dir = dir_with(&[
         ("data.toml", DATA_TOML),

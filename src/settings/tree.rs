@@ -479,6 +479,33 @@ pub(super) fn duration(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Durat
     }
 }
 
+/// A size in bytes of at least one megabyte: a string with a unit ("2GiB", "500MB"; decimal
+/// and binary units, case-insensitive) or an integer count of bytes.
+pub(super) fn byte_size(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<u64> {
+    let bytes = match &v.kind {
+        ValueKind::I64(n) => u64::try_from(*n).ok(),
+        ValueKind::U64(n) => Some(*n),
+        ValueKind::String(s) => s.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.0),
+        _ => None,
+    };
+    let Some(bytes) = bytes else {
+        ctx.err(
+            path,
+            Some(v),
+            format!(
+                "expected a size like \"2GiB\" or \"500MB\", found {}",
+                found(v)
+            ),
+        );
+        return None;
+    };
+    if bytes < 1_000_000 {
+        ctx.err(path, Some(v), format!("{bytes} bytes is less than 1MB"));
+        return None;
+    }
+    Some(bytes)
+}
+
 /// A string parsed with `FromStr` whose error is a ready message.
 pub(super) fn parsed<T: FromStr<Err = String>>(
     ctx: &mut Ctx<'_>,

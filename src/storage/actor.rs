@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use log::{debug, error, info, warn};
 use tokio::sync::oneshot;
 
+use self::pressure::{megabytes, LagNotice, LagWarnings, Throughput, DROPS_REMEMBERED};
 use super::rows::{PacketKind, Row};
-use super::spool::{Spool, SpoolPos};
+use super::spool::{Dropped, Spool, SpoolPos};
 use super::writer::{BatchWriter, DbWriter, WriteBatch};
 use super::{FlushAll, FlushReport, GetStats, StorageError, StorageStats, Store, StoreMany};
 use crate::storage::StorageSettings;
@@ -25,6 +27,10 @@ const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// After the spool could not be read or written, leave it alone this long.
 const SPOOL_RETRY: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_secs(60);
+/// Rows dropped at a full spool are logged at most this often (the first at once).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often rates and the write lag are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A write from the buffer takes every row waiting, up to this many (or `batch_size` if that
 /// is larger): under load the rows that arrived during one write go in the next, in one
 /// transaction. Telemetry is stored by series, so a larger write puts more points of each
@@ -36,6 +42,8 @@ pub struct Storage {
     batch_size: usize,
     flush_interval: Duration,
     max_buffer: usize,
+    max_spool: u64,
+    warn_lag: Duration,
     store_heartbeats: bool,
     writer: Addr<DbWriter>,
     spool: Arc<Mutex<Spool>>,
@@ -43,6 +51,13 @@ pub struct Storage {
     /// Mirrors of the spool's counters, refreshed after each spool operation.
     spool_waiting: u64,
     spool_skipped: u64,
+    spool_bytes: u64,
+    /// The time of the oldest row in the spool, as far as known: the first row spilled into
+    /// an empty spool, then the first row of each chunk read for replay.
+    spool_front_at: Option<DateTime<Utc>>,
+    /// While the spool is replayed, live rows from the buffer get every other write, so a
+    /// long replay never starves them: true when the buffer's turn is next.
+    live_turn: bool,
     /// Newest at the back.
     buffer: VecDeque<Row>,
     /// When the oldest row in `buffer` arrived (or earlier: never later).
@@ -73,6 +88,17 @@ pub struct Storage {
     retried: u64,
     spooled: u64,
     failed_flushes: u64,
+    /// Rows offered (accepted into the buffer) since start.
+    offered: u64,
+    /// Rows left out of a full spool since start, and when the last was.
+    dropped: Dropped,
+    last_drop: Option<Instant>,
+    /// Drops not logged yet, and when drops were last logged.
+    drops_unlogged: Dropped,
+    drops_logged_at: Option<Instant>,
+    last_error: String,
+    throughput: Throughput,
+    lag_warnings: LagWarnings,
 }
 
 struct InFlight {
@@ -112,16 +138,23 @@ impl Storage {
     }
 
     fn new(writer: Addr<DbWriter>, settings: StorageSettings, spool_path: PathBuf) -> Storage {
+        let mut spool = Spool::new(spool_path.clone());
+        spool.set_max_bytes(settings.max_spool);
         Storage {
             batch_size: settings.batch_size.max(1),
             flush_interval: settings.flush_interval,
             max_buffer: settings.max_buffer.max(1),
+            max_spool: settings.max_spool,
+            warn_lag: settings.warn_lag,
             store_heartbeats: settings.store_heartbeats,
             writer,
-            spool: Arc::new(Mutex::new(Spool::new(spool_path.clone()))),
+            spool: Arc::new(Mutex::new(spool)),
             spool_path,
             spool_waiting: 0,
             spool_skipped: 0,
+            spool_bytes: 0,
+            spool_front_at: None,
+            live_turn: false,
             buffer: VecDeque::new(),
             oldest: None,
             retry: None,
@@ -141,6 +174,14 @@ impl Storage {
             retried: 0,
             spooled: 0,
             failed_flushes: 0,
+            offered: 0,
+            dropped: Dropped::default(),
+            last_drop: None,
+            drops_unlogged: Dropped::default(),
+            drops_logged_at: None,
+            last_error: String::new(),
+            throughput: Throughput::default(),
+            lag_warnings: LagWarnings::default(),
         }
     }
 
@@ -158,6 +199,7 @@ impl Storage {
     }
 
     fn stats(&self) -> StorageStats {
+        let (offered_per_second, written_per_second) = self.throughput.rates();
         StorageStats {
             buffered: self.buffered(),
             written: self.written,
@@ -167,7 +209,146 @@ impl Storage {
             failed_flushes: self.failed_flushes,
             spool_corrupt: self.spool_skipped,
             database_up: self.failures == 0,
+            spool_bytes: self.spool_bytes,
+            write_lag_seconds: self.lag().as_secs_f64(),
+            offered_per_second,
+            written_per_second,
+            dropped_packets: self.dropped.packets,
+            dropped_telemetry: self.dropped.telemetry,
+            degraded: self.degraded(),
         }
+    }
+
+    /// The age of the oldest row not in the database yet, by its own time: in the spool, in
+    /// a batch being written or retried, or at the front of the buffer.
+    fn lag(&self) -> Duration {
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .filter(|f| !matches!(f.source, Source::Abandoned))
+            .and_then(|f| f.rows.first());
+        let oldest = [
+            self.spool_front_at.filter(|_| self.spool_waiting > 0),
+            in_flight.map(Row::at),
+            self.retry.as_ref().and_then(|r| r.first()).map(Row::at),
+            self.buffer.front().map(Row::at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        oldest
+            .and_then(|at| (Utc::now() - at).to_std().ok())
+            .unwrap_or_default()
+    }
+
+    /// Why storage is not keeping up, one sentence each (`/api/health`); empty when it is.
+    fn degraded(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(since) = self.down_since {
+            reasons.push(format!(
+                "database unreachable for {}s ({} failed writes): {}",
+                since.elapsed().as_secs(),
+                self.failures,
+                self.last_error
+            ));
+        }
+        let lag = self.lag();
+        if lag > self.warn_lag {
+            let (offered, written) = self.throughput.rates();
+            reasons.push(format!(
+                "write lag {:.0}s over warn_lag {}s: {offered:.0} rows/s offered, {written:.0} rows/s written",
+                lag.as_secs_f64(),
+                self.warn_lag.as_secs()
+            ));
+        }
+        if self.spool_waiting > 0 {
+            reasons.push(format!(
+                "{} rows ({}) spooled in {}, waiting for the database",
+                self.spool_waiting,
+                megabytes(self.spool_bytes),
+                self.spool_path.display()
+            ));
+        }
+        if let Some(at) = self.last_drop.filter(|t| t.elapsed() < DROPS_REMEMBERED) {
+            reasons.push(format!(
+                "spool full (max_spool {}): {} raw packets and {} telemetry rows dropped since start, the last {}s ago",
+                megabytes(self.max_spool),
+                self.dropped.packets,
+                self.dropped.telemetry,
+                at.elapsed().as_secs()
+            ));
+        }
+        reasons
+    }
+
+    /// Once a second: rates, and a warning while the lag is over `warn_lag`.
+    fn sample(&mut self) {
+        self.log_drops(true);
+        let now = Instant::now();
+        self.throughput.sample(now, self.offered, self.written);
+        let lag = self.lag();
+        match self.lag_warnings.observe(now, lag, self.warn_lag) {
+            LagNotice::Quiet => {}
+            LagNotice::Behind => {
+                let (offered, written) = self.throughput.rates();
+                warn!(
+                    "storage: falling behind the devices: write lag {:.1}s (warn_lag {}s), \
+                     {offered:.0} rows/s offered, {written:.0} rows/s written, {} rows in memory, \
+                     {} rows ({}) spooled",
+                    lag.as_secs_f64(),
+                    self.warn_lag.as_secs(),
+                    self.buffered(),
+                    self.spool_waiting,
+                    megabytes(self.spool_bytes)
+                );
+            }
+            LagNotice::CaughtUp => info!(
+                "storage: caught up: write lag {:.1}s, {} rows in memory, {} spooled",
+                lag.as_secs_f64(),
+                self.buffered(),
+                self.spool_waiting
+            ),
+        }
+    }
+
+    /// Counts rows a full spool left out, and logs them: never silently, but at most one
+    /// line per [`DROP_LOG_EVERY`] (the rest is logged by [`Storage::sample`]).
+    fn count_dropped(&mut self, dropped: Dropped) {
+        if dropped.total() == 0 {
+            return;
+        }
+        self.dropped.packets += dropped.packets;
+        self.dropped.telemetry += dropped.telemetry;
+        self.drops_unlogged.packets += dropped.packets;
+        self.drops_unlogged.telemetry += dropped.telemetry;
+        self.last_drop = Some(Instant::now());
+        self.log_drops(false);
+    }
+
+    fn log_drops(&mut self, only_if_due: bool) {
+        let pending = self.drops_unlogged;
+        if pending.total() == 0 {
+            return;
+        }
+        let due = self
+            .drops_logged_at
+            .map_or(true, |t| t.elapsed() >= DROP_LOG_EVERY);
+        if !due && (only_if_due || self.drops_logged_at.is_some()) {
+            return;
+        }
+        self.drops_logged_at = Some(Instant::now());
+        self.drops_unlogged = Dropped::default();
+        error!(
+            "storage: spool {} has reached its share of max_spool ({}): dropped {} raw packets and {} telemetry rows \
+             ({} and {} since start); packets stop at half of max_spool, telemetry when it is full; \
+             connection events, device states and commands are always kept",
+            self.spool_path.display(),
+            megabytes(self.max_spool),
+            pending.packets,
+            pending.telemetry,
+            self.dropped.packets,
+            self.dropped.telemetry
+        );
     }
 
     fn log_stats(&self) {
@@ -206,6 +387,7 @@ impl Storage {
         if self.buffer.is_empty() {
             self.oldest = Some(Instant::now());
         }
+        self.offered += 1;
         self.buffer.push_back(row);
     }
 
@@ -227,6 +409,16 @@ impl Storage {
             return;
         }
         if self.spool_waiting > 0 {
+            let live_due = self.buffer.len() >= self.batch_size
+                || self.oldest.is_some_and(|t| t + self.flush_interval <= now);
+            if self.live_turn && live_due {
+                if let Some(rows) = self.take_live() {
+                    self.live_turn = false;
+                    self.send(Arc::new(rows), Source::Buffer, ctx);
+                    return;
+                }
+            }
+            self.live_turn = true;
             self.replay_next(ctx);
             return;
         }
@@ -250,6 +442,35 @@ impl Storage {
         } else {
             self.wake_at(due, ctx);
         }
+    }
+
+    /// A write of live rows while the spool is replayed: those that may overtake the older
+    /// rows in the spool ([`Row::order_free`]), up to the usual size of a write. The others
+    /// stay in the buffer, in order, until the spool is empty. None if there are none.
+    fn take_live(&mut self) -> Option<Vec<Row>> {
+        let max = self.batch_size.max(LARGEST_WRITE);
+        let mut live = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(row) = self.buffer.pop_front() {
+            if live.len() >= max {
+                self.buffer.push_front(row);
+                break;
+            }
+            if row.order_free() {
+                live.push(row);
+            } else {
+                kept.push_back(row);
+            }
+        }
+        kept.append(&mut self.buffer);
+        self.buffer = kept;
+        if self.buffer.is_empty() {
+            self.oldest = None;
+        } else {
+            // Still waiting: they are written at the next turn or after the replay.
+            self.oldest.get_or_insert_with(Instant::now);
+        }
+        (!live.is_empty()).then_some(live)
     }
 
     /// Makes sure `pump` runs at `at` (or earlier).
@@ -324,6 +545,7 @@ impl Storage {
             Err(e) => {
                 self.failed_flushes += 1;
                 self.retried += n as u64;
+                self.last_error = e.to_string();
                 self.failures = self.failures.saturating_add(1);
                 if self.failures == 1 {
                     self.down_since = Some(Instant::now());
@@ -366,15 +588,17 @@ impl Storage {
         let job = actix_rt::task::spawn_blocking(move || {
             let mut spool = lock(&spool);
             let result = op(&mut spool);
-            (result, spool.waiting(), spool.skipped())
+            (result, spool.waiting(), spool.skipped(), spool.bytes())
         });
         ctx.wait(job.into_actor(self).map(|joined, act, ctx| match joined {
-            Ok((result, waiting, skipped)) => {
+            Ok((result, waiting, skipped, bytes)) => {
                 act.spool_busy = false;
                 act.spool_waiting = waiting;
                 act.spool_skipped = skipped;
+                act.spool_bytes = bytes;
                 if waiting == 0 {
                     act.spilling = false;
+                    act.spool_front_at = None;
                 }
                 then(act, result, ctx);
             }
@@ -403,6 +627,9 @@ impl Storage {
             |act, result, ctx| match result {
                 Ok(chunk) => {
                     act.spool_read_failing = false;
+                    if let Some(first) = chunk.rows.first() {
+                        act.spool_front_at = Some(first.at());
+                    }
                     if chunk.rows.is_empty() {
                         act.commit_spool(chunk.pos, ctx);
                     } else {
@@ -470,16 +697,21 @@ impl Storage {
         if self.buffer.is_empty() {
             self.oldest = None;
         }
+        let first_at = rows.first().map(Row::at);
         self.spool_op(
             ctx,
             move |s| match s.append(&rows) {
-                Ok(()) => Ok(()),
+                Ok(dropped) => Ok(dropped),
                 Err(e) => Err((e, rows)),
             },
             move |act, result, ctx| {
                 match result {
-                    Ok(()) => {
-                        act.spooled += n as u64;
+                    Ok(dropped) => {
+                        act.count_dropped(dropped);
+                        act.spooled += n as u64 - dropped.total();
+                        if act.spool_front_at.is_none() {
+                            act.spool_front_at = first_at;
+                        }
                         act.spool_blocked_until = None;
                         if !act.spilling {
                             act.spilling = true;
@@ -551,13 +783,16 @@ impl Storage {
                     return Err((e, front, back));
                 }
                 match s.append(&back) {
-                    Ok(()) => Ok(()),
+                    Ok(dropped) => Ok(dropped),
                     Err(e) => Err((e, Vec::new(), back)),
                 }
             },
             move |act, result, ctx| {
                 match result {
-                    Ok(()) => act.spooled += total,
+                    Ok(dropped) => {
+                        act.count_dropped(dropped);
+                        act.spooled += total - dropped.total();
+                    }
                     Err((e, front, back)) => {
                         let unsaved = front.len() + back.len();
                         act.spooled += total - unsaved as u64;
@@ -618,6 +853,7 @@ impl Actor for Storage {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(STATS_EVERY, |act, _| act.log_stats());
+        ctx.run_interval(SAMPLE_EVERY, |act, _| act.sample());
         self.spool_op(
             ctx,
             |s| s.recover(),
@@ -655,11 +891,14 @@ impl Actor for Storage {
         let back: Vec<Row> = self.buffer.drain(..).collect();
         let total = front.len() + back.len();
         if total > 0 {
-            let mut spool = lock(&self.spool);
+            let spool = Arc::clone(&self.spool);
+            let mut spool = lock(&spool);
             match spool.prepend(&front).and_then(|()| spool.append(&back)) {
-                Ok(()) => {
-                    self.spooled += total as u64;
+                Ok(dropped) => {
                     self.spool_waiting = spool.waiting();
+                    drop(spool);
+                    self.count_dropped(dropped);
+                    self.spooled += total as u64 - dropped.total();
                     warn!(
                         "storage: stopping with {total} rows not written; spooled to {} for the next start",
                         self.spool_path.display()
@@ -671,6 +910,9 @@ impl Actor for Storage {
                 ),
             }
         }
+        // Drops not logged yet are logged now, whenever the last line was.
+        self.drops_logged_at = None;
+        self.log_drops(false);
         self.finish_drains();
         self.log_stats();
     }
@@ -725,6 +967,8 @@ impl Handler<GetStats> for Storage {
         MessageResult(self.stats())
     }
 }
+
+mod pressure;
 
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,15 @@
 //! Nothing is lost:
 //! - A failed write keeps its rows at the front and is retried with exponential backoff
 //!   (200 ms doubling to 30 s). The outage is logged once when it starts and once when it ends.
-//! - Past `max_buffer` rows in memory, the oldest go to the [`Spool`] file. Rows are written in
-//!   the order they arrived: whatever is in the spool is older than what is in memory, so the
-//!   spool is replayed first (in batches of `batch_size`, back to back) and removed when done.
+//! - Past `max_buffer` rows in memory, the oldest go to the [`Spool`] file, within its disk
+//!   budget `max_spool` (raw packets stop at half of it, telemetry when it is full; every row
+//!   left out is counted and logged). What is in the spool is older than what is in memory;
+//!   it is replayed in batches of `batch_size`, and every other write takes live rows from
+//!   memory instead, so a long replay never starves them. Only rows that are records of their
+//!   own ([`Row::order_free`]) may overtake spooled ones: a record's states (devices,
+//!   commands, deliveries) are written in the order they arrived.
+//! - Not keeping up is reported: past `warn_lag` of write lag a warning with the rates, and
+//!   the reasons in [`StorageStats::degraded`] (`/api/health`, `/metrics`).
 //! - A spool left by an earlier run (a crash, or a database down at shutdown) is replayed at
 //!   start.
 //! - [`FlushAll`] (shutdown) writes everything if the database answers; what cannot be written
@@ -72,6 +78,12 @@ pub struct StorageSettings {
     pub store_heartbeats: bool,
     /// Where rows go while the database is unreachable and the buffer is full.
     pub spool_path: PathBuf,
+    /// The most disk the spool may take, in bytes; beyond it raw packets are dropped first,
+    /// then telemetry (counted and logged).
+    pub max_spool: u64,
+    /// A write lag (the oldest row waiting) above this is logged as a warning and makes
+    /// `/api/health` answer `degraded`.
+    pub warn_lag: Duration,
     /// Telemetry older than this is deleted; None keeps it for good ("forever").
     pub retention_telemetry: Option<Duration>,
     /// Raw packets older than this are deleted; None keeps them for good.
@@ -151,7 +163,7 @@ pub struct FlushReport {
 pub struct GetStats;
 
 /// Counters since start, for /metrics and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StorageStats {
     /// Rows in memory now: waiting, in flight or waiting for a retry. At most `max_buffer`
     /// unless the spool cannot be written.
@@ -170,4 +182,19 @@ pub struct StorageStats {
     pub spool_corrupt: u64,
     /// Whether the last write attempt succeeded (true before the first one).
     pub database_up: bool,
+    /// Bytes of rows in the spool file now.
+    pub spool_bytes: u64,
+    /// Age of the oldest row not yet in the database (by its own time), in seconds; 0 when
+    /// nothing waits.
+    pub write_lag_seconds: f64,
+    /// Rows offered to storage per second, over the last 10 s.
+    pub offered_per_second: f64,
+    /// Rows written per second, over the last 10 s.
+    pub written_per_second: f64,
+    /// Raw packets left out of a full spool (`max_spool`).
+    pub dropped_packets: u64,
+    /// Telemetry rows left out of a full spool.
+    pub dropped_telemetry: u64,
+    /// Why storage is not keeping up, one sentence each; empty when it is.
+    pub degraded: Vec<String>,
 }

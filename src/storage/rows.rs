@@ -199,3 +199,24 @@ pub enum Row {
     Command(CommandRow),
     Delivery(DeliveryRow),
 }
+
+impl Row {
+    /// When what the row records happened (the server's clock): how far behind storage is.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Row::Telemetry(t) => t.at,
+            Row::Packet(p) => p.at,
+            Row::Event(e) => e.at,
+            Row::Device(d) => d.last_seen,
+            Row::Command(c) => c.updated_at,
+            Row::Delivery(d) => d.at,
+        }
+    }
+
+    /// Whether the row may be written before rows that arrived earlier: an insert of its own
+    /// (a point, a packet, a connection event). Devices, commands and deliveries are upserts
+    /// of a record's latest state, so an older state must never be written after a newer one.
+    pub fn order_free(&self) -> bool {
+        matches!(self, Row::Telemetry(_) | Row::Packet(_) | Row::Event(_))
+    }
+}

@@ -75,6 +75,36 @@ pub struct Spool {
     skipped: u64,
     /// See [`COMPACT_AFTER`].
     compact_after: u64,
+    /// See [`Spool::set_max_bytes`].
+    max_bytes: u64,
+}
+
+/// Rows a bounded [`Spool::append`] left out, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub packets: u64,
+    pub telemetry: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.packets + self.telemetry
+    }
+}
+
+/// What may be left out of a full spool, in the order it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Droppable {
+    Packet,
+    Telemetry,
+}
+
+fn droppable(row: &Row) -> Option<Droppable> {
+    match row {
+        Row::Packet(_) => Some(Droppable::Packet),
+        Row::Telemetry(_) => Some(Droppable::Telemetry),
+        Row::Event(_) | Row::Device(_) | Row::Command(_) | Row::Delivery(_) => None,
+    }
 }
 
 impl Spool {
@@ -98,6 +128,7 @@ impl Spool {
             warned_to: 0,
             skipped: 0,
             compact_after: COMPACT_AFTER,
+            max_bytes: u64::MAX,
         }
     }
 
@@ -165,18 +196,62 @@ impl Spool {
         Ok(())
     }
 
+    /// Bounds the file to `max` bytes for later appends ([`Spool::append`]); unbounded until
+    /// set.
+    pub fn set_max_bytes(&mut self, max: u64) {
+        self.max_bytes = max;
+    }
+
+    /// Bytes of rows waiting to be replayed.
+    pub fn bytes(&self) -> u64 {
+        self.len.saturating_sub(self.start)
+    }
+
     /// Appends `rows` at the end and fsyncs. On error the file is cut back to where it was and
     /// nothing counts as spooled.
-    pub fn append(&mut self, rows: &[Row]) -> io::Result<()> {
+    ///
+    /// The file stays within its bound ([`Spool::set_max_bytes`]; the part already replayed
+    /// but not yet compacted away counts, it is disk all the same). Raw packets go first: a
+    /// packet is left out once the file holds half the bound, so telemetry, worth more,
+    /// keeps the other half for itself; telemetry is left out once the file is full. Both
+    /// are counted in the answer. Connection events, device states, commands and deliveries
+    /// are few and are what an operator audits: they are always kept, past the bound if need
+    /// be.
+    pub fn append(&mut self, rows: &[Row]) -> io::Result<Dropped> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Dropped::default());
+        }
+        let mut size = self.len;
+        let mut dropped = Dropped::default();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut line = serde_json::to_vec(row).map_err(io::Error::other)?;
+            line.push(b'\n');
+            let after = size.saturating_add(line.len() as u64);
+            // Once a kind stops, it stops for the rest of the rows too: no holes where a
+            // smaller row would still fit.
+            match droppable(row) {
+                Some(Droppable::Packet) if dropped.packets > 0 || after > self.max_bytes / 2 => {
+                    dropped.packets += 1
+                }
+                Some(Droppable::Telemetry) if dropped.telemetry > 0 || after > self.max_bytes => {
+                    dropped.telemetry += 1
+                }
+                _ => {
+                    size = after;
+                    kept.push(line);
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Ok(dropped);
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
         let before = file.metadata()?.len();
-        let written = write_rows(&file, rows).and_then(|()| file.sync_data());
+        let written = write_lines(&file, &kept).and_then(|()| file.sync_data());
         if let Err(e) = written {
             let _ = file.set_len(before);
             return Err(e);
@@ -185,8 +260,8 @@ impl Spool {
             sync_dir(&self.path);
         }
         self.len = file.metadata()?.len();
-        self.waiting += rows.len() as u64;
-        Ok(())
+        self.waiting += kept.len() as u64;
+        Ok(dropped)
     }
 
     /// Puts `rows` in front of everything waiting (they are older), by writing them and the
@@ -427,6 +502,14 @@ fn parse_line(line: &[u8]) -> Result<Row, String> {
     }
 }
 
+fn write_lines(file: &File, lines: &[Vec<u8>]) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    for line in lines {
+        out.write_all(line)?;
+    }
+    out.flush()
+}
+
 fn write_rows(file: &File, rows: &[Row]) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     for row in rows {
@@ -490,7 +573,7 @@ fn sync_dir(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::rows::{ConnEvent, ConnEventRow};
+    use crate::storage::rows::{ConnEvent, ConnEventRow, Direction, PacketKind, PacketRow};
     use chrono::TimeZone;
 
     fn row(i: u32) -> Row {
@@ -743,5 +826,65 @@ mod tests {
         assert!(line.contains(r#""unit":"°C""#), "{line}");
         let line = serde_json::to_string(&row(1)).expect("json");
         assert!(!line.contains("unit"), "{line}");
+    }
+
+    #[test]
+    fn packets_stop_at_half_the_bound_telemetry_at_the_bound_and_the_rest_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path().join("s.jsonl")).expect("open");
+        let at = Utc.timestamp_opt(1_700_000_000, 0).single().expect("time");
+        let packet = |i: u32| {
+            Row::Packet(PacketRow {
+                device_id: format!("dev{i}"),
+                direction: Direction::In,
+                kind: PacketKind::Modbus,
+                bytes: vec![7; 16],
+                at,
+            })
+        };
+        let event = Row::Event(ConnEventRow {
+            device_id: "1".into(),
+            event: ConnEvent::Connect,
+            remote_addr: "10.0.0.1:5000".into(),
+            detail: String::new(),
+            at,
+        });
+        let line = |r: &Row| serde_json::to_vec(r).expect("json").len() as u64 + 1;
+        let max = 10_000;
+        spool.set_max_bytes(max);
+
+        // Packets only: they stop at half the bound.
+        let packets: Vec<Row> = (0..200).map(packet).collect();
+        let dropped = spool.append(&packets).expect("append");
+        let p = line(&packets[0]);
+        assert!(spool.bytes() <= max / 2 && spool.bytes() > max / 2 - p);
+        let kept_packets = 200 - dropped.packets as usize;
+        assert_eq!(dropped.telemetry, 0);
+        assert_eq!(spool.waiting(), kept_packets as u64);
+
+        // Telemetry fills the other half, then stops too.
+        let telemetry: Vec<Row> = (0..200).map(row).collect();
+        let dropped = spool.append(&telemetry).expect("append");
+        let t = telemetry.iter().map(line).max().expect("rows");
+        assert!(
+            spool.bytes() <= max && spool.bytes() > max - t,
+            "{}",
+            spool.bytes()
+        );
+        assert_eq!(dropped.packets, 0);
+        let kept_telemetry = 200 - dropped.telemetry as usize;
+        assert!(kept_telemetry > 0 && dropped.telemetry > 0);
+
+        // Full: an event is kept all the same, past the bound; more packets are not.
+        let dropped = spool.append(&[packet(1), event.clone()]).expect("append");
+        assert_eq!((dropped.packets, dropped.telemetry), (1, 0));
+        assert!(spool.bytes() > max);
+
+        // What was kept comes back in order, oldest first.
+        let mut expected: Vec<Row> = packets.into_iter().take(kept_packets).collect();
+        expected.extend(telemetry.into_iter().take(kept_telemetry));
+        expected.push(event);
+        assert_eq!(drain(&mut spool, 1000), expected);
+        assert_eq!(spool.bytes(), 0);
     }
 }

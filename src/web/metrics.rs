@@ -52,6 +52,14 @@ async fn metrics(
         rows_buffered: storage.buffered as u64,
         rows_written: storage.written,
         rows_spooled: storage.spooled,
+        spool_rows: storage.spooled_now,
+        spool_bytes: storage.spool_bytes,
+        write_lag_seconds: storage.write_lag_seconds,
+        rows_offered_per_second: storage.offered_per_second,
+        rows_written_per_second: storage.written_per_second,
+        dropped_packets: storage.dropped_packets,
+        dropped_telemetry: storage.dropped_telemetry,
+        degraded: u64::from(!storage.degraded.is_empty()),
         event_subscribers: subscribers as u64,
     };
     Ok(HttpResponse::Ok()

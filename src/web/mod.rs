@@ -91,8 +91,20 @@ async fn no_such_route() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such route"))
 }
 
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// Always 200 while the server runs (a slow database is no reason to drop its DTUs); the
+/// body says `degraded`, with why, while storage does not keep up.
+async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let storage = state
+        .storage
+        .send(crate::storage::GetStats)
+        .await
+        .map_err(mailbox_error)?;
+    let body = if storage.degraded.is_empty() {
+        serde_json::json!({"status": "ok"})
+    } else {
+        serde_json::json!({"status": "degraded", "reasons": storage.degraded})
+    };
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Maps a failed mailbox send (the actor is gone, i.e. the server is stopping) to 503.

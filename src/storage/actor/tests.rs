@@ -1,7 +1,7 @@
 //! The Storage actor against a writer in memory that can fail, hang and panic on demand.
 
 use super::*;
-use crate::storage::rows::{Direction, PacketRow, TelemetryRow};
+use crate::storage::rows::{DeviceRow, Direction, PacketRow, TelemetryRow};
 use chrono::{TimeZone, Utc};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -14,6 +14,8 @@ struct MemWriter {
     panic_on_call: Option<usize>,
     /// The first call takes this long.
     slow_first_call: Option<Duration>,
+    /// Every call takes this long (a slow database).
+    slow_calls: Option<Duration>,
 }
 
 impl BatchWriter for MemWriter {
@@ -23,6 +25,9 @@ impl BatchWriter for MemWriter {
             panic!("boom on call {call}");
         }
         if let (0, Some(delay)) = (call, self.slow_first_call) {
+            std::thread::sleep(delay);
+        }
+        if let Some(delay) = self.slow_calls {
             std::thread::sleep(delay);
         }
         if self.down.load(Ordering::SeqCst) {
@@ -51,6 +56,25 @@ fn row(i: u32) -> Row {
     })
 }
 
+/// A device's state: the same few devices over and over, so order matters.
+fn device_state(i: u32) -> Row {
+    let at = Utc
+        .timestamp_opt(1_700_000_000 + i64::from(i), 0)
+        .single()
+        .expect("valid time");
+    Row::Device(DeviceRow {
+        id: format!("dev{}", i % 3),
+        protocol: "framed".into(),
+        profile: None,
+        remote_addr: format!("10.0.0.1:{i}"),
+        online: i % 20 == 0,
+        connected_at: at,
+        last_seen: at,
+        parent: None,
+        unit: None,
+    })
+}
+
 fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> StorageSettings {
     StorageSettings {
         batch_size,
@@ -58,6 +82,8 @@ fn settings(batch_size: usize, flush_interval: Duration, max_buffer: usize) -> S
         max_buffer,
         store_heartbeats: true,
         spool_path: PathBuf::from("unused.jsonl"), // Storage::start takes the path
+        max_spool: u64::MAX,
+        warn_lag: Duration::from_secs(30),
         retention_telemetry: None,
         retention_packets: None,
         retention_deliveries: None,
@@ -96,7 +122,7 @@ fn backoff_doubles_up_to_the_cap() {
 }
 
 #[actix_rt::test]
-async fn order_is_kept_through_an_outage_and_the_spool() {
+async fn nothing_is_lost_through_an_outage_and_states_keep_their_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool.jsonl");
     let writer = MemWriter::default();
@@ -106,7 +132,11 @@ async fn order_is_kept_through_an_outage_and_the_spool() {
         settings(50, Duration::from_millis(20), 300),
         spool.clone(),
     );
-    let sent: Vec<Row> = (0..3000).map(row).collect();
+    // Every tenth row a device's state (an upsert): those must reach the database in the
+    // order they arrived; points may overtake older spooled ones.
+    let sent: Vec<Row> = (0..3000)
+        .map(|i| if i % 10 == 0 { device_state(i) } else { row(i) })
+        .collect();
     for (i, chunk) in sent.chunks(100).enumerate() {
         if i % 2 == 0 {
             addr.do_send(StoreMany(chunk.to_vec()));
@@ -135,11 +165,16 @@ async fn order_is_kept_through_an_outage_and_the_spool() {
     let s = stats(&addr).await;
     assert_eq!((s.buffered, s.spooled_now), (0, 0), "{s:?}");
     assert!(s.database_up && s.failed_flushes > 0 && s.retried > 0);
-    assert_eq!(
-        *lock_rows(&writer.rows),
-        sent,
-        "rows written once each, in order"
-    );
+    let written = lock_rows(&writer.rows).clone();
+    let states =
+        |rows: &[Row]| -> Vec<Row> { rows.iter().filter(|r| !r.order_free()).cloned().collect() };
+    assert_eq!(states(&written), states(&sent), "states written in order");
+    let key = |r: &Row| serde_json::to_string(r).expect("json");
+    let mut a: Vec<String> = written.iter().map(key).collect();
+    let mut b: Vec<String> = sent.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every row written once");
     assert!(!spool.exists());
 }
 
@@ -314,5 +349,92 @@ async fn heartbeats_are_dropped_unless_stored() {
     assert!(
         matches!(written.as_slice(), [Row::Packet(p)] if p.kind == PacketKind::Data),
         "{written:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_long_replay_leaves_every_other_write_to_live_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spool.jsonl");
+    // An earlier run left 3,000 rows; replayed 100 at a time, 5 ms a write.
+    let old: Vec<Row> = (0..3000).map(row).collect();
+    Spool::open(&path)
+        .and_then(|mut s| s.append(&old))
+        .expect("spool");
+    let writer = MemWriter {
+        slow_calls: Some(Duration::from_millis(5)),
+        ..MemWriter::default()
+    };
+    let addr = Storage::start(
+        writer.clone(),
+        settings(100, Duration::from_millis(10), 100_000),
+        path.clone(),
+    );
+    wait_for(&addr, "the replay under way", |s| s.written >= 200).await;
+    let live: Vec<Row> = (10_000..10_050).map(row).collect();
+    addr.do_send(StoreMany(live.clone()));
+    wait_for(&addr, "all written", |s| s.written == 3050).await;
+    let written = lock_rows(&writer.rows).clone();
+    let position = |r: &Row| written.iter().position(|w| w == r).expect("written");
+    let last_live = live.iter().map(position).max().expect("live rows");
+    let last_old = old.iter().map(position).max().expect("old rows");
+    assert!(
+        last_live < last_old,
+        "live rows waited for the whole replay: last live at {last_live}, last old at {last_old}"
+    );
+    assert!(!path.exists());
+}
+
+#[actix_rt::test]
+async fn a_full_spool_drops_packets_then_telemetry_counted_and_degraded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spool.jsonl");
+    let writer = MemWriter::default();
+    writer.down.store(true, Ordering::SeqCst);
+    let mut s = settings(10, Duration::from_millis(10), 20);
+    // Room for about 60 rows of either kind.
+    s.max_spool = 60 * 130;
+    let addr = Storage::start(writer.clone(), s, path.clone());
+    let packet = |i: u32| {
+        Row::Packet(PacketRow {
+            device_id: format!("dev{}", i % 13),
+            direction: Direction::In,
+            kind: PacketKind::Modbus,
+            bytes: vec![1, 3, 2, 0, 1, 0x79, 0x84],
+            at: Utc::now(),
+        })
+    };
+    let sent: Vec<Row> = (0..400)
+        .map(|i| if i % 2 == 0 { packet(i) } else { row(i) })
+        .collect();
+    for chunk in sent.chunks(20) {
+        addr.do_send(StoreMany(chunk.to_vec()));
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_for(&addr, "drops of both kinds", |s| {
+        s.dropped_packets > 0 && s.dropped_telemetry > 0
+    })
+    .await;
+    let s = stats(&addr).await;
+    assert!(s.spool_bytes <= 60 * 130, "{s:?}");
+    // Packets go first: of what was dropped, more packets than telemetry.
+    assert!(s.dropped_packets > s.dropped_telemetry, "{s:?}");
+    let reasons = s.degraded.join(" | ");
+    assert!(reasons.contains("database unreachable"), "{reasons}");
+    assert!(reasons.contains("spool full"), "{reasons}");
+    assert!(reasons.contains("spooled"), "{reasons}");
+    // Back up: whatever was kept is written; nothing is counted twice.
+    writer.down.store(false, Ordering::SeqCst);
+    let dropped = s.dropped_packets + s.dropped_telemetry;
+    wait_for(&addr, "the rest written", |s| {
+        s.written + s.dropped_packets + s.dropped_telemetry == 400 && s.spooled_now == 0
+    })
+    .await;
+    let s = stats(&addr).await;
+    assert_eq!(s.dropped_packets + s.dropped_telemetry, dropped, "{s:?}");
+    assert!(
+        !s.degraded.iter().any(|r| r.contains("unreachable")),
+        "{:?}",
+        s.degraded
     );
 }
