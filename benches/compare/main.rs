@@ -12,8 +12,10 @@
 //! - **poll**: `DTU_BENCH_DEVICES` framed DTUs (2,000), each polled for one block of 10
 //!   registers (`DTU_BENCH_POINTS` points decoded, 1 to 3, default 1) every
 //!   `DTU_BENCH_POLL_MS` (100), heartbeating every 10 s; measured over `DTU_BENCH_SECONDS`
-//!   (30) after they registered and 3 s of warm-up: polls answered,
-//!   server CPU per 1,000 polls and peak RSS (/proc), telemetry points stored, the poll round
+//!   (30) after they registered and `DTU_BENCH_WARMUP` s (3) of warm-up: polls answered,
+//!   server CPU per 1,000 polls, peak RSS and RSS every 5 s (/proc: flat, or not), for
+//!   dtu-supervisor the largest write lag and the rows spooled (its /metrics), telemetry
+//!   points stored, the poll round
 //!   trip as the DTUs see it (below) and, for dtu-supervisor, its own poll latency histogram.
 //! - **storm**: `DTU_BENCH_STORM` DTUs (19,000) dial within `DTU_BENCH_STORM_MS` (1,000 ms)
 //!   with `register_timeout = 2s`, redialling with backoff when closed; reported: how many
@@ -62,8 +64,8 @@ const POINTS: [&str; 3] = [
     "name = \"humidity\"\naddress = 2002\ntype = \"f32\"",
     "name = \"energy\"\naddress = 2004\ntype = \"u32\"\norder = \"CDAB\"",
 ];
-/// Warm-up between the last registration and the measured window.
-const WARM_UP: Duration = Duration::from_secs(3);
+/// RSS is sampled this often in a poll window.
+const RSS_EVERY: Duration = Duration::from_secs(5);
 /// After a storm: time for the first polls to be answered and stored before RSS is read.
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long a server may take to stop (flushing what it holds).
@@ -88,6 +90,7 @@ struct Knobs {
     devices: usize,
     poll_ms: u64,
     seconds: u64,
+    warm_up: Duration,
     points: usize,
     storm: usize,
     storm_ms: u64,
@@ -114,6 +117,7 @@ impl Knobs {
             devices: env_or("DTU_BENCH_DEVICES", 2000usize).max(1),
             poll_ms: env_or("DTU_BENCH_POLL_MS", 100u64).max(10),
             seconds: env_or("DTU_BENCH_SECONDS", 30u64).max(1),
+            warm_up: Duration::from_secs(env_or("DTU_BENCH_WARMUP", 3u64)),
             points: env_or("DTU_BENCH_POINTS", 1usize).clamp(1, POINTS.len()),
             storm: env_or("DTU_BENCH_STORM", 19_000usize).max(1),
             storm_ms: env_or("DTU_BENCH_STORM_MS", 1000u64).max(1),
@@ -295,6 +299,20 @@ fn spool(dir: &Path) -> (u64, u64) {
     (lines, bytes)
 }
 
+/// One sample of dtu-supervisor's `/metrics` (0 if it cannot be read).
+fn gauge(web: u16, name: &str) -> f64 {
+    ureq::get(&format!("http://127.0.0.1:{web}/metrics"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .and_then(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .find_map(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// dtu-supervisor's poll latency histogram: (upper bound in seconds, cumulative count).
 fn latency_buckets(web: u16) -> Vec<(f64, u64)> {
     let Some(text) = ureq::get(&format!("http://127.0.0.1:{web}/metrics"))
@@ -346,6 +364,11 @@ struct Figures {
     cpu_per_1000: Option<f64>,
     cpu_share: Option<f64>,
     peak_mib: Option<f64>,
+    rss_open_mib: Option<f64>,
+    rss_close_mib: Option<f64>,
+    rss_spread_pct: Option<f64>,
+    max_lag_s: Option<f64>,
+    spooled_in_window: Option<f64>,
     points_per_s: Option<f64>,
     points_after_stop: Option<f64>,
     packets_per_s: Option<f64>,
@@ -409,7 +432,7 @@ fn poll_phase(target: Target, k: &Knobs, rt: &tokio::runtime::Runtime, f: &mut F
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         f.registered_in = Some(t0.elapsed().as_secs_f64());
-        tokio::time::sleep(WARM_UP).await;
+        tokio::time::sleep(k.warm_up).await;
         let (u0, polls0, rows0, packets0) = (
             usage(pid),
             fleet.stats().polls_answered,
@@ -420,7 +443,19 @@ fn poll_phase(target: Target, k: &Knobs, rt: &tokio::runtime::Runtime, f: &mut F
         round_trips.clear();
         let w0 = Instant::now();
         eprintln!("   window opens (server pid {pid})");
-        tokio::time::sleep(window).await;
+        // RSS (and, for dtu-supervisor, the write lag) every few seconds: flat after the
+        // warm-up, or not.
+        let mut rss_kib: Vec<u64> = Vec::new();
+        let mut max_lag: f64 = 0.0;
+        while w0.elapsed() < window {
+            rss_kib.push(usage(pid).rss_kib);
+            if target == Target::Ours {
+                max_lag = max_lag.max(gauge(running.web, "dtu_storage_write_lag_seconds"));
+            }
+            let left = window.saturating_sub(w0.elapsed());
+            tokio::time::sleep(left.min(RSS_EVERY)).await;
+        }
+        rss_kib.push(usage(pid).rss_kib);
         let secs = w0.elapsed().as_secs_f64();
         eprintln!("   window closes");
         let (u1, polls1, rows1, packets1) = (
@@ -447,6 +482,16 @@ fn poll_phase(target: Target, k: &Knobs, rt: &tokio::runtime::Runtime, f: &mut F
         f.cpu_share = Some(100.0 * cpu / secs);
         f.cpu_per_1000 = (polls > 0.0).then(|| 1e6 * cpu / polls);
         f.peak_mib = Some(u1.peak_kib as f64 / 1024.0);
+        let mib = |k: u64| k as f64 / 1024.0;
+        f.rss_open_mib = rss_kib.first().map(|k| mib(*k));
+        f.rss_close_mib = rss_kib.last().map(|k| mib(*k));
+        if let (Some(lo), Some(hi)) = (rss_kib.iter().min(), rss_kib.iter().max()) {
+            f.rss_spread_pct = (*lo > 0).then(|| 100.0 * (hi - lo) as f64 / *lo as f64);
+        }
+        if target == Target::Ours {
+            f.max_lag_s = Some(max_lag);
+            f.spooled_in_window = Some(gauge(running.web, "dtu_storage_rows_spooled_total"));
+        }
         f.points_per_s = Some(rows1.saturating_sub(rows0) as f64 / secs);
         if target == Target::Ours {
             f.packets_per_s = Some(packets1.saturating_sub(packets0) as f64 / secs);
@@ -737,6 +782,30 @@ fn report(k: &Knobs, figures: &[(Target, Figures)], before: &str, took: Duration
             "peak RSS under load, MiB".into(),
             Box::new(|f| f.peak_mib),
             1,
+        ),
+        (
+            "RSS when the window opens / closes, MiB".into(),
+            Box::new(|f| f.rss_open_mib),
+            1,
+        ),
+        ("  closes".into(), Box::new(|f| f.rss_close_mib), 1),
+        (
+            format!(
+                "  (max − min) / min over the window, sampled every {} s, %",
+                RSS_EVERY.as_secs()
+            ),
+            Box::new(|f| f.rss_spread_pct),
+            1,
+        ),
+        (
+            "write lag, the most seen in the window, s (/metrics)".into(),
+            Box::new(|f| f.max_lag_s),
+            1,
+        ),
+        (
+            "rows spooled by the end of the window (/metrics)".into(),
+            Box::new(|f| f.spooled_in_window),
+            0,
         ),
         (
             "telemetry points stored /s (in the window)".into(),
