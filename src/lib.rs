@@ -17,6 +17,7 @@
 pub mod command;
 pub mod conn;
 pub mod events;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

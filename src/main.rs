@@ -28,7 +28,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    dtu_supervisor::logging::init();
     let cli = Cli::parse();
     let loaded = settings::load(&cli.settings);
     let settings = match loaded {

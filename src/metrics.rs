@@ -150,6 +150,11 @@ pub struct Metrics {
     pub webhook_deliveries: Labelled,
     /// HTTP requests by `route` pattern and `status`.
     pub http_requests: Labelled,
+    /// HTTP connections ended by a client's fault (`logging.rs`): a request that could not be
+    /// parsed, one that never completed, an I/O error.
+    pub http_parse_errors: Counter,
+    pub http_timeouts: Counter,
+    pub http_io_errors: Counter,
 }
 
 /// One metric without labels, with its help and type lines.
@@ -311,6 +316,18 @@ impl Metrics {
         ] {
             one(&mut out, name, "gauge", help, format!("{v:.3}"));
         }
+        let _ = writeln!(
+            &mut out,
+            "# HELP dtu_http_client_errors_total HTTP connections ended by a client's fault: \
+             a request that could not be parsed, one that never completed, an I/O error.\n\
+             # TYPE dtu_http_client_errors_total counter\n\
+             dtu_http_client_errors_total{{kind=\"parse\"}} {}\n\
+             dtu_http_client_errors_total{{kind=\"timeout\"}} {}\n\
+             dtu_http_client_errors_total{{kind=\"io\"}} {}",
+            self.http_parse_errors.get(),
+            self.http_timeouts.get(),
+            self.http_io_errors.get()
+        );
         one(
             &mut out,
             "dtu_events_published_total",

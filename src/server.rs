@@ -181,6 +181,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let http = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(
+                web::error::method_not_allowed_as_json,
+            ))
             .wrap(actix_web::middleware::from_fn(web::metrics::count_requests))
             .configure(web::configure(state.clone()))
     })

@@ -14,13 +14,13 @@ const ROOT_FILES: [&str; 1] = ["metrics.rs"];
 /// Files whose routes are not part of the API (the console's pages and assets).
 const NOT_API: [&str; 1] = ["console.rs"];
 
-/// `(METHOD, /path)` of every `.route("/path", web::method()` in `src/web/*.rs`.
+/// `(METHOD, /path)` of every `web::resource("/path").route(web::method()…)…` in
+/// `src/web/*.rs`: each resource's routes follow it, up to the next resource.
 fn registered_routes() -> BTreeSet<(String, String)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/web");
-    let route = regex::Regex::new(
-        r#"\.route\(\s*"([^"]+)"\s*,\s*web::(get|post|put|patch|delete|head)\(\)"#,
-    )
-    .expect("regex");
+    let path_re = regex::Regex::new(r#"^\(\s*"([^"]+)"\s*\)"#).expect("regex");
+    let method_re = regex::Regex::new(r#"\.route\(\s*web::(get|post|put|patch|delete|head)\(\)"#)
+        .expect("regex");
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(dir).expect("src/web") {
         let path = entry.expect("entry").path();
@@ -33,13 +33,21 @@ fn registered_routes() -> BTreeSet<(String, String)> {
             continue;
         }
         let source = std::fs::read_to_string(&path).expect("read source");
-        for cap in route.captures_iter(&source) {
-            let prefix = if ROOT_FILES.contains(&file.as_str()) {
-                ""
-            } else {
-                "/api"
+        let prefix = if ROOT_FILES.contains(&file.as_str()) {
+            ""
+        } else {
+            "/api"
+        };
+        for resource in source.split("web::resource").skip(1) {
+            let Some(route_path) = path_re.captures(resource) else {
+                continue;
             };
-            out.insert((cap[2].to_uppercase(), format!("{prefix}{}", &cap[1])));
+            for method in method_re.captures_iter(resource) {
+                out.insert((
+                    method[1].to_uppercase(),
+                    format!("{prefix}{}", &route_path[1]),
+                ));
+            }
         }
     }
     out
@@ -143,15 +151,86 @@ fn every_documented_route_is_served() {
         );
     }
     let mut unserved = Vec::new();
+    let mut undocumented = Vec::new();
     for (method, path) in &documented {
-        let (status, body) = call(&server, method, path);
-        let no_route = status == 405 || (status == 404 && body["error"] == "no such route");
-        if no_route {
-            unserved.push(format!("{method} {path} -> {status} {body}"));
+        // As the path is documented, with bad path parameters and with absurd limits: each
+        // answer's status is one the document lists for the operation.
+        let bad_ids = path
+            .replace("{id}", &"x".repeat(65))
+            .replace("{cid}", "%00")
+            .replace("{wid}", "%00")
+            .replace("{tid}", "%00");
+        for (variant, concrete) in [
+            ("sample", path.clone()),
+            ("bad ids", bad_ids),
+            ("huge limit", format!("{path}?limit=99999999999999999999999")),
+            ("zero limit", format!("{path}?limit=0")),
+        ] {
+            let (status, body) = call(&server, method, &concrete);
+            if variant == "sample" {
+                let no_route =
+                    status == 405 || (status == 404 && body["error"] == "no such route");
+                if no_route {
+                    unserved.push(format!("{method} {path} -> {status} {body}"));
+                }
+            }
+            let op = &doc["paths"][path.as_str()][method.to_lowercase()];
+            if op["responses"].get(status.to_string()).is_none() {
+                undocumented.push(format!("{method} {concrete} ({variant}) -> {status} {body}"));
+            }
         }
     }
     assert!(
         unserved.is_empty(),
         "documented but not served: {unserved:#?}"
     );
+    assert!(
+        undocumented.is_empty(),
+        "answers with a status the document does not list: {undocumented:#?}"
+    );
+}
+
+/// A known path asked with a method it does not serve: 405 with `Allow` naming the methods it
+/// does (as documented), in the JSON error shape — never a 404.
+#[test]
+fn an_unlisted_method_on_a_documented_path_is_405_with_allow() {
+    let server = TestServer::start();
+    let doc = document(&server);
+    let documented = documented(&doc);
+    let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    let mut wrong = Vec::new();
+    for path in paths {
+        let allowed: BTreeSet<&str> = documented
+            .iter()
+            .filter(|(_, p)| p == path)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if allowed.contains(method) {
+                continue;
+            }
+            let concrete = path
+                .replace("{id}", "1001")
+                .replace("{cid}", "c0")
+                .replace("{wid}", "w0")
+                .replace("{tid}", "t0");
+            let result = server.request(method, &concrete).call();
+            let (status, allow, body) = match result {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => {
+                    let status = r.status();
+                    let allow = r.header("Allow").unwrap_or_default().to_string();
+                    let body: Value = r.into_json().unwrap_or(Value::Null);
+                    (status, allow, body)
+                }
+                Err(e) => panic!("{method} {concrete}: {e}"),
+            };
+            let listed: BTreeSet<&str> = allow.split(',').map(str::trim).collect();
+            if status != 405 || listed != allowed || !body["error"].is_string() {
+                wrong.push(format!(
+                    "{method} {path} -> {status}, Allow {allow:?} (documented {allowed:?}), {body}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

@@ -347,3 +347,56 @@ fn open_streams_are_closed_when_the_server_stops() {
     }
     eprintln!("stopped in {:?}", started.elapsed());
 }
+
+/// Without a complete WebSocket handshake: 426 naming the upgrade when none is asked for, 400
+/// when the upgrade lacks its key or version — never a 500, and JSON either way.
+#[test]
+fn a_get_without_a_valid_handshake_is_426_or_400() {
+    let server = TestServer::start();
+    let plain = server.request("GET", "/api/stream").call();
+    let Err(ureq::Error::Status(status, r)) = plain else {
+        panic!("a plain GET must be refused: {plain:?}");
+    };
+    assert_eq!(status, 426);
+    assert_eq!(r.header("Upgrade"), Some("websocket"));
+    let body: Value = r.into_json().expect("JSON");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("WebSocket")),
+        "{body}"
+    );
+    for headers in [
+        vec![("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "8"),
+        ],
+    ] {
+        let mut req = server.request("GET", "/api/stream");
+        for (k, v) in &headers {
+            req = req.set(k, v);
+        }
+        match req.call() {
+            Err(ureq::Error::Status(400, r)) => {
+                let body: Value = r.into_json().expect("JSON");
+                assert!(body["error"].is_string(), "{body}");
+            }
+            other => panic!("{headers:?}: expected 400, got {other:?}"),
+        }
+    }
+    let (_, text) = metrics_text(&server);
+    assert!(!text.contains("status=\"500\""), "no 500 counted: {text}");
+}
+
+fn metrics_text(server: &TestServer) -> (u16, String) {
+    let r = ureq::get(&server.url("/metrics")).call().expect("metrics");
+    (r.status(), r.into_string().expect("text"))
+}

@@ -254,6 +254,7 @@ fn api_subscribers_are_admin_only_validated_tested_and_kept() {
         json!({"url": "not a url", "events": ["*"]}),
         json!({"url": "http://host:99999/x", "events": ["*"]}),
         json!({"url": rx.url(), "events": ["device.exploded"]}),
+        json!({"url": rx.url(), "events": ["*", "bogus.event"]}),
         json!({"url": rx.url(), "events": []}),
         json!({"url": rx.url(), "events": ["*"], "devices": ["a*b"]}),
         json!({"url": rx.url(), "events": ["*"], "colour": "red"}),

@@ -159,21 +159,20 @@ impl EventFilter {
     /// A filter from the contract's lists: `events` of names or `"*"`, optional devices.
     /// Unknown event names are an error, so a typo does not silently subscribe to nothing.
     pub fn parse(events: &[String], devices: Option<Vec<String>>) -> Result<EventFilter, String> {
-        let kinds = if events.is_empty() || events.iter().any(|e| e == "*") {
-            None
-        } else {
-            let mut set = HashSet::new();
-            for e in events {
-                let kind = EventKind::parse(e).ok_or_else(|| {
-                    format!(
-                        "unknown event {e:?}; expected \"*\" or some of {}",
-                        EventKind::ALL.map(|k| k.as_str()).join(", ")
-                    )
-                })?;
-                set.insert(kind);
-            }
-            Some(set)
-        };
+        // Every name is checked, "*" or not: `["*", "bogus"]` is as much a typo as
+        // `["telemetry", "bogus"]`.
+        let mut set = HashSet::new();
+        for e in events.iter().filter(|e| *e != "*") {
+            let kind = EventKind::parse(e).ok_or_else(|| {
+                format!(
+                    "unknown event {e:?}; expected \"*\" or some of {}",
+                    EventKind::ALL.map(|k| k.as_str()).join(", ")
+                )
+            })?;
+            set.insert(kind);
+        }
+        let every = events.is_empty() || events.iter().any(|e| e == "*");
+        let kinds = (!every).then_some(set);
         Ok(EventFilter { kinds, devices })
     }
 
@@ -387,6 +386,11 @@ mod tests {
         assert!(!f.matches(&ev(EventKind::DeviceOffline, "1001")));
         assert!(!f.matches(&ev(EventKind::DeviceOnline, "2001")));
         let all = EventFilter::parse(&["*".into()], None).expect("star");
+        assert!(
+            EventFilter::parse(&["*".into(), "bogus.event".into()], None)
+                .is_err_and(|e| e.contains("bogus.event")),
+            "a star does not let a bad name through"
+        );
         assert!(all.matches(&ev(EventKind::PollFailed, "z")));
         let err = EventFilter::parse(&["device.onlin".into()], None).expect_err("typo");
         assert!(err.contains("device.onlin"), "{err}");

@@ -17,7 +17,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -354,7 +354,6 @@ fn presented_token(req: &ServiceRequest) -> Option<String> {
 
 /// Middleware of the `/api` scope: 401 unless a valid token is presented (`/api/health`
 /// excepted); the caller goes into the request's extensions for the [`Caller`] extractor.
-/// Also turns actix's bodiless 405 (a known path, another method) into the JSON error shape.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -371,17 +370,7 @@ pub async fn authenticate(
             None => return Err(unauthorized().into()),
         }
     }
-    let res = next.call(req).await?;
-    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let (req, _) = res.into_parts();
-        let body = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this route",
-        )
-        .error_response();
-        return Ok(ServiceResponse::new(req, body));
-    }
-    Ok(res.map_into_boxed_body())
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 #[cfg(test)]

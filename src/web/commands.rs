@@ -15,8 +15,8 @@ use crate::command::send::{Requester, Sent};
 const COMMAND_ID_MAX: usize = 40;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices/{id}/commands", web::post().to(send))
-        .route("/commands/{cid}", web::get().to(get));
+    cfg.service(web::resource("/devices/{id}/commands").route(web::post().to(send)))
+        .service(web::resource("/commands/{cid}").route(web::get().to(get)));
 }
 
 async fn send(

@@ -26,8 +26,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/static/{file}", web::get().to(asset));
+    cfg.service(web::resource("/").route(web::get().to(index)))
+        .service(web::resource("/static/{file}").route(web::get().to(asset)));
 }
 
 fn serve(name: &str) -> Result<HttpResponse, ApiError> {

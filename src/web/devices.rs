@@ -12,9 +12,9 @@ use super::{mailbox_error, AppState};
 use crate::supervisor::messages::{DeviceQuery, DeviceView, GetDevice, ListDevices, Values};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices", web::get().to(list))
-        .route("/devices/{id}", web::get().to(one))
-        .route("/devices/{id}/values", web::get().to(values));
+    cfg.service(web::resource("/devices").route(web::get().to(list)))
+        .service(web::resource("/devices/{id}").route(web::get().to(one)))
+        .service(web::resource("/devices/{id}/values").route(web::get().to(values)));
 }
 
 /// `GET /api/devices` parameters; each parsed here so that a bad one says what is wrong.

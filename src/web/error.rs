@@ -1,6 +1,9 @@
 //! The one mapping from failures to HTTP answers: `{"error": "<message>"}` with a fitting status.
 
-use actix_web::http::StatusCode;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
@@ -53,6 +56,29 @@ impl ResponseError for ApiError {
         body.insert("error".into(), json!(self.message));
         HttpResponse::build(self.status).json(Value::Object(body))
     }
+}
+
+/// Wraps the whole app: actix answers a known path asked with another method with a bodiless
+/// 405; this gives it the JSON error shape of every other answer, keeping its `Allow` header.
+pub async fn method_not_allowed_as_json(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return Ok(res.map_into_boxed_body());
+    }
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let (req, _) = res.into_parts();
+    let message = match allow.as_ref().and_then(|a| a.to_str().ok()) {
+        Some(methods) => format!("method not allowed on this route (allowed: {methods})"),
+        None => "method not allowed on this route".to_string(),
+    };
+    let mut body = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message).error_response();
+    if let Some(allow) = allow {
+        body.headers_mut().insert(header::ALLOW, allow);
+    }
+    Ok(ServiceResponse::new(req, body))
 }
 
 impl From<CommandError> for ApiError {

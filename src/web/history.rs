@@ -21,10 +21,10 @@ const EXPORT_PAGE: i64 = 5_000;
 const XLSX_MAX_ROWS: usize = 1_048_575;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices/{id}/telemetry", web::get().to(telemetry))
-        .route("/devices/{id}/packets", web::get().to(packets))
-        .route("/events", web::get().to(events))
-        .route("/export", web::get().to(export));
+    cfg.service(web::resource("/devices/{id}/telemetry").route(web::get().to(telemetry)))
+        .service(web::resource("/devices/{id}/packets").route(web::get().to(packets)))
+        .service(web::resource("/events").route(web::get().to(events)))
+        .service(web::resource("/export").route(web::get().to(export)));
 }
 
 /// A time bound: RFC 3339 (`2026-11-23T10:00:00Z`) or unix milliseconds.
@@ -52,8 +52,8 @@ fn opt_time(name: &str, s: &Option<String>) -> Result<Option<DateTime<Utc>>, Api
         .transpose()
 }
 
-fn limit(l: Option<i64>) -> Result<i64, ApiError> {
-    page_limit(l, DEFAULT_LIMIT, MAX_LIMIT)
+fn limit(l: Option<LimitParam>) -> Result<i64, ApiError> {
+    page_limit(l.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 /// A list's `limit` parameter: `default` when absent, capped at `max` (not refused), 400
@@ -71,16 +71,30 @@ pub fn page_limit(l: Option<i64>, default: i64, max: i64) -> Result<i64, ApiErro
 /// A `limit` given as text (a route that parses its own query): digits, however many — a
 /// number past what fits is capped like any other over-large limit, not refused.
 pub fn query_limit(text: &str, max: i64) -> Result<i64, ApiError> {
+    let n = parse_limit(text).map_err(ApiError::bad_request)?;
+    page_limit(Some(n), max, max)
+}
+
+fn parse_limit(text: &str) -> Result<i64, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        let n = text.parse::<i64>().unwrap_or(i64::MAX);
-        return page_limit(Some(n), max, max);
+        return Ok(text.parse::<i64>().unwrap_or(i64::MAX));
     }
-    match text.parse::<i64>() {
-        Ok(n) => page_limit(Some(n), max, max),
-        Err(_) => Err(ApiError::bad_request(format!(
-            "limit must be a whole number, got {text:?}"
-        ))),
+    text.parse::<i64>()
+        .map_err(|_| format!("limit must be a whole number, got {text:?}"))
+}
+
+/// A `limit` query parameter as given, for routes whose query serde reads: any run of digits,
+/// however long (a number past what fits becomes the largest, then capped by [`page_limit`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LimitParam(pub i64);
+
+impl TryFrom<String> for LimitParam {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_limit(&text).map(LimitParam)
     }
 }
 
@@ -109,7 +123,7 @@ struct TelemetryParams {
     point: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    limit: Option<i64>,
+    limit: Option<LimitParam>,
 }
 
 async fn telemetry(
@@ -140,7 +154,7 @@ async fn telemetry(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitParams {
-    limit: Option<i64>,
+    limit: Option<LimitParam>,
 }
 
 async fn packets(
@@ -174,7 +188,7 @@ async fn packets(
 #[serde(deny_unknown_fields)]
 struct EventParams {
     device: Option<String>,
-    limit: Option<i64>,
+    limit: Option<LimitParam>,
 }
 
 async fn events(

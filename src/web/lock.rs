@@ -21,9 +21,12 @@ pub const DEFAULT_LOCK_TTL_S: u64 = 300;
 pub const MAX_LOCK_TTL_S: u64 = 86_400;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/devices/{id}/lock", web::post().to(acquire))
-        .route("/devices/{id}/lock", web::delete().to(release))
-        .route("/devices/{id}/lock", web::get().to(show));
+    cfg.service(
+        web::resource("/devices/{id}/lock")
+            .route(web::post().to(acquire))
+            .route(web::delete().to(release))
+            .route(web::get().to(show)),
+    );
 }
 
 #[derive(Debug, Default, Deserialize)]

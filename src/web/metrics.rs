@@ -22,7 +22,7 @@ use crate::supervisor::messages::CountDevices;
 pub const UNMATCHED: &str = "unmatched";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.service(web::resource("/metrics").route(web::get().to(metrics)));
 }
 
 async fn metrics(

@@ -70,7 +70,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 web::scope("/api")
                     .wrap(actix_web::middleware::from_fn(auth::authenticate))
-                    .route("/health", web::get().to(health))
+                    .service(web::resource("/health").route(web::get().to(health)))
                     .configure(devices::routes)
                     .configure(commands::routes)
                     .configure(lock::routes)

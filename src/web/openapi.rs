@@ -20,7 +20,7 @@ use crate::protocol::PROTOCOLS;
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(document));
+    cfg.service(web::resource("/openapi.json").route(web::get().to(document)));
 }
 
 /// The document as served: [`DOCUMENT`] with the protocol names of [`PROTOCOLS`].

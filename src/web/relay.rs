@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::history::page_limit;
+use super::history::{page_limit, LimitParam};
 use super::AppState;
 
 /// Largest `limit` honoured; more is capped, not refused.
@@ -13,7 +13,7 @@ const MAX_LIMIT: i64 = 10_000;
 const DEFAULT_LIMIT: i64 = 1_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/relay", web::get().to(waiting));
+    cfg.service(web::resource("/relay").route(web::get().to(waiting)));
 }
 
 #[derive(Deserialize)]
@@ -21,7 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 struct RelayParams {
     /// A terminal id (ccid as 8 hex digits, any case); all targets when absent or empty.
     target: Option<String>,
-    limit: Option<i64>,
+    limit: Option<LimitParam>,
 }
 
 async fn waiting(
@@ -34,7 +34,7 @@ async fn waiting(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_ascii_uppercase);
-    let limit = page_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = page_limit(q.limit.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
     let rows = state
         .db
         .call(move |db| db.relay_pending(target.as_deref(), limit))

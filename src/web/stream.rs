@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use serde::Deserialize;
 
@@ -46,7 +46,7 @@ pub fn stop_all() {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/stream", web::get().to(stream));
+    cfg.service(web::resource("/stream").route(web::get().to(stream)));
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,12 +135,14 @@ async fn stream(
         .filter(|e| !e.is_empty())
         .collect();
     let filter = EventFilter::parse(&events, devices).map_err(ApiError::bad_request)?;
-    // The handshake is checked before subscribing, so a plain GET costs nothing.
+    // The handshake is checked before subscribing, so a plain GET costs nothing. No
+    // `Upgrade: websocket` at all: 426, naming the protocol to upgrade to; an upgrade with a
+    // bad or missing key or version: 400 (actix's own error would be a 500).
+    if !wants_websocket(&req) {
+        return Ok(upgrade_required());
+    }
     let (response, session, messages) = actix_ws::handle(&req, body).map_err(|e| {
-        ApiError::new(
-            e.as_response_error().status_code(),
-            format!("GET /api/stream needs a WebSocket handshake: {e}"),
-        )
+        ApiError::bad_request(format!("GET /api/stream needs a WebSocket handshake: {e}"))
     })?;
     let subscription = state
         .events
@@ -167,6 +169,32 @@ async fn stream(
         peer,
     ));
     Ok(response)
+}
+
+/// Whether the request asks to upgrade to WebSocket (`Upgrade: websocket`, any case).
+fn wants_websocket(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+/// 426 with `Upgrade: websocket`, in the JSON error shape.
+fn upgrade_required() -> HttpResponse {
+    let mut response = ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "GET /api/stream is a WebSocket: send Upgrade: websocket with Connection: Upgrade, \
+         Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+    )
+    .error_response();
+    response.headers_mut().insert(
+        actix_web::http::header::UPGRADE,
+        actix_web::http::header::HeaderValue::from_static("websocket"),
+    );
+    response
 }
 
 /// Why a stream ended.

@@ -15,9 +15,12 @@ use crate::storage::rows::new_id;
 const NAME_MAX: usize = 64;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/tokens", web::get().to(list))
-        .route("/tokens", web::post().to(create))
-        .route("/tokens/{tid}", web::delete().to(revoke));
+    cfg.service(
+        web::resource("/tokens")
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .service(web::resource("/tokens/{tid}").route(web::delete().to(revoke)));
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::auth::{check_device_list, Caller, Role};
 use super::error::ApiError;
-use super::history::page_limit;
+use super::history::{page_limit, LimitParam};
 use super::{mailbox_error, AppState};
 use crate::events::bus::{envelope, new_event_id, EventFilter};
 use crate::events::webhooks::check_webhook_url;
@@ -29,11 +29,14 @@ const DELIVERIES_DEFAULT: i64 = 100;
 const DELIVERIES_MAX: i64 = 1_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/webhooks", web::get().to(list))
-        .route("/webhooks", web::post().to(create))
-        .route("/webhooks/{wid}", web::delete().to(remove))
-        .route("/webhooks/{wid}/test", web::post().to(test))
-        .route("/webhooks/{wid}/deliveries", web::get().to(deliveries));
+    cfg.service(
+        web::resource("/webhooks")
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .service(web::resource("/webhooks/{wid}").route(web::delete().to(remove)))
+    .service(web::resource("/webhooks/{wid}/test").route(web::post().to(test)))
+    .service(web::resource("/webhooks/{wid}/deliveries").route(web::get().to(deliveries)));
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,7 +212,7 @@ async fn test(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeliveryParams {
-    limit: Option<i64>,
+    limit: Option<LimitParam>,
 }
 
 async fn deliveries(
@@ -220,7 +223,11 @@ async fn deliveries(
 ) -> Result<HttpResponse, ApiError> {
     let wid = wid.into_inner();
     subscriber(&state, &caller, &wid)?;
-    let limit = page_limit(params.limit, DELIVERIES_DEFAULT, DELIVERIES_MAX)?;
+    let limit = page_limit(
+        params.limit.map(|l| l.0),
+        DELIVERIES_DEFAULT,
+        DELIVERIES_MAX,
+    )?;
     let rows = state.db.call(move |db| db.deliveries(&wid, limit)).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
