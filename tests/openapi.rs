@@ -163,20 +163,24 @@ fn every_documented_route_is_served() {
         for (variant, concrete) in [
             ("sample", path.clone()),
             ("bad ids", bad_ids),
-            ("huge limit", format!("{path}?limit=99999999999999999999999")),
+            (
+                "huge limit",
+                format!("{path}?limit=99999999999999999999999"),
+            ),
             ("zero limit", format!("{path}?limit=0")),
         ] {
             let (status, body) = call(&server, method, &concrete);
             if variant == "sample" {
-                let no_route =
-                    status == 405 || (status == 404 && body["error"] == "no such route");
+                let no_route = status == 405 || (status == 404 && body["error"] == "no such route");
                 if no_route {
                     unserved.push(format!("{method} {path} -> {status} {body}"));
                 }
             }
             let op = &doc["paths"][path.as_str()][method.to_lowercase()];
             if op["responses"].get(status.to_string()).is_none() {
-                undocumented.push(format!("{method} {concrete} ({variant}) -> {status} {body}"));
+                undocumented.push(format!(
+                    "{method} {concrete} ({variant}) -> {status} {body}"
+                ));
             }
         }
     }
