@@ -82,6 +82,10 @@ pub struct Storage {
     spool_read_failing: bool,
     /// A spool operation is running; nothing else may touch the spool until it is done.
     spool_busy: bool,
+    /// A replayed chunk's write succeeded while another spool operation ran (a spill): its
+    /// commit waits for that one to end, and nothing is replayed meanwhile (the chunk would
+    /// be read again).
+    commit_waiting: Option<SpoolPos>,
     drains: Vec<Drain>,
     next_drain_id: u64,
     written: u64,
@@ -168,6 +172,7 @@ impl Storage {
             spilling: false,
             spool_read_failing: false,
             spool_busy: false,
+            commit_waiting: None,
             drains: Vec::new(),
             next_drain_id: 0,
             written: 0,
@@ -394,7 +399,7 @@ impl Storage {
     /// Decides what to do next: retry, replay the spool, write a batch, wait, or answer a
     /// finished [`FlushAll`]. Called after every change.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || self.spool_busy {
+        if self.in_flight.is_some() || self.spool_busy || self.commit_waiting.is_some() {
             return;
         }
         let now = Instant::now();
@@ -601,6 +606,11 @@ impl Storage {
                     act.spool_front_at = None;
                 }
                 then(act, result, ctx);
+                if !act.spool_busy {
+                    if let Some(pos) = act.commit_waiting.take() {
+                        act.commit_spool(pos, ctx);
+                    }
+                }
             }
             Err(e) => {
                 act.spool_busy = false;
@@ -608,6 +618,11 @@ impl Storage {
                 act.spool_blocked_until = Some(Instant::now() + SPOOL_RETRY);
                 act.retry_at = Some(Instant::now() + SPOOL_RETRY);
                 act.after_spool(ctx);
+                if !act.spool_busy {
+                    if let Some(pos) = act.commit_waiting.take() {
+                        act.commit_spool(pos, ctx);
+                    }
+                }
             }
         }));
     }
@@ -653,6 +668,11 @@ impl Storage {
     }
 
     fn commit_spool(&mut self, pos: SpoolPos, ctx: &mut Context<Self>) {
+        if self.spool_busy {
+            // The write's answer came while a spill runs; committed when it ends.
+            self.commit_waiting = Some(pos);
+            return;
+        }
         let had_rows = self.spool_waiting > 0;
         self.spool_op(
             ctx,
@@ -745,6 +765,13 @@ impl Storage {
     /// (the batch in flight or to retry is older than the spool, so it goes in front).
     fn drain_deadline(&mut self, drain_id: u64, ctx: &mut Context<Self>) {
         if !self.drains.iter().any(|d| d.id == drain_id) {
+            return;
+        }
+        if self.spool_busy {
+            // One spool operation at a time: this one right after the running one.
+            ctx.run_later(Duration::from_millis(20), move |act, ctx| {
+                act.drain_deadline(drain_id, ctx)
+            });
             return;
         }
         let mut front: Vec<Row> = Vec::new();
