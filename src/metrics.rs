@@ -150,6 +150,8 @@ pub struct Metrics {
     pub webhook_deliveries: Labelled,
     /// HTTP requests by `route` pattern and `status`.
     pub http_requests: Labelled,
+    /// Device connections refused at accept by `[limits]`, by `reason`.
+    pub connections_refused: Labelled,
     /// HTTP connections ended by a client's fault (`logging.rs`): a request that could not be
     /// parsed, one that never completed, an I/O error.
     pub http_parse_errors: Counter,
@@ -363,6 +365,11 @@ impl Metrics {
             &mut out,
             "dtu_http_requests_total",
             "HTTP requests by route and status.",
+        );
+        self.connections_refused.render(
+            &mut out,
+            "dtu_connections_refused_total",
+            "Device connections refused at accept by [limits]: connections, per_address, unregistered.",
         );
         out
     }

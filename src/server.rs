@@ -14,6 +14,7 @@ use crate::command::send::Commands;
 use crate::command::Routes;
 use crate::conn;
 use crate::conn::accept;
+use crate::conn::limits::Limits;
 use crate::conn::listener::{Listener, Services};
 use crate::events::bus::EventBus;
 use crate::events::webhooks::{Subscriber, Webhooks};
@@ -134,6 +135,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         store_heartbeats: settings.server.storage.store_heartbeats,
         relay_delivering: Arc::default(),
         relay_in_flight: InFlight::default(),
+        limits: Limits::new(&settings.server.limits),
     };
     // Each accept loop holds a sender; when every one is dropped, no loop accepts any more.
     let (accepting, mut accepting_ended) = mpsc::channel::<()>(1);

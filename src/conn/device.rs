@@ -146,6 +146,10 @@ impl Driver for PollDriver {
         self.codec.decode(buf)
     }
 
+    fn sign_of_life(item: &Inbound) -> bool {
+        !matches!(item, Inbound::Malformed { .. })
+    }
+
     fn on_item(conn: &mut Conn, item: Inbound, ctx: &mut Context<Conn>) {
         match (conn.life.state, item) {
             (State::Closing, _) => {}

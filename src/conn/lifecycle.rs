@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{BytesCodec, FramedRead};
 
+use crate::conn::limits::Permit;
 use crate::conn::link::Link;
 use crate::conn::next_conn_id;
 use crate::metrics::METRICS;
@@ -54,6 +55,10 @@ pub trait Driver: Sized + Unpin + 'static {
     /// The next item at the start of `buf`, consuming its bytes; `Ok(None)` until one is
     /// complete; `Err` closes the connection.
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, CodecError>;
+
+    /// Whether `item` shows the device is alive. Bytes alone do not: a connection trickling
+    /// bytes that never make a frame, or only frames the codec refused, goes silent.
+    fn sign_of_life(item: &Self::Item) -> bool;
 
     /// One item arrived. Registration is the driver's to recognise: it calls
     /// [`Connection::register`].
@@ -115,6 +120,8 @@ pub struct Life {
     connected_at: DateTime<Utc>,
     outbox: Outbox,
     unregistered: &'static str,
+    /// Its place within `[limits]`, given back when the connection ends.
+    permit: Permit,
 }
 
 impl Life {
@@ -173,7 +180,13 @@ const READ_BUFFER: usize = 512;
 
 impl<D: Driver> Connection<D> {
     /// Starts the actor for an accepted connection on the current arbiter.
-    pub fn start(stream: TcpStream, peer: SocketAddr, listener: Arc<ListenerShared>, driver: D) {
+    pub fn start(
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Permit,
+        listener: Arc<ListenerShared>,
+        driver: D,
+    ) {
         let (read, write) = stream.into_split();
         Connection::create(move |ctx| {
             // A DTU's packets are tens of bytes: a small read buffer that grows when a
@@ -197,6 +210,7 @@ impl<D: Driver> Connection<D> {
                     connected_at: Utc::now(),
                     outbox: Outbox::new(write, ctx.address().recipient()),
                     unregistered: D::UNREGISTERED,
+                    permit,
                 },
                 driver,
                 buf: BytesMut::with_capacity(512),
@@ -230,6 +244,7 @@ impl<D: Driver> Connection<D> {
         }
         self.life.id = Some(id.clone());
         self.life.state = State::Online;
+        self.life.permit.registered();
         self.life.connected_at = Utc::now();
         let link = self.life.link();
         if let Some(raw) = raw {
@@ -283,7 +298,16 @@ impl<D: Driver> Connection<D> {
     pub fn drain(&mut self, ctx: &mut Context<Connection<D>>) {
         while self.life.state != State::Closing {
             match self.driver.decode(&mut self.buf) {
-                Ok(Some(item)) => D::on_item(self, item, ctx),
+                Ok(Some(item)) => {
+                    if D::sign_of_life(&item) {
+                        let now = Instant::now();
+                        self.life.last_rx = now;
+                        let mut last = self.life.last_seen_report;
+                        self.life.link().seen(&mut last, now);
+                        self.life.last_seen_report = last;
+                    }
+                    D::on_item(self, item, ctx)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!("{}: protocol error, closing: {e}", self.life.who());
@@ -366,11 +390,6 @@ impl<D: Driver> StreamHandler<Result<BytesMut, io::Error>> for Connection<D> {
                 return;
             }
         };
-        let now = Instant::now();
-        self.life.last_rx = now;
-        let mut last = self.life.last_seen_report;
-        self.life.link().seen(&mut last, now);
-        self.life.last_seen_report = last;
         self.buf.extend_from_slice(&chunk);
         self.drain(ctx);
     }

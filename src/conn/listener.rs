@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::device::{PollContext, PollDriver};
 use crate::conn::lifecycle::{Connection, ListenerShared};
+use crate::conn::limits::Limits;
 use crate::conn::relay::{RelayContext, RelayDriver};
 use crate::events::bus::EventBus;
 use crate::protocol::link::{LinkCodec, LinkOptions, Role};
@@ -40,12 +41,15 @@ pub struct Services {
     pub relay_delivering: Arc<Mutex<HashSet<String>>>,
     /// `$TTMS` frames in flight, over every listener; shutdown waits for them.
     pub relay_in_flight: InFlight,
+    /// `[limits]`, over every device listener.
+    pub limits: Arc<Limits>,
 }
 
 /// One configured listener, ready to start connections.
 pub struct Listener {
     shared: Arc<ListenerShared>,
     kind: Kind,
+    limits: Arc<Limits>,
 }
 
 enum Kind {
@@ -117,15 +121,24 @@ impl Listener {
                 in_flight: services.relay_in_flight.clone(),
             })),
         };
-        Ok(Listener { shared, kind })
+        Ok(Listener {
+            shared,
+            kind,
+            limits: services.limits.clone(),
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
-    /// Starts the connection's actor on the current arbiter.
+    /// Starts the connection's actor on the current arbiter, if the limits let it in;
+    /// otherwise the socket is closed at once, unread (counted by [`Limits::admit`]).
     pub fn start(&self, stream: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.limits.admit(peer.ip(), self.name()) else {
+            drop(stream);
+            return;
+        };
         let shared = self.shared.clone();
         match &self.kind {
             Kind::Polled {
@@ -133,16 +146,20 @@ impl Listener {
                 server,
                 options,
             } => match server(options) {
-                Ok(codec) => {
-                    Connection::start(stream, peer, shared, PollDriver::new(ctx.clone(), codec))
-                }
+                Ok(codec) => Connection::start(
+                    stream,
+                    peer,
+                    permit,
+                    shared,
+                    PollDriver::new(ctx.clone(), codec),
+                ),
                 Err(e) => log::error!(
                     "listener {}: {e}; closing connection from {peer}",
                     self.name()
                 ),
             },
             Kind::Relay(ctx) => {
-                Connection::start(stream, peer, shared, RelayDriver::new(ctx.clone()))
+                Connection::start(stream, peer, permit, shared, RelayDriver::new(ctx.clone()))
             }
         }
     }

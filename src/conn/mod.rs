@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod device;
 pub mod lifecycle;
+pub mod limits;
 pub mod link;
 pub mod listener;
 pub mod plan;

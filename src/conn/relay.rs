@@ -104,6 +104,10 @@ impl Driver for RelayDriver {
         self.codec.decode(buf)
     }
 
+    fn sign_of_life(item: &TtmsItem) -> bool {
+        matches!(item, TtmsItem::Frame(_))
+    }
+
     fn on_item(conn: &mut Conn, item: TtmsItem, ctx: &mut Context<Conn>) {
         let frame = match item {
             TtmsItem::Frame(f) => f,

@@ -78,6 +78,8 @@ pub struct ServerSettings {
     pub webhooks: Vec<WebhookSettings>,
     pub webhook_delivery: WebhookDeliverySettings,
     pub relay: RelaySettings,
+    /// `[limits]`: connections the device listeners take.
+    pub limits: LimitSettings,
 }
 
 /// The `$TTMS` relay (listeners with protocol `ttms`).
@@ -107,6 +109,30 @@ pub struct ListenerSettings {
     pub protocol: Protocol,
     /// A profile of data.toml; required for framed and transparent, unused by ttms.
     pub profile: Option<String>,
+}
+
+/// `[limits]`: what the device listeners take (`conn/limits.rs` applies them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Connections open at once over every device listener; 0: as many as the process may
+    /// open files, less a reserve for the database, the spool and the web port
+    /// (`conn::limits::max_connections`).
+    pub max_connections: usize,
+    /// Connections open at once from one source address. DTUs of one carrier often share a
+    /// few addresses (carrier-grade NAT), so the default is generous.
+    pub max_per_address: usize,
+    /// Connections that have not registered yet, at once.
+    pub max_unregistered: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_connections: 0,
+            max_per_address: 5_000,
+            max_unregistered: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +213,7 @@ impl Default for ServerSettings {
                 batch_max: 100,
             },
             relay: RelaySettings { max_queue: 10_000 },
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -243,6 +270,11 @@ batch_max = 100
 
 [relay]
 max_queue = 10000
+
+[limits]
+max_connections = 0
+max_per_address = 5000
+max_unregistered = 10000
 "#;
 
 /// data.toml: the profiles, by name (case kept).

@@ -12,8 +12,8 @@ use super::tree::{
     socket_addr, string, uint, Ctx, Section,
 };
 use super::{
-    AuthSettings, DatabaseSettings, ListenerSettings, LivenessSettings, RelaySettings,
-    ServerSettings, StorageSettings, WebSettings,
+    AuthSettings, DatabaseSettings, LimitSettings, ListenerSettings, LivenessSettings,
+    RelaySettings, ServerSettings, StorageSettings, WebSettings,
 };
 use crate::events::bus::EventKind;
 use crate::events::webhooks::{check_webhook_url, WebhookDeliverySettings, WebhookSettings};
@@ -51,6 +51,7 @@ pub(super) fn validate(
             "webhooks",
             "webhook_delivery",
             "relay",
+            "limits",
         ],
     ) else {
         return d;
@@ -231,6 +232,30 @@ pub(super) fn validate(
         None => None,
     };
 
+    let limits = match top.get("limits") {
+        Some(v) => Section::new(
+            ctx,
+            "limits",
+            v,
+            &["max_connections", "max_per_address", "max_unregistered"],
+        )
+        .map(|s| LimitSettings {
+            max_connections: s
+                .field(ctx, "max_connections", uint(0, 10_000_000))
+                .or(d.limits.max_connections)
+                .unwrap_or(d.limits.max_connections),
+            max_per_address: s
+                .field(ctx, "max_per_address", uint(1, 10_000_000))
+                .or(d.limits.max_per_address)
+                .unwrap_or(d.limits.max_per_address),
+            max_unregistered: s
+                .field(ctx, "max_unregistered", uint(1, 10_000_000))
+                .or(d.limits.max_unregistered)
+                .unwrap_or(d.limits.max_unregistered),
+        }),
+        None => None,
+    };
+
     ServerSettings {
         web: WebSettings {
             bind: web_bind.unwrap_or(d.web.bind),
@@ -257,6 +282,7 @@ pub(super) fn validate(
         webhooks,
         webhook_delivery: webhook_delivery.unwrap_or(d.webhook_delivery),
         relay: relay.unwrap_or(d.relay),
+        limits: limits.unwrap_or(d.limits),
     }
 }
 

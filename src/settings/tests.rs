@@ -526,6 +526,28 @@ fn max_spool_is_a_size_and_warn_lag_a_duration() {
 }
 
 #[test]
+fn limits_are_read_and_checked() {
+    let server = "[limits]\nmax_connections = 500\nmax_per_address = 20\nmax_unregistered = 50\n";
+    let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", server)]);
+    let l = load_ok(dir.path(), no_env()).server.limits;
+    assert_eq!(
+        (l.max_connections, l.max_per_address, l.max_unregistered),
+        (500, 20, 50)
+    );
+    for (bad, key) in [
+        ("max_per_address = 0", "limits.max_per_address"),
+        ("max_unregistered = -1", "limits.max_unregistered"),
+        ("max_connections = \"many\"", "limits.max_connections"),
+        ("max_buffered = 10", "limits.max_buffered"),
+    ] {
+        let server = format!("[limits]\n{bad}\n");
+        let dir = dir_with(&[("data.toml", DATA_TOML), ("server.toml", &server)]);
+        let errors = load_err(dir.path(), no_env());
+        assert!(errors.iter().any(|e| e.key == key), "{bad}: {errors:?}");
+    }
+}
+
+#[test]
 fn default_toml_equals_default_struct() {
     let dir = dir_with(&[
         ("data.toml", DATA_TOML),
