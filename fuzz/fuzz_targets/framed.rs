@@ -25,12 +25,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let bounds = Bounds { held: HELD };
     let run = |reads: &[&[u8]]| {
-        drive(
-            &mut FramedCodec::new(),
-            reads,
-            &bounds,
-            &mut |_, item| check_item(item),
-        )
+        drive(&mut FramedCodec::new(), reads, &bounds, &mut |_, item| {
+            check_item(item)
+        })
     };
     let whole = run(&[stream]);
     let cut = run(&chunks(stream, &cuts));

@@ -83,7 +83,10 @@ fn decode_request(adu: &[u8]) {
     let Ok((slave, request)) = Request::decode(adu) else {
         return;
     };
-    assert!(request.validate().is_ok(), "{request:?} decoded but invalid");
+    assert!(
+        request.validate().is_ok(),
+        "{request:?} decoded but invalid"
+    );
     let encoded = request.encode(slave);
     // Coil writes may carry set padding bits, which encoding clears.
     if !matches!(request, Request::WriteMultipleCoils { .. }) {

@@ -42,10 +42,13 @@ fuzz_target!(|data: &[u8]| {
             // Settings that load start every listener: its profile exists and its protocol
             // makes a codec from it.
             for l in &settings.server.listeners {
-                let profile = l
-                    .profile
-                    .as_ref()
-                    .map(|name| settings.data.profiles.get(name).expect("a listener's profile"));
+                let profile = l.profile.as_ref().map(|name| {
+                    settings
+                        .data
+                        .profiles
+                        .get(name)
+                        .expect("a listener's profile")
+                });
                 listener::check(&l.name, l.protocol, profile.map(|p| &**p))
                     .expect("a listener that loads starts");
             }

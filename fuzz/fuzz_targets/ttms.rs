@@ -59,10 +59,7 @@ fn check_item(item: &TtmsItem, raw: &[u8]) {
     assert!((MIN_FRAME..=MAX_FRAME).contains(&raw.len()));
     match item {
         TtmsItem::Frame(frame) => assert_eq!(frame.to_bytes(), raw),
-        TtmsItem::BadChecksum {
-            raw: bad,
-            expected,
-        } => {
+        TtmsItem::BadChecksum { raw: bad, expected } => {
             assert_eq!(&bad[..], raw);
             assert_eq!(*expected, xor(&raw[..raw.len() - 1]));
             assert_ne!(raw[raw.len() - 1], *expected);

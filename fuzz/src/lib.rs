@@ -112,10 +112,11 @@ pub fn drive(
     for read in reads {
         buf.extend_from_slice(read);
         // Every item consumes at least one byte, so this many rounds always suffice.
+        let most = buf.len() + 1;
         let mut rounds = 0;
         loop {
             rounds += 1;
-            assert!(rounds <= buf.len() + 2, "decode loop did not terminate");
+            assert!(rounds <= most, "decode loop did not terminate");
             let before = buf.len();
             match codec.decode(&mut buf) {
                 Ok(Some(item)) => {
@@ -222,7 +223,9 @@ pub fn request(input: &mut Input<'_>) -> Option<Request> {
         // `b` coils set in the pattern of `n`'s bits.
         6 => Request::WriteMultipleCoils {
             address: a,
-            values: (0..usize::from(b)).map(|i| n & (1 << (i % 8)) != 0).collect(),
+            values: (0..usize::from(b))
+                .map(|i| n & (1 << (i % 8)) != 0)
+                .collect(),
         },
         // `n` registers counting up from `b`.
         _ => Request::WriteMultipleRegisters {
