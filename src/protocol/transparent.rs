@@ -104,6 +104,11 @@ enum Packet {
     Open,
     /// Another DTU's, this id's: its serial bytes are dropped.
     Foreign(String),
+    /// None, but serial bytes came: they are dropped up to this DTU's prefix or heartbeat.
+    /// A read may end inside them, so where the next read begins is no packet boundary (else
+    /// the bytes after it would wait to be judged as a prefix, and a heartbeat behind them
+    /// with them).
+    Orphan,
 }
 
 /// One decode step after registration.
@@ -303,6 +308,10 @@ impl TransparentCodec {
         }
         let prefix = self.prefix_bytes();
         if !prefix.is_empty() && src.starts_with(prefix) {
+            // A heartbeat that begins with the prefix may still be arriving: it wins whole.
+            if self.heartbeat_may_start(src) {
+                return Step::Wait;
+            }
             return Step::Prefix(prefix.len());
         }
         if self.heartbeat_may_start(src) || self.prefix_may_start(src) {
@@ -339,6 +348,9 @@ impl TransparentCodec {
                 bytes: src.split_to(n).freeze(),
             });
         }
+        if self.packet == Packet::Orphan {
+            return self.orphan_bytes(src);
+        }
         let len = self.prefix_bytes().len();
         let Some(head) = src.get(..len) else {
             // Too few bytes to tell a prefix from other bytes yet.
@@ -362,6 +374,12 @@ impl TransparentCodec {
                 bytes: src.split_to(len).freeze(),
             });
         }
+        self.packet = Packet::Orphan;
+        self.orphan_bytes(src)
+    }
+
+    /// Serial bytes of no packet, up to where this DTU's prefix or its heartbeat may begin.
+    fn orphan_bytes(&self, src: &mut BytesMut) -> Step {
         let n = self.data_len(src, false);
         Step::Item(Inbound::Malformed {
             reason: format!(

@@ -922,6 +922,96 @@ fn prefix_mode_with_a_binary_id_of_fixed_length() {
     );
 }
 
+/// Found by fuzzing (fuzz/fuzz_targets/transparent.rs): in prefix mode, serial bytes without
+/// the prefix whose read ended inside them left the next read to be judged as a packet start,
+/// so its first bytes waited for a prefix's worth of bytes; the same bytes in one read were
+/// dropped at once. The stream of the fuzzer's input, minimized: registration, heartbeat,
+/// then bytes of no packet, the last one alone in its read.
+#[test]
+fn serial_bytes_without_the_prefix_are_dropped_however_the_reads_are_cut() {
+    let stream = h(
+        "38 36 36 31 32 33 34 35 36 37 38 39 30 31 32 77 77 77 2E 75 73 72 2E 63 6E
+         38 36 36 31 32 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56 56
+         56 56 56 56 56 36 36 31 32 33 34 35 36 37 38 39 30 31 72 2E FD FB FE FD FC FB C3",
+    );
+    let junk = &stream[IMEI.len() + HB.len()..];
+    check_every_split(
+        || usr_in(RegistrationMode::Prefix),
+        &stream,
+        &[reg("866123456789012"), hb(), no_prefix(junk)],
+    );
+    // A heartbeat behind such bytes is not held back.
+    let (items, err, rest) = feed(
+        &mut usr_in(RegistrationMode::Prefix),
+        &[IMEI, HB, b"abc", b"xy", HB],
+    );
+    assert_eq!(err, None);
+    assert!(rest.is_empty(), "left {rest:?}");
+    assert_eq!(
+        crate::protocol::test_util::merge_malformed(items),
+        vec![reg("866123456789012"), hb(), no_prefix(b"abcxy"), hb()]
+    );
+}
+
+/// Found by fuzzing: a heartbeat that begins with the registration prefix was taken for the
+/// prefix when a read ended inside it, and its rest for serial bytes; read whole it was the
+/// heartbeat. The fuzzer's stream: an id of four bytes F2, a heartbeat of eighteen, then
+/// bytes behind a prefix of no DTU's.
+#[test]
+fn a_heartbeat_that_begins_with_the_prefix_is_the_heartbeat_however_the_reads_are_cut() {
+    let heartbeat = [0xF2; 18];
+    let codec = || {
+        let mut c = with_heartbeat(&heartbeat);
+        c.registration.mode = RegistrationMode::Prefix;
+        let tcp = Expect::Tcp {
+            transaction: 0xF2F2,
+            unit: 0xF2,
+            function: 0xF2,
+        };
+        c.set_expect(Some(tcp));
+        c.set_passive(&[tcp, tcp]);
+        c
+    };
+    let stream = h(
+        "F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 F2 01 FE 03
+         01 09 04 00 00 04 FF FF FF FF 00 00 00 00 00 00 00 00 27 00 00 00 03 E9 FE 00 00 03 E9
+         09 04 02 00 01 99 31 FA FE FF FB 00 00 01 99 31",
+    );
+    check_every_split(
+        codec,
+        &stream,
+        &[
+            reg_hex("F2F2F2F2"),
+            hb_of(&heartbeat),
+            Inbound::Malformed {
+                reason: "packet prefix names \"F201FE03\", not this DTU's \"F2F2F2F2\"; its serial bytes are dropped".into(),
+                bytes: Bytes::from(h("F2 01 FE 03")),
+            },
+            foreign_bytes("F201FE03", &stream[26..]),
+        ],
+    );
+    // A USR DTU whose heartbeat is its IMEI and a mark, with the IMEI before every packet.
+    let imei_heartbeat = cat(&[IMEI, b"!"]);
+    let r = Response::Registers(vec![5]).encode(1, 3);
+    check_every_split(
+        || {
+            let mut c = expecting(usr_in(RegistrationMode::Prefix), 1, 3);
+            c.heartbeat = Some(Heartbeat {
+                bytes: imei_heartbeat.clone(),
+                reply: Vec::new(),
+            });
+            c
+        },
+        &cat(&[IMEI, &imei_heartbeat, IMEI, &r, &imei_heartbeat]),
+        &[
+            reg("866123456789012"),
+            hb_of(&imei_heartbeat),
+            modbus(&r),
+            hb_of(&imei_heartbeat),
+        ],
+    );
+}
+
 #[test]
 fn a_partial_prefix_waits() {
     let mut codec = expecting(usr_in(RegistrationMode::Prefix), 1, 3);
