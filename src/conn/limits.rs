@@ -101,11 +101,7 @@ impl Limits {
                 log::warn!(
                     "listener {listener}: refusing connections from {peer} and others: over \
                      max_{} ({max}); counted in dtu_connections_refused_total, logged once a minute",
-                    match refusal {
-                        Refusal::Connections => "connections",
-                        Refusal::PerAddress => "per_address",
-                        Refusal::Unregistered => "unregistered",
-                    }
+                    refusal.as_str()
                 );
             } else {
                 log::debug!("listener {listener}: refused {peer}: {}", refusal.as_str());
